@@ -1,0 +1,107 @@
+"""Pydantic models of LAION-SG annotation records, with the real JSON types.
+
+A split file is one JSON array of records (see DATA_AND_METRICS.md). Types are strict: ``img_id`` is a string of
+digits and ``score`` a float written as a string, exactly as the released files; integers are never accepted
+for strings (or booleans for integers), so a file that drifted from the schema is caught, not coerced.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    # extra="allow": an unknown field is kept (and written back), so validation never loses data.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=False)
+
+
+class LaionSGItem(_Strict):
+    item_id: StrictInt
+    label: NonEmptyStr
+    attributes: list[StrictStr]
+    global_item_id: StrictInt
+
+    @field_validator("label")
+    @classmethod
+    def _label_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("label is blank")
+        return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_not_blank(cls, v: list[str]) -> list[str]:
+        for i, a in enumerate(v):
+            if not a.strip():
+                raise ValueError(f"attribute {i} is blank")
+        return v
+
+
+class LaionSGRelation(_Strict):
+    triple_id: StrictInt
+    item1: StrictInt
+    relation: NonEmptyStr
+    item2: StrictInt
+    global_relation_id: StrictInt
+
+    @field_validator("relation")
+    @classmethod
+    def _relation_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("relation is blank")
+        return v
+
+
+class LaionSGRecord(_Strict):
+    img_id: StrictStr
+    name: StrictStr
+    caption_ori: StrictStr
+    score: StrictStr
+    url: StrictStr
+    items: list[LaionSGItem] = Field(min_length=1)
+    relations: list[LaionSGRelation]
+
+    @field_validator("img_id")
+    @classmethod
+    def _img_id_digits(cls, v: str) -> str:
+        if not v.isdigit():
+            raise ValueError(f"img_id must be a string of digits, got {v!r}")
+        return v
+
+    @field_validator("score")
+    @classmethod
+    def _score_is_float_text(cls, v: str) -> str:
+        try:
+            float(v)
+        except ValueError:
+            raise ValueError(f"score must be a float written as a string, got {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _graph_consistent(self) -> "LaionSGRecord":
+        seen: set[int] = set()
+        for i, item in enumerate(self.items):
+            if item.item_id in seen:
+                raise ValueError(f"items.{i}.item_id: duplicate item_id {item.item_id}")
+            seen.add(item.item_id)
+        triple_ids: set[int] = set()
+        for k, rel in enumerate(self.relations):
+            for end in ("item1", "item2"):
+                ref = getattr(rel, end)
+                if ref not in seen:
+                    raise ValueError(f"relations.{k}.{end}: refers to unknown item_id {ref}")
+            if rel.triple_id in triple_ids:
+                raise ValueError(f"relations.{k}.triple_id: duplicate triple_id {rel.triple_id}")
+            triple_ids.add(rel.triple_id)
+        return self
+
+    @property
+    def score_value(self) -> float:
+        return float(self.score)
+
+    def to_json_dict(self) -> dict:
+        """The record as it appears in a LAION-SG file (field order and types preserved)."""
+        return self.model_dump(mode="json")
