@@ -26,7 +26,7 @@ CONSTRAINTS="$VENV/sgalign-constraints.txt"
 TORCH_IN_VENV="$("$VPY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
 if [ -z "$TORCH_IN_VENV" ]; then
   "$VPY" -m pip install --quiet "torch==2.13.0"
-  TORCH_IN_VENV="$("$VPY" -c 'import torch; print(torch.__version__)')"
+  TORCH_IN_VENV="$("$VPY" -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null)"
 fi
 echo "torch==${TORCH_IN_VENV%%+*}" > "$CONSTRAINTS"
 echo "[setup] torch ${TORCH_IN_VENV} (pinned for all further installs)"

@@ -1,0 +1,106 @@
+"""Configs are data: pydantic models (one per section) filled from YAML plus ``--set key=value`` overrides.
+
+Every config model derives from ``ConfigModel`` (unknown keys are errors). ``load_config`` turns any validation
+failure into a ``ConfigError`` that names each offending dotted key and where it came from (file or --set).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigModel(BaseModel):
+    """Base of every config section: unknown or misspelt keys are rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """"trainer.lr=1e-6" -> (["trainer", "lr"], 1e-6). The value is read as YAML (numbers, bools, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. trainer.lr=1e-6")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {item!r}: empty key component")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``key.path=value`` set (intermediate sections are created when missing;
+    whether the key exists is decided by validation, which names it)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value ({nxt!r}), not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
+                base: dict[str, Any] | None = None) -> C:
+    """Validate ``base`` <- YAML file <- overrides into ``cls``; errors name every bad key and its source."""
+    overrides = list(overrides)
+    data = copy.deepcopy(base or {})
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+    data = apply_overrides(data, overrides)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        set_keys = {parse_override(o)[0].__str__() for o in overrides}
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            src = "--set" if str(key.split(".")) in set_keys else (str(path) if path else "defaults")
+            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {key}: {what} (from {src})")
+        raise ConfigError(f"invalid {cls.__name__} config:\n" + "\n".join(lines)) from None
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dump_config(cfg: BaseModel, path: str | os.PathLike[str]) -> None:
+    """Write the fully resolved config next to a run's outputs (what actually ran, defaults included)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
