@@ -1,0 +1,120 @@
+"""On-disk trajectory cache for deterministic (η = 0, frozen-network) inversions.
+
+One safetensors file per (image, conditioning) row, sharded into 256 sub-folders by key prefix. The key is a
+SHA-256 of: the image (x₀ bytes, plus an optional caller id), the conditioning row, the model hash, the grid spec
+and the guidance spec — so changing any of them addresses a different entry (old ones are simply never read
+again; ``prune`` removes entries of other model hashes). The stored key parts are re-checked on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .batching import _bytes, row_fingerprints, select_rows
+from .counter import EpsFn
+from .inversion import Trajectory, ddim_invert
+
+_FIELDS = ("latents", "levels", "labels", "eps_point", "eps")
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's parameter/buffer names, shapes, dtypes and values (frozen reference: once a run)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(_bytes(t))
+    return h.hexdigest()
+
+
+def image_hash(x0_row: Tensor, image_id: str | None = None) -> str:
+    return hashlib.sha256((image_id or "").encode() + b"|" + _bytes(x0_row)).hexdigest()
+
+
+class TrajectoryCache:
+    """``get``/``put`` trajectories of single rows; ``hits``/``misses`` count look-ups."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def make_key(image: str, cond: bytes, model_hash: str, grid: str, guidance: str) -> tuple[str, dict[str, str]]:
+        parts = {"image": image, "cond": hashlib.sha256(cond).hexdigest(), "model": model_hash, "grid": grid,
+                 "guidance": guidance}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str, parts: dict[str, str]) -> dict[str, Tensor] | None:
+        p = self.path(key)
+        if not p.exists():
+            self.misses += 1
+            return None
+        from safetensors import safe_open
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        if json.loads(meta.get("key_parts", "{}")) != parts:  # hash collision or a foreign file: recompute
+            self.misses += 1
+            return None
+        self.hits += 1
+        return load_file(str(p))
+
+    def put(self, key: str, parts: dict[str, str], tensors: dict[str, Tensor]) -> None:
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"key_parts": json.dumps(parts, sort_keys=True)})
+        os.replace(tmp, p)  # atomic: concurrent readers never see half a file
+
+    def prune(self, keep_model_hash: str) -> int:
+        """Delete entries whose model hash differs from ``keep_model_hash``; returns how many."""
+        from safetensors import safe_open
+        n = 0
+        for p in self.root.glob("*/*.safetensors"):
+            with safe_open(str(p), "pt") as f:
+                parts = json.loads((f.metadata() or {}).get("key_parts", "{}"))
+            if parts.get("model") != keep_model_hash:
+                p.unlink()
+                n += 1
+        return n
+
+
+def cached_invert(cache: TrajectoryCache | None, x0: Tensor, eps_fn: EpsFn, levels: Tensor, alphas_cumprod: Tensor,
+                  cond: Any = None, *, labels: Tensor | None = None, initial_alpha: float | Tensor = 1.0,
+                  renoise_steps: int = 0, renoise_label: str = "source", model_hash: str, grid_spec: str,
+                  guidance_spec: str, image_ids: list[str] | None = None) -> Trajectory:
+    """Deterministic inversion of every row of ``x0`` along shared ``levels`` (K+1,), served from ``cache`` where
+    possible; only the missing rows are inverted (and stored). ``cache=None`` just inverts."""
+    def run(x, c):
+        return ddim_invert(x, eps_fn, levels, alphas_cumprod, c, labels=labels, initial_alpha=initial_alpha,
+                           renoise_steps=renoise_steps, renoise_label=renoise_label)
+    if cache is None:
+        return run(x0, cond)
+    B = x0.shape[0]
+    spec = f"{grid_spec}|renoise={renoise_steps}:{renoise_label}|init_alpha={float(initial_alpha):.10g}"
+    conds = row_fingerprints(cond, B)
+    keys = [cache.make_key(image_hash(x0[i], image_ids[i] if image_ids else None), conds[i], model_hash, spec,
+                           guidance_spec) for i in range(B)]
+    rows: list[dict[str, Tensor] | None] = [cache.get(k, p) for k, p in keys]
+    miss = [i for i, r in enumerate(rows) if r is None]
+    if miss:
+        idx = torch.tensor(miss, device=x0.device)
+        tr = run(x0[idx], select_rows(cond, idx))
+        for j, i in enumerate(miss):
+            rows[i] = {f: getattr(tr, f)[j] for f in _FIELDS}
+            cache.put(*keys[i], rows[i])
+    dev, dt = x0.device, x0.dtype
+    st = {f: torch.stack([r[f] for r in rows]).to(dev) for f in _FIELDS}  # type: ignore[index]
+    K = st["labels"].shape[1]
+    return Trajectory(st["latents"].to(dt), st["levels"].long(), st["labels"].long(), st["eps_point"].to(dt),
+                      st["eps"].to(dt), torch.full((B,), K, device=dev), initial_alpha)

@@ -1,0 +1,44 @@
+"""Classifier-free guidance folded into the ε function, so inversion and losses never see it."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .batching import cat_rows
+from .counter import EpsFn
+
+
+def zeros_like_cond(cond: Any) -> Any:
+    """SDXL's zero-negative convention (Inversion-DPO): every tensor of the conditioning replaced by zeros."""
+    if cond is None:
+        return None
+    if isinstance(cond, Tensor):
+        return torch.zeros_like(cond)
+    if isinstance(cond, dict):
+        return {k: (zeros_like_cond(v) if k != "time_ids" else v) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(zeros_like_cond(v) for v in cond)
+    raise TypeError(f"no zero unconditional for {type(cond).__name__}; pass uncond= explicitly")
+
+
+def guided(eps_fn: EpsFn, scale: float, uncond: Any | Callable[[Any], Any] = zeros_like_cond,
+           batched: bool = True) -> EpsFn:
+    """ε_u + s (ε_c − ε_u). ``uncond``: a fixed conditioning or a function of the conditional one (default:
+    zeros, time ids kept). ``batched``: one call on [uncond; cond] rows (as the official code) or two calls.
+    Scale 1 returns ``eps_fn`` itself (no extra forward)."""
+    if scale == 1.0:
+        return eps_fn
+
+    def fn(x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        u = uncond(cond) if callable(uncond) else uncond
+        if batched:
+            e = eps_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_rows([u, cond]))
+            e_u, e_c = e.chunk(2)
+        else:
+            e_u, e_c = eps_fn(x_t, t, u), eps_fn(x_t, t, cond)
+        return e_u + scale * (e_c - e_u)
+
+    fn.guidance_scale = scale  # type: ignore[attr-defined]
+    return fn

@@ -1,0 +1,32 @@
+"""Evaluation metrics: SG-IoU family, scene-graph extractors, FID, preference win-rates, bootstrap intervals.
+
+``fid`` imports torch and torchmetrics, so its names load on first use; the rest is numpy + standard library.
+"""
+from typing import Any
+
+from .extracted import ExtractedGraph, parse_reply, strip_json_fences
+from .extractors import (ChatCompletionsExtractor, ExtractorConfigError, GraphParserExtractor, SceneGraphExtractor,
+                         Vocabulary, build_prompt, encode_image, extract_all)
+from .preference import PreferenceSummary, align_scores, summarize_preference, win_rate
+from .sg_iou import (GraphSets, IoUScores, SGIoUReport, compare_sg_iou, evaluate_sg_iou, extracted_sets,
+                     ground_truth_sets, jaccard, normalize_text, sg_iou_scores)
+from .stats import ConfidenceInterval, bootstrap_ci, paired_bootstrap_ci
+
+_FID_NAMES = ("FIDFeatures", "FIDResult", "ImageEncoderFeatures", "InceptionV3Features", "compute_fid",
+              "extract_features", "fid_bootstrap", "fid_from_features", "fid_metric", "inception_fid_features")
+
+__all__ = [
+    "ExtractedGraph", "parse_reply", "strip_json_fences", "ChatCompletionsExtractor", "ExtractorConfigError",
+    "GraphParserExtractor", "SceneGraphExtractor", "Vocabulary", "build_prompt", "encode_image", "extract_all", "PreferenceSummary", "align_scores",
+    "summarize_preference", "win_rate", "GraphSets", "IoUScores", "SGIoUReport", "compare_sg_iou", "evaluate_sg_iou",
+    "extracted_sets", "ground_truth_sets", "jaccard", "normalize_text", "sg_iou_scores", "ConfidenceInterval",
+    "bootstrap_ci", "paired_bootstrap_ci", *_FID_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FID_NAMES:
+        from . import fid
+
+        return getattr(fid, name)
+    raise AttributeError(f"module 'sgalign.evaluation' has no attribute {name!r}")

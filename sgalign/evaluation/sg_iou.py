@@ -1,0 +1,191 @@
+"""SG-IoU, Entity-IoU and Relation-IoU (SG-Adapter / LAION-SG CompSG-Bench) as pure functions.
+
+Each is a Jaccard index |A & B| / |A | B| over *sets* (duplicates and instance counts are ignored), 0 when the
+union is empty, between the input (ground-truth) graph and the graph an extractor read off the generated image.
+``granularity="label"`` (default, as LAION-SG): GT triples and entities are item labels
+(``SceneGraph.label_triples()``), attributes ignored. ``granularity="phrase"``: the phrase form "attrs label"
+(``SceneGraph.triples()``), for graphs whose attributes carry the binding (the shapes world's "red circle"); the
+extractor must then report phrases too.
+
+Two modes, recorded in every report:
+
+``paper`` (LAION-SG's test_iou.py):
+  * strings compared exactly (case- and whitespace-sensitive);
+  * GT entities = subject and object labels of the GT triples only -- isolated GT items do NOT count (the demo
+    graph has none, and the code takes the items from the triples);
+  * extracted entities = the extractor's self-reported ``object_list``; extracted relations = its self-reported
+    ``predicate_list`` (neither is checked against the triples it returned).
+
+``normalized`` (default):
+  * every string passes through ``normalize_text`` (lower-case, strip, collapse whitespace runs);
+  * GT entities = labels of ALL items, isolated items included (they are objects the image should show);
+  * extracted entities = subjects and objects of the extracted triples plus ``object_list``;
+    extracted relations = predicates of the extracted triples (``predicate_list`` is not used);
+  * strings that normalise to "" are dropped (and triples containing one).
+
+A failed extraction (``status != "ok"``) is scored as an empty extraction (``failures="zero"``, default) or left
+out of the averages (``failures="skip"``); either way the number of failures is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from ..scene_graph import SceneGraph
+from .extracted import ExtractedGraph
+from .stats import ConfidenceInterval, bootstrap_ci, paired_bootstrap_ci
+
+Mode = Literal["paper", "normalized"]
+MODES: tuple[str, ...] = ("paper", "normalized")
+Granularity = Literal["label", "phrase"]
+METRICS: tuple[str, ...] = ("sg_iou", "entity_iou", "relation_iou")
+FailurePolicy = Literal["zero", "skip"]
+
+
+def normalize_text(s: str) -> str:
+    """Normalised-mode string form: lower-cased, leading/trailing whitespace removed, internal runs of whitespace
+    collapsed to one space ("  Made  Of " -> "made of"). Underscores, punctuation and plurals are left alone."""
+    return " ".join(s.lower().split())
+
+
+def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
+    """|A & B| / |A | B| over sets; 0.0 when both are empty."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 0.0
+
+
+@dataclass(frozen=True)
+class GraphSets:
+    triples: frozenset[tuple[str, str, str]]
+    entities: frozenset[str]
+    relations: frozenset[str]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"SG-IoU mode must be one of {MODES}, got {mode!r}")
+
+
+def _norm_triples(triples: Iterable[tuple[str, str, str]]) -> frozenset[tuple[str, str, str]]:
+    out = {tuple(normalize_text(x) for x in t) for t in triples}
+    return frozenset(t for t in out if all(t))  # type: ignore[misc]
+
+
+def _norm_strings(strings: Iterable[str]) -> frozenset[str]:
+    return frozenset(s for s in map(normalize_text, strings) if s)
+
+
+def ground_truth_sets(gt: SceneGraph, mode: Mode = "normalized", granularity: Granularity = "label") -> GraphSets:
+    """The GT triple / entity / relation sets of ``gt`` under ``mode`` (see module docstring)."""
+    _check_mode(mode)
+    if granularity not in ("label", "phrase"):
+        raise ValueError(f"SG-IoU granularity must be 'label' or 'phrase', got {granularity!r}")
+    triples = gt.label_triples() if granularity == "label" else gt.triples()
+    if mode == "paper":
+        return GraphSets(frozenset(triples), frozenset(x for s, _, o in triples for x in (s, o)),
+                         frozenset(p for _, p, _ in triples))
+    names = (it.label if granularity == "label" else gt.phrase(it) for it in gt.items)
+    return GraphSets(_norm_triples(triples), _norm_strings(names), _norm_strings(p for _, p, _ in triples))
+
+
+def extracted_sets(pred: ExtractedGraph, mode: Mode = "normalized") -> GraphSets:
+    """The extracted triple / entity / relation sets under ``mode`` (see module docstring)."""
+    _check_mode(mode)
+    if mode == "paper":
+        return GraphSets(frozenset(pred.triples), frozenset(pred.object_list), frozenset(pred.predicate_list))
+    triples = _norm_triples(pred.triples)
+    entities = {x for s, _, o in triples for x in (s, o)} | _norm_strings(pred.object_list)
+    return GraphSets(triples, frozenset(entities), frozenset(p for _, p, _ in triples))
+
+
+@dataclass(frozen=True)
+class IoUScores:
+    sg_iou: float
+    entity_iou: float
+    relation_iou: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {m: getattr(self, m) for m in METRICS}
+
+
+def sg_iou_scores(gt: SceneGraph, pred: ExtractedGraph, mode: Mode = "normalized",
+                  granularity: Granularity = "label") -> IoUScores:
+    """Per-image SG-IoU / Entity-IoU / Relation-IoU. A failed extraction scores as an empty one."""
+    g = ground_truth_sets(gt, mode, granularity)
+    p = extracted_sets(pred, mode) if pred.ok else GraphSets(frozenset(), frozenset(), frozenset())
+    return IoUScores(jaccard(g.triples, p.triples), jaccard(g.entities, p.entities),
+                     jaccard(g.relations, p.relations))
+
+
+@dataclass
+class SGIoUReport:
+    mode: str
+    granularity: str
+    failures: str
+    per_image: list[IoUScores | None]  # None: failed extraction left out (failures="skip")
+    statuses: list[str]
+    mean: dict[str, float]
+    ci: dict[str, ConfidenceInterval]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.per_image)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(s != "ok" for s in self.statuses)
+
+    def values(self, metric: str) -> np.ndarray:
+        """Per-image scores of ``metric`` for the images that count (NaN for skipped ones)."""
+        return np.array([np.nan if s is None else getattr(s, metric) for s in self.per_image])
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {st: self.statuses.count(st) for st in sorted(set(self.statuses))}
+        return {"mode": self.mode, "granularity": self.granularity, "failures": self.failures,
+                "n_images": self.n_images, "n_failed": self.n_failed, "status_counts": counts,
+                "mean": dict(self.mean), "ci": {k: v.to_dict() for k, v in self.ci.items()},
+                "per_image": [None if s is None else s.to_dict() for s in self.per_image]}
+
+
+def evaluate_sg_iou(gts: Sequence[SceneGraph], preds: Sequence[ExtractedGraph], *, mode: Mode = "normalized",
+                    granularity: Granularity = "label", failures: FailurePolicy = "zero", n_resamples: int = 1000,
+                    level: float = 0.95, seed: int = 0) -> SGIoUReport:
+    """Per-image scores, their means and percentile-bootstrap intervals over images."""
+    _check_mode(mode)
+    if failures not in ("zero", "skip"):
+        raise ValueError(f"failures must be 'zero' or 'skip', got {failures!r}")
+    if len(gts) != len(preds):
+        raise ValueError(f"evaluate_sg_iou: {len(gts)} ground-truth graphs but {len(preds)} extractions")
+    if not gts:
+        raise ValueError("evaluate_sg_iou: no images")
+    per_image = [None if (failures == "skip" and not p.ok) else sg_iou_scores(g, p, mode, granularity)
+                 for g, p in zip(gts, preds)]
+    counted = [s for s in per_image if s is not None]
+    if not counted:
+        raise ValueError(f"evaluate_sg_iou: all {len(preds)} extractions failed; nothing to average")
+    mean, ci = {}, {}
+    for m in METRICS:
+        vals = [getattr(s, m) for s in counted]
+        ci[m] = bootstrap_ci(vals, n_resamples=n_resamples, level=level, seed=seed)
+        mean[m] = ci[m].estimate
+    return SGIoUReport(mode, granularity, failures, per_image, [p.status for p in preds], mean, ci)
+
+
+def compare_sg_iou(a: SGIoUReport, b: SGIoUReport, *, n_resamples: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> dict[str, ConfidenceInterval]:
+    """Paired-bootstrap intervals of mean(a) - mean(b) per metric; ``a`` and ``b`` must score the same graphs in
+    the same order (e.g. aligned model vs base). Images skipped in either report are left out of both."""
+    if (a.mode, a.granularity) != (b.mode, b.granularity):
+        raise ValueError(f"compare_sg_iou: reports use different modes ({a.mode!r}/{a.granularity!r} vs "
+                         f"{b.mode!r}/{b.granularity!r})")
+    if a.n_images != b.n_images:
+        raise ValueError(f"compare_sg_iou: reports cover {a.n_images} and {b.n_images} images; need the same items")
+    out = {}
+    for m in METRICS:
+        va, vb = a.values(m), b.values(m)
+        keep = ~(np.isnan(va) | np.isnan(vb))
+        out[m] = paired_bootstrap_ci(va[keep], vb[keep], n_resamples=n_resamples, level=level, seed=seed)
+    return out

@@ -1,0 +1,38 @@
+"""The five alignment methods as latent/target providers plus pure losses, behind one interface.
+
+A generic trainer never names a method; it does::
+
+    # cfg.method: 'diffusion-dpo' | 'inversion-dpo' | 'inpo' | 'smpo' | 'sft'
+    method = build_method(cfg.method, **cfg.method_options)
+    ctx = MethodContext(policy=eps_policy, reference=eps_ref, alphas_cumprod=ac, generator=gen,
+                        cache=TrajectoryCache(dir) or None, reference_hash=model_fingerprint(ref_unet),
+                        backward=accelerator.backward)
+    out = method(PairBatch(x0_w, x0_l, cond, score_w, score_l), ctx)   # latents (B, C, H, W)
+    if not out.backward_done:
+        accelerator.backward(out.loss)
+    log(out.metrics, out.forwards.as_dict(), out.provenance)
+
+* ε functions are ``eps_fn(x_t, t, cond) -> eps`` (t integer, per row); ``cond`` is opaque, only row-selected /
+  concatenated (``sgalign.diffusion.batching``). Guidance is folded into ε functions by the methods that use it.
+* ``Method.provide(batch, ctx)`` (no grad) returns the noisy latents, timesteps and targets;
+  ``Method.loss(provided, batch, ctx)`` evaluates policy (grad) and reference (no grad) and applies the pure loss
+  of ``sgalign.methods.functional``. ``__call__`` runs both with counted networks: ``MethodOutput.forwards`` holds
+  UNet forwards per pair (policy/reference × grad/no-grad).
+* Each method's config is a dataclass with ``faithful``: options left ``None`` resolve to the official code's
+  behaviour when ``faithful=True`` and to our corrected default otherwise; ``MethodOutput.provenance`` records the
+  resolved options.
+"""
+from . import diffusion_dpo, inpo, inversion_dpo, sft, smpo  # noqa: F401  (registration)
+from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
+from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
+from .inpo import InPO, InPOConfig
+from .inversion_dpo import InversionDPO, InversionDPOConfig
+from .registry import available_methods, build_method, get_method_class, register_method
+from .sft import SFT, SFTConfig
+from .smpo import SmPO, SmPOConfig
+
+__all__ = [
+    "DiffusionDPO", "DiffusionDPOConfig", "InPO", "InPOConfig", "InversionDPO", "InversionDPOConfig", "Method",
+    "MethodConfig", "MethodContext", "MethodOutput", "PairBatch", "SFT", "SFTConfig", "SmPO", "SmPOConfig",
+    "available_methods", "build_method", "get_method_class", "register_method",
+]

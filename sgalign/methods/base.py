@@ -1,0 +1,138 @@
+"""The method interface a generic trainer calls (it never names a method)."""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..diffusion.cache import TrajectoryCache
+from ..diffusion.counter import EpsFn, ForwardCounter, ForwardStats
+
+
+@dataclass
+class PairBatch:
+    """B preference pairs. ``cond`` is passed through opaquely (row-indexable, see diffusion.batching);
+    ``score_*`` are optional reward scores (SmPO needs them); ``image_ids_*`` optional stable ids for the cache."""
+
+    x0_w: Tensor
+    x0_l: Tensor
+    cond: Any = None
+    score_w: Tensor | None = None
+    score_l: Tensor | None = None
+    image_ids_w: list[str] | None = None
+    image_ids_l: list[str] | None = None
+
+    def __post_init__(self):
+        if self.x0_w.shape != self.x0_l.shape or self.x0_w.dim() != 4:
+            raise ValueError(f"winner/loser latents must both be (B, C, H, W); got {tuple(self.x0_w.shape)} and "
+                             f"{tuple(self.x0_l.shape)}")
+
+    @property
+    def size(self) -> int:
+        return self.x0_w.shape[0]
+
+
+@dataclass
+class MethodContext:
+    """Networks and state the trainer owns. ``policy``/``reference``: ε functions ``(x_t, t, cond) -> eps``
+    (policy carries grad). ``reference_hash``: fingerprint of the frozen reference, needed for the cache."""
+
+    policy: EpsFn
+    reference: EpsFn
+    alphas_cumprod: Tensor
+    generator: torch.Generator | None = None
+    cache: TrajectoryCache | None = None
+    reference_hash: str | None = None
+    backward: Callable[[Tensor], None] | None = None  # e.g. accelerator.backward; used by methods that back-propagate
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+
+@dataclass
+class MethodOutput:
+    """``loss``: scalar mean over pairs (with grad unless ``backward_done``: then the method already
+    back-propagated, e.g. the constant-memory Inversion-DPO gradient, and the trainer must not call backward).
+    ``forwards``: UNet forwards per pair. ``provenance``: resolved options, incl. ``faithful``."""
+
+    loss: Tensor
+    loss_per_pair: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    forwards: ForwardStats = field(default_factory=ForwardStats)
+    backward_done: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A latent/target provider (``provide``, no grad) plus a loss (``loss``); ``__call__`` runs both with
+    counted networks. Subclasses set ``name`` and ``config_class`` (a dataclass with a ``faithful`` flag)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        cfg = config if config is not None else self.config_class()
+        self.config = dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+    @abstractmethod
+    def provide(self, batch: PairBatch, ctx: MethodContext) -> dict[str, Any]:
+        """Noisy latents, timesteps and targets for the batch (no grad)."""
+
+    @abstractmethod
+    def loss(self, provided: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
+        """Evaluate the networks on the provided points and compute the loss."""
+
+    def __call__(self, batch: PairBatch, ctx: MethodContext) -> MethodOutput:
+        pol, ref = ForwardCounter(ctx.policy, "policy"), ForwardCounter(ctx.reference, "reference")
+        cctx = dataclasses.replace(ctx, policy=pol, reference=ref)
+        with torch.no_grad():
+            provided = self.provide(batch, cctx)
+        out = self.loss(provided, batch, cctx)
+        out.forwards = ForwardStats.from_counters([pol, ref], batch.size)
+        out.provenance = {"method": self.name, **self.resolved(), **out.provenance}
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        cfg = self.config
+        return dict(cfg.resolve()) if hasattr(cfg, "resolve") else dataclasses.asdict(cfg)
+
+
+def _gen_device(generator: torch.Generator | None):
+    return generator.device if generator is not None else "cpu"
+
+
+def sample_timesteps(batch_size: int, T: int, generator: torch.Generator | None, device) -> Tensor:
+    """t ~ U{0..T−1} per row, drawn on the generator's device (CPU or CUDA generators both work)."""
+    return torch.randint(0, T, (batch_size,), generator=generator, device=_gen_device(generator)).to(device)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=_gen_device(generator)).to(x.device)
+
+
+@dataclass
+class MethodConfig:
+    """Options left ``None`` resolve to the official value when ``faithful`` is set and to our corrected default
+    otherwise (class-level ``_corrected`` / ``_official`` maps); explicitly set options always win."""
+
+    faithful: bool = False
+    _corrected: ClassVar[dict[str, Any]] = {}
+    _official: ClassVar[dict[str, Any]] = {}
+
+    def resolve(self) -> "Resolved":
+        vals = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.name in self._corrected:
+                v = (self._official if self.faithful else self._corrected)[f.name]
+            vals[f.name] = v
+        return Resolved(vals)
+
+
+class Resolved(dict):
+    __getattr__ = dict.__getitem__

@@ -1,0 +1,141 @@
+"""Inversion-DPO: the frozen reference fully DDIM-inverts each image (N steps, CFG), the policy is scored on
+the same trajectory points.
+
+* ``target='reference'`` (official, ``faithful=True``): diff = m(ε_θ − ε_ref) per point, w_g = 1/(2ᾱ_g),
+  L = −log σ(+(β/2)(Dʷ − Dˡ)/P). Exactly zero gradient at θ = θ_ref.
+* ``target='trajectory'`` (default): Diffusion-DPO form on the trajectory with τ_g = (x_g − √ᾱ_g x₀)/√(1−ᾱ_g);
+  the points are the inverted latents x_g told their own level g, whose ε_ref the inversion already computed
+  (source-labelled inversion), so P = N − 1 points and no extra reference forwards.
+* ``subsample=k``: k of the P points per pair (same for winner and loser), unbiased for the mean.
+* ``gradient='constant-memory'``: a no-grad policy pass gives the per-pair σ-coefficient, then each point is
+  replayed with grad and back-propagated at once (the method calls backward; ``MethodOutput.backward_done``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..diffusion.batching import cat_rows
+from ..diffusion.cache import cached_invert
+from ..diffusion.guidance import guided
+from ..diffusion.schedule import alpha_at
+from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
+from .functional import (diffusion_dpo_loss, inpo_target, inversion_dpo_loss, inversion_step_weights,
+                         per_sample_mse)
+from .registry import register_method
+
+
+@dataclass
+class InversionDPOConfig(MethodConfig):
+    beta: float = 2000.0  # official launcher (argparse 5000)
+    num_steps: int = 80  # official launcher N (argparse 40); Δ = T // N
+    guidance_scale: float = 2.0  # CFG in inversion and in the policy pass; uncond = zero embeddings
+    subsample: int | None = None  # k points per pair; None = all (official)
+    gradient: str = "standard"  # or 'constant-memory'
+    use_cache: bool = True  # reference inversion is deterministic: cache it when a cache is given
+    target: str | None = None
+    initial_alpha: str | None = None
+    step_weighting: str | None = None
+    _corrected = {"target": "trajectory", "initial_alpha": "one", "step_weighting": "uniform"}
+    _official = {"target": "reference", "initial_alpha": "alpha0", "step_weighting": "inv-alpha"}
+
+
+@register_method("inversion-dpo")
+class InversionDPO(Method):
+    config_class = InversionDPOConfig
+
+    def provide(self, batch: PairBatch, ctx: MethodContext) -> dict[str, Any]:
+        cfg = self.config.resolve()
+        if cfg.target not in ("reference", "trajectory"):
+            raise ValueError(f"inversion-dpo target must be 'reference' or 'trajectory', got {cfg.target!r}")
+        B, dev, ac, T = batch.size, batch.x0_w.device, ctx.alphas_cumprod, ctx.num_train_timesteps
+        N, d = cfg.num_steps, T // cfg.num_steps
+        ia = 1.0 if cfg.initial_alpha == "one" else ac[0]
+        levels = torch.tensor([-d] + [k * d for k in range(N)], device=dev)
+        # official: ε at (x_{g−Δ}, g); trajectory target: ε at (x_g, g) so the inversion's ε_ref is reusable
+        labels = levels[1:] if cfg.target == "reference" else levels[:-1].clamp(min=0)
+        x0 = torch.cat([batch.x0_w, batch.x0_l])
+        cond2 = cat_rows([batch.cond, batch.cond])
+        use_cache = cfg.use_cache and ctx.cache is not None
+        if use_cache and ctx.reference_hash is None:
+            raise ValueError("a trajectory cache needs MethodContext.reference_hash (diffusion.model_fingerprint(ref))")
+        ids = (batch.image_ids_w + batch.image_ids_l) if batch.image_ids_w and batch.image_ids_l else None
+        tr = cached_invert(ctx.cache if use_cache else None, x0, guided(ctx.reference, cfg.guidance_scale), levels,
+                           ac, cond2, labels=labels, initial_alpha=ia, model_hash=ctx.reference_hash or "",
+                           grid_spec=f"full(steps={N},T={T},labels={cfg.target})",
+                           guidance_spec=f"cfg={cfg.guidance_scale}:zeros", image_ids=ids)
+        if cfg.target == "reference":
+            xs, labs, eps_ref = tr.latents[:, :N], tr.labels, tr.eps_point
+            tau = None
+        else:
+            xs, labs, eps_ref = tr.latents[:, 1:N], tr.labels[:, 1:], tr.eps_point[:, 1:]
+            a = alpha_at(ac, tr.levels[:, 1:N], ia).to(x0.dtype)
+            tau = inpo_target(xs, x0[:, None], a[..., None, None, None])
+        P = labs.shape[1]
+        if cfg.subsample is not None:
+            if not 1 <= cfg.subsample <= P:
+                raise ValueError(f"subsample must be in 1..{P}, got {cfg.subsample}")
+            gdev = ctx.generator.device if ctx.generator is not None else "cpu"
+            pick = torch.rand(B, P, generator=ctx.generator, device=gdev).argsort(1)[:, :cfg.subsample]
+            pick = pick.sort(1).values.to(dev)
+            pick = torch.cat([pick, pick])
+            take = lambda z: z.gather(1, pick.view(*pick.shape, *([1] * (z.dim() - 2))).expand(-1, -1, *z.shape[2:]))
+            xs, labs, eps_ref = take(xs), take(labs), take(eps_ref)
+            tau = take(tau) if tau is not None else None
+        a_lab = alpha_at(ac, labs, ia).float()
+        if cfg.step_weighting == "inv-alpha":
+            w = inversion_step_weights(a_lab)
+        elif cfg.step_weighting == "uniform":
+            w = torch.ones_like(a_lab)
+        else:
+            raise ValueError(f"step_weighting must be 'inv-alpha' or 'uniform', got {cfg.step_weighting!r}")
+        return {"x": xs, "t": labs, "eps_ref": eps_ref, "tau": tau, "weights": w[:B], "cond2": cond2,
+                "cache_used": use_cache, "points": labs.shape[1]}
+
+    def _point_terms(self, p, j, e):
+        """(2B,) per-row term whose winner − loser difference the loss is linear in, for point j."""
+        return per_sample_mse(e, p["eps_ref"][:, j] if p["tau"] is None else p["tau"][:, j])
+
+    def _loss_from(self, p, diffs: torch.Tensor):
+        cfg = self.config.resolve()
+        B, P = p["weights"].shape
+        dw, dl = diffs[:B], diffs[B:]
+        if p["tau"] is None:
+            return inversion_dpo_loss(dw, dl, p["weights"], cfg.beta)
+        ref = per_sample_mse(p["eps_ref"], p["tau"])  # (2B, P)
+        w = p["weights"]
+        red = lambda z: (w * z).sum(1) / P
+        return diffusion_dpo_loss(red(dw), red(dl), red(ref[:B]), red(ref[B:]), cfg.beta)
+
+    def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
+        cfg = self.config.resolve()
+        pol = guided(ctx.policy, cfg.guidance_scale)
+        P = p["points"]
+        prov = {"cache_used": p["cache_used"], "points_per_image": P}
+        if cfg.gradient == "standard":
+            diffs = torch.stack([self._point_terms(p, j, pol(p["x"][:, j], p["t"][:, j], p["cond2"]))
+                                 for j in range(P)], 1)
+            out = self._loss_from(p, diffs)
+            return MethodOutput(out.loss.mean(), out.loss.detach(), _m(out), provenance=prov)
+        if cfg.gradient != "constant-memory":
+            raise ValueError(f"gradient must be 'standard' or 'constant-memory', got {cfg.gradient!r}")
+        with torch.no_grad():
+            diffs = torch.stack([self._point_terms(p, j, pol(p["x"][:, j], p["t"][:, j], p["cond2"]))
+                                 for j in range(P)], 1)
+            out = self._loss_from(p, diffs)
+            B = p["weights"].shape[0]
+            # dL/dz_b = −σ(−z_b)/B; z is linear in Σ_j w_j (dʷ − dˡ) with slope ±(β/2)/P
+            sign = 1.0 if p["tau"] is None else -1.0
+            coef = -torch.sigmoid(-out.logits) / B * sign * 0.5 * cfg.beta / P
+        backward = ctx.backward or (lambda z: z.backward())
+        for j in range(P):
+            e = pol(p["x"][:, j], p["t"][:, j], p["cond2"])
+            dj = self._point_terms(p, j, e)
+            backward((coef * p["weights"][:, j] * (dj[:B] - dj[B:])).sum())
+        return MethodOutput(out.loss.mean(), out.loss.detach(), _m(out), backward_done=True, provenance=prov)
+
+
+def _m(out) -> dict[str, float]:
+    return {"implicit_acc": out.implicit_acc.mean().item(), "logit": out.logits.mean().item()}

@@ -1,0 +1,27 @@
+"""SD1.5-SG: Stable Diffusion 1.5 conditioned on scene graphs through the SG encoder (768-d text width)."""
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..models.sg_encoder import SGEncoder
+from .sg_pipeline import SGPipelineBase
+
+
+class StableDiffusionSGPipeline(SGPipelineBase):
+    """SD1.5 layout (vae, text_encoder, tokenizer, unet, scheduler) plus ``sg_encoder``.
+
+    Conditioning: the final hidden states of the serialised graph text, with the gated graph residual; CFG's
+    unconditional branch is the empty text."""
+
+    arch = "sd15"
+    default_guidance_scale = 7.5
+    model_cpu_offload_seq = "text_encoder->sg_encoder->unet->vae"
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, sg_encoder=sg_encoder)
+        self._post_init()

@@ -1,0 +1,173 @@
+"""The denoising loop shared by SD1.5-SG and SDXL-SG: scene graphs in, images out.
+
+* ``graphs``: ``SceneGraph``s, ``LaionSGRecord``s or LAION-SG record dicts.
+* Many graphs x many seeds in one batched call: image ``g * K + k`` is graph ``g`` with seed ``k``
+  (``seeds=[...]``: the same seed gives the same initial noise for every graph), or ``num_images_per_graph``
+  with ``generator`` (one, or one per image) as in diffusers.
+* Classifier-free guidance: ``uncond + s * (cond - uncond)``; the unconditional branch is SDXL's zeros or
+  SD1.5's empty text (``sgalign.models.unconditional_conditioning``).
+* Deterministic given the generator(s) / seeds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
+from ..models.graph_inputs import as_scene_graphs
+from ..models.loading import MissingModelFileError, load_components, load_sg_encoder
+from ..models.sg_encoder import SGEncoder
+
+
+class SGPipelineBase(DiffusionPipeline):
+    """Shared by ``StableDiffusionSGPipeline`` and ``StableDiffusionXLSGPipeline`` (which define ``__init__``)."""
+
+    arch = "sd15"
+    default_guidance_scale = 7.5
+
+    def _post_init(self) -> None:
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ---- conditioning -------------------------------------------------------------------------------------
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.arch == "sdxl" else [])
+
+    @property
+    def text_encoders(self) -> list:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.arch == "sdxl" else [])
+
+    def encode_graphs(self, graphs: Any, height: int | None = None, width: int | None = None,
+                      use_graph: bool = True) -> SGConditioning:
+        """The conditioning of ``graphs`` (one row per graph); the trainer uses this same value everywhere."""
+        height, width = self._size(height, width)
+        return build_conditioning(graphs, self.sg_encoder, self.tokenizers, self.text_encoders, use_graph=use_graph,
+                                  height=height, width=width)
+
+    def unconditional(self, cond: SGConditioning) -> SGConditioning:
+        pad = self.sg_encoder.config.pad_with_eos_copies if self.sg_encoder is not None else True
+        return unconditional_conditioning(cond, self.tokenizers, self.text_encoders, pad_with_eos_copies=pad)
+
+    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        default = self.unet.config.sample_size * self.vae_scale_factor
+        return height or default, width or default
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, graphs: Any = None, *, conditioning: SGConditioning | None = None,
+                 num_images_per_graph: int = 1, seeds: Sequence[int] | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+                 guidance_scale: float | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True) -> ImagePipelineOutput | tuple:
+        """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph)."""
+        height, width = self._size(height, width)
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        device = self._execution_device
+        if conditioning is None:
+            if graphs is None:
+                raise ValueError("pass graphs (SceneGraph / LAION-SG records) or conditioning")
+            conditioning = self.encode_graphs(as_scene_graphs(graphs), height, width)
+        n_graphs = len(conditioning)
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError("pass seeds or generator, not both")
+            num_images_per_graph = len(seeds)
+            generator = [torch.Generator(device="cpu").manual_seed(int(s)) for _ in range(n_graphs) for s in seeds]
+        batch = n_graphs * num_images_per_graph
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images ({n_graphs} graphs x "
+                             f"{num_images_per_graph})")
+
+        dtype = self.unet.dtype
+        cond = conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
+        do_cfg = guidance_scale > 1.0
+        if do_cfg:
+            cond = SGConditioning.cat([self.unconditional(cond).to(device=device, dtype=dtype), cond])
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+        elif latents.shape != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        step_kwargs = self._step_kwargs(generator, eta)
+        unet_kwargs = cond.unet_kwargs()
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x = torch.cat([latents] * 2) if do_cfg else latents
+            x = self.scheduler.scale_model_input(x, t)
+            eps = self.unet(x, t, **unet_kwargs, return_dict=False)[0]
+            if do_cfg:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.image_processor.postprocess(self._decode(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        # SDXL's VAE overflows in fp16 (its config says force_upcast): decode in fp32, as diffusers' SDXL does
+        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(z, return_dict=False)[0]
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
+
+    def _step_kwargs(self, generator: Any, eta: float) -> dict:
+        import inspect
+
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kw: dict = {}
+        if "eta" in params:
+            kw["eta"] = eta
+        if "generator" in params:
+            kw["generator"] = generator
+        return kw
+
+    # ---- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_local(cls, path: str | Path, sg_encoder: SGEncoder | str | Path | None = None, *,
+                   init_sg_encoder: dict | None = None, torch_dtype: Any = None, variant: str | None = None):
+        """Load from a local folder in the base layout (``stable-diffusion-v1-5`` / ``-xl-base-1.0``).
+
+        The SG encoder is, in order: ``sg_encoder`` (module, ``sg_encoder/`` folder or LAION-SG ``.pt``), the
+        folder's own ``sg_encoder/``, or -- only if ``init_sg_encoder`` (config overrides) is given -- a fresh
+        random-init encoder sized to the text encoders."""
+        path = Path(path)
+        comps = load_components(path, cls.arch, torch_dtype=torch_dtype, variant=variant)
+        if isinstance(sg_encoder, SGEncoder):
+            enc = sg_encoder
+        elif sg_encoder is not None:
+            enc = load_sg_encoder(sg_encoder)
+        elif (path / "sg_encoder").exists():
+            enc = load_sg_encoder(path / "sg_encoder")
+        elif init_sg_encoder is not None:
+            text_dim = sum(te.config.hidden_size for te in
+                           [comps["text_encoder"]] + ([comps["text_encoder_2"]] if cls.arch == "sdxl" else []))
+            enc = SGEncoder(**{"text_dim": text_dim, **init_sg_encoder})
+        else:
+            raise MissingModelFileError(
+                f"{path} has no sg_encoder/ folder (config.json + diffusion_pytorch_model.safetensors) and no SG "
+                "encoder was given: pass sg_encoder=<folder or LAION-SG .pt>, or init_sg_encoder={} for a "
+                "random-init encoder")
+        if torch_dtype is not None:
+            enc = enc.to(torch_dtype)
+        return cls(**comps, sg_encoder=enc)

@@ -1,0 +1,17 @@
+"""Compositional rewards: DPG-Bench and T2I-CompBench 3-in-1 as exact, model-free logic behind pluggable backends,
+their Eq. 17 combination, and provenance on every score.
+
+    reward = CombinedReward([DPGReward(vqa), CompBench3in1Reward(vqa, detector, similarity, parser)])
+    out = reward(images, scene_graphs)   # out.scores[i] = {"dpg": .., "compbench_3in1": .., "reward": ..}
+"""
+from .combine import COMBINED_KEY, CombinedReward, combine
+from .compbench import CompBench3in1Reward, CompBenchConfig, PromptTypeLists
+from .dpg_bench import DPGConfig, DPGReward, QuestionSet, questions_from_scene_graph, read_dsg_csv
+from .protocol import Reward
+from .provenance import BackendInfo, Provenance, RewardOutput
+
+__all__ = [
+    "COMBINED_KEY", "CombinedReward", "combine", "CompBench3in1Reward", "CompBenchConfig", "PromptTypeLists",
+    "DPGConfig", "DPGReward", "QuestionSet", "questions_from_scene_graph", "read_dsg_csv", "Reward",
+    "BackendInfo", "Provenance", "RewardOutput",
+]

@@ -1,0 +1,37 @@
+"""Model backends for the rewards. The protocols (``YesNoVQA``, ``Detector``, ``ImageTextSimilarity``,
+``TextParser``) are documented in ``protocols.py``; a new backend (e.g. the shapes-world oracle) plugs in by
+implementing one of them and an ``info: BackendInfo`` with ``kind="world"``.
+
+Real adapters (local weights only, lazy heavy imports): ``BlipVQA`` (transformers BLIP-VQA),
+``CLIPSimilarity`` (transformers CLIP), ``OwlDetector`` (transformers OWL-ViT / OWLv2), ``SpacyParser``.
+Each checks its ``MANIFEST`` first and raises ``BackendUnavailable`` naming the missing files and the folder.
+Scripted backends and the regex parser are fallbacks (``info.fallback`` is True).
+"""
+from .manifest import BackendUnavailable, Manifest, RequiredFile, resolve
+from .registry import available, build_backend, register
+from .protocols import (Detection, Detector, ImageTextSimilarity, ParsedText, TextParser, Token, VQAQuery,
+                        YesNoVQA)
+from .scripted import RegexTextParser, ScriptedDetector, ScriptedParser, ScriptedSimilarity, ScriptedVQA
+
+__all__ = [
+    "BackendUnavailable", "Manifest", "RequiredFile", "resolve", "available", "build_backend", "register",
+    "Detection", "Detector", "ImageTextSimilarity",
+    "ParsedText", "TextParser", "Token", "VQAQuery", "YesNoVQA", "RegexTextParser", "ScriptedDetector",
+    "ScriptedParser", "ScriptedSimilarity", "ScriptedVQA", "BlipVQA", "CLIPSimilarity", "OwlDetector", "SpacyParser",
+]
+
+
+def __getattr__(name: str):  # real adapters import torch/transformers: load them only when asked for
+    if name == "BlipVQA":
+        from .blip_vqa import BlipVQA
+        return BlipVQA
+    if name == "CLIPSimilarity":
+        from .clip_similarity import CLIPSimilarity
+        return CLIPSimilarity
+    if name == "OwlDetector":
+        from .owl_detector import OwlDetector
+        return OwlDetector
+    if name == "SpacyParser":
+        from .spacy_parser import SpacyParser
+        return SpacyParser
+    raise AttributeError(name)

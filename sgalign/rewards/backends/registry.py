@@ -1,0 +1,70 @@
+"""Backends by name, as configs name them, with the fallback policy.
+
+``build_backend("vqa", "blip-vqa", path="...")`` builds a real adapter from a local folder;
+``policy="allow-fallback"`` substitutes the role's labelled fallback when the real one is unavailable (missing
+files or library), and the substitution shows in provenance. Other packages add backends with ``register``
+(e.g. the shapes world: ``register("vqa", "world", factory)``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .manifest import resolve
+from .scripted import RegexTextParser, ScriptedDetector, ScriptedSimilarity, ScriptedVQA
+
+ROLES = ("vqa", "detector", "similarity", "parser")
+
+
+def _blip(path=None, **kw):
+    from .blip_vqa import BlipVQA
+    return BlipVQA.from_pretrained(path, **kw)
+
+
+def _clip(path=None, **kw):
+    from .clip_similarity import CLIPSimilarity
+    return CLIPSimilarity.from_pretrained(path, **kw)
+
+
+def _owl(path=None, **kw):
+    from .owl_detector import OwlDetector
+    return OwlDetector.from_pretrained(path, **kw)
+
+
+def _spacy(path=None, **kw):
+    from .spacy_parser import SpacyParser
+    return SpacyParser.from_pretrained(path, **kw)
+
+
+_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
+    "vqa": {"blip-vqa": _blip, "scripted": lambda path=None, **kw: ScriptedVQA(**kw)},
+    "detector": {"owl": _owl, "scripted": lambda path=None, **kw: ScriptedDetector(kw.pop("detections", []), **kw)},
+    "similarity": {"clip": _clip, "scripted": lambda path=None, **kw: ScriptedSimilarity(**kw)},
+    "parser": {"spacy": _spacy, "regex": lambda path=None, **kw: RegexTextParser()},
+}
+# What "allow-fallback" substitutes: uninformative, labelled stand-ins (a constant 0.5 VQA, no detections,
+# zero similarity, the regex parser). They keep a pipeline running; their numbers mean nothing.
+_FALLBACK: dict[str, Callable[[], Any]] = {
+    "vqa": lambda: ScriptedVQA(default_answer="no", default_probs=(0.5, 0.5), name="fallback-vqa"),
+    "detector": lambda: ScriptedDetector([], name="fallback-detector"),
+    "similarity": lambda: ScriptedSimilarity(default=0.0, name="fallback-similarity"),
+    "parser": RegexTextParser,
+}
+
+
+def register(role: str, name: str, factory: Callable[..., Any]) -> None:
+    """Add a backend: ``factory(path=None, **options)`` returns an object implementing the role's protocol."""
+    if role not in ROLES:
+        raise ValueError(f"unknown backend role {role!r}; roles: {ROLES}")
+    _REGISTRY[role][name] = factory
+
+
+def available(role: str) -> list[str]:
+    return sorted(_REGISTRY[role])
+
+
+def build_backend(role: str, name: str, path: str | None = None, policy: str = "strict", **options: Any) -> Any:
+    if role not in ROLES:
+        raise ValueError(f"unknown backend role {role!r}; roles: {ROLES}")
+    if name not in _REGISTRY[role]:
+        raise ValueError(f"unknown {role} backend {name!r}; known: {available(role)}")
+    return resolve(lambda: _REGISTRY[role][name](path=path, **options), _FALLBACK[role], policy)

@@ -1,0 +1,192 @@
+"""SD1.5-SG / SDXL-SG pipelines on tiny random-init models: batched graphs x seeds, determinism, CFG branches,
+save/load round trip, loading from local base folders with clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sgalign.models import SGEncoder
+from sgalign.models.loading import MissingModelFileError, check_layout
+from sgalign.models.tiny import make_tiny, tiny_pipeline
+from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+from sgalign.scene_graph import SceneGraph
+
+ARCHS = ["sd15-sg", "sdxl-sg"]
+CLS = {"sd15-sg": StableDiffusionSGPipeline, "sdxl-sg": StableDiffusionXLSGPipeline}
+STEPS = 2
+
+
+def graphs():
+    a = SceneGraph.from_triples([("snow", ["white"]), ("river", ["calm"]), ("mountains", ["rocky"])],
+                                [(0, "adjacent to", 1)])
+    b = SceneGraph.from_triples([("cat", []), ("sofa", ["red"])], [(0, "on", 1)])
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    out = {}
+    for arch in ARCHS:
+        p = tiny_pipeline(arch, gate_init=0.5)
+        p.set_progress_bar_config(disable=True)
+        out[arch] = p
+    return out
+
+
+def run(pipe, gs=None, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    kw.setdefault("output_type", "np")
+    return pipe(graphs() if gs is None else gs, **kw).images
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_many_graphs_many_seeds_one_call(pipes, arch):
+    pipe = pipes[arch]
+    imgs = run(pipe, seeds=[3, 4])
+    assert imgs.shape == (4, 16, 16, 3) and imgs.dtype == np.float32
+    assert 0.0 <= imgs.min() and imgs.max() <= 1.0
+    # deterministic: the same call again gives the same images
+    assert np.array_equal(imgs, run(pipe, seeds=[3, 4]))
+    # image g*K + k is graph g with seed k: equal to generating that pair alone
+    alone = run(pipe, [graphs()[1]], seeds=[4])
+    np.testing.assert_allclose(imgs[1 * 2 + 1], alone[0], atol=1e-5)
+    # different seeds and different graphs give different images
+    assert not np.allclose(imgs[0], imgs[1]) and not np.allclose(imgs[0], imgs[2])
+    # latents out: (B, 4, 8, 8)
+    lat = run(pipe, seeds=[3], output_type="latent", num_inference_steps=1)
+    assert lat.shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generator_determinism(pipes, arch):
+    pipe = pipes[arch]
+    a = run(pipe, num_images_per_graph=2, generator=torch.Generator().manual_seed(0), eta=1.0)
+    b = run(pipe, num_images_per_graph=2, generator=torch.Generator().manual_seed(0), eta=1.0)
+    c = run(pipe, num_images_per_graph=2, generator=torch.Generator().manual_seed(1), eta=1.0)
+    assert a.shape == (4, 16, 16, 3) and np.array_equal(a, b) and not np.allclose(a, c)
+    with pytest.raises(ValueError, match="3 generators for 4 images"):
+        run(pipe, num_images_per_graph=2, generator=[torch.Generator()] * 3)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cfg_uses_the_right_unconditional_branch(pipes, arch, monkeypatch):
+    pipe = pipes[arch]
+    seen = []
+    real = pipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, **kw):
+        seen.append((encoder_hidden_states.clone(), kw.get("added_cond_kwargs")))
+        return real(sample, t, encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    run(pipe, seeds=[0], guidance_scale=5.0, num_inference_steps=1)
+    emb, added = seen[0]
+    cond = pipe.encode_graphs(graphs())
+    assert emb.shape[0] == 4  # [uncond x2, cond x2]
+    torch.testing.assert_close(emb[2:], cond.prompt_embeds)
+    if arch == "sdxl-sg":
+        assert not emb[:2].any() and not added["text_embeds"][:2].any()  # SDXL: zeros
+        assert added["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 4
+    else:  # SD1.5: the empty text
+        empty = pipe.encode_graphs([SceneGraph([])], use_graph=False).prompt_embeds
+        torch.testing.assert_close(emb[:2], empty.expand(2, -1, -1))
+    seen.clear()
+    run(pipe, seeds=[0], guidance_scale=1.0, num_inference_steps=1)
+    assert seen[0][0].shape[0] == 2  # no CFG: conditional branch only
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gate_changes_images(pipes, arch):
+    pipe = pipes[arch]
+    a = run(pipe, seeds=[0])
+    with torch.no_grad():
+        old = pipe.sg_encoder.alpha_obj.clone()
+        pipe.sg_encoder.alpha_obj.fill_(5.0)
+    try:
+        b = run(pipe, seeds=[0])
+    finally:
+        with torch.no_grad():
+            pipe.sg_encoder.alpha_obj.copy_(old)
+    assert not np.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip_identical_images(pipes, arch, tmp_path):
+    pipe = pipes[arch]
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["sg_encoder"] == ["sgalign.models.sg_encoder", "SGEncoder"]
+    assert (tmp_path / "p" / "sg_encoder" / "diffusion_pytorch_model.safetensors").is_file()
+    back = CLS[arch].from_pretrained(tmp_path / "p")
+    back.set_progress_bar_config(disable=True)
+    assert back.sg_encoder.alpha_obj.item() == 0.5
+    assert np.array_equal(run(pipe, seeds=[0, 1]), run(back, seeds=[0, 1]))
+    # the same folder through the local loader (base layout + sg_encoder/)
+    local = CLS[arch].from_local(tmp_path / "p")
+    local.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(pipe, seeds=[0]), run(local, seeds=[0]))
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_from_local_base_folder_plus_sg_encoder(arch, tmp_path):
+    base = make_tiny(arch, tmp_path / arch)
+    cls = StableDiffusionXLSGPipeline if arch == "sdxl" else StableDiffusionSGPipeline
+    # a base folder has no SG encoder: a clear error, unless one is given or a random init is asked for
+    with pytest.raises(MissingModelFileError, match="no sg_encoder/"):
+        cls.from_local(base)
+    pipe = cls.from_local(base, init_sg_encoder={"embed_dim": 8, "hidden_dim": 8, "mode": "faithful"})
+    assert pipe.sg_encoder.config.text_dim == (64 if arch == "sdxl" else 32)
+    pipe.sg_encoder.save_pretrained(tmp_path / "enc")
+    again = cls.from_local(base, sg_encoder=tmp_path / "enc")
+    for p in (pipe, again):
+        p.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(pipe, seeds=[0]), run(again, seeds=[0]))
+    # a missing file is named, with what it is for
+    (base / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    shutil.rmtree(base / "tokenizer")
+    with pytest.raises(MissingModelFileError) as e:
+        cls.from_local(base, sg_encoder=tmp_path / "enc")
+    msg = str(e.value)
+    assert "unet/diffusion_pytorch_model.safetensors (the denoising UNet: weights" in msg
+    assert "tokenizer/vocab.json" in msg and "text_encoder/" not in msg
+
+
+def test_real_sdxl_layout_with_extra_folders_and_fp16_variant(tmp_path):
+    """The real SDXL base folder also has vae_1_0/, *.fp16.safetensors files etc.; only the needed files count."""
+    base = make_tiny("sdxl", tmp_path / "sdxl")
+    (base / "vae_1_0").mkdir()
+    w = base / "text_encoder_2" / "model.safetensors"
+    w.rename(w.with_name("model.fp16.safetensors"))
+    with pytest.raises(MissingModelFileError, match="text_encoder_2/model.safetensors"):
+        check_layout(base)
+    assert check_layout(base, variant="fp16") == "sdxl"
+    pipe = StableDiffusionXLSGPipeline.from_local(base, init_sg_encoder={}, variant="fp16")
+    assert isinstance(pipe.sg_encoder, SGEncoder)
+
+
+def test_laion_records_as_input(pipes):
+    pipe = pipes["sdxl-sg"]
+    recs = [g.to_record(img_id=str(i)) for i, g in enumerate(graphs())]
+    assert np.array_equal(run(pipe, recs, seeds=[0]), run(pipe, seeds=[0]))
+    with pytest.raises(ValueError, match="graphs"):
+        pipe(num_inference_steps=1)
+
+
+def test_fp16_vae_with_force_upcast_decodes_in_fp32(monkeypatch):
+    pipe = tiny_pipeline("sdxl-sg")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.to(torch.float16)
+    pipe.vae.register_to_config(force_upcast=True)
+    seen = []
+    real = pipe.vae.decode
+
+    def spy(z, **kw):
+        seen.append((z.dtype, pipe.vae.dtype))
+        return real(z, **kw)
+
+    monkeypatch.setattr(pipe.vae, "decode", spy)
+    img = run(pipe, seeds=[0], num_inference_steps=1)
+    assert seen == [(torch.float32, torch.float32)] and pipe.vae.dtype == torch.float16
+    assert np.isfinite(img).all()
