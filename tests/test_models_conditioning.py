@@ -9,6 +9,17 @@ from sgalign.models.tiny import tiny_pipeline
 from sgalign.scene_graph import SceneGraph, build_token_graph
 from sgalign.scene_graph.graph import Item, Relation
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors gain nothing from a second OpenMP thread, and on a shared 2-core machine its barrier waits
+    stall (measured: a tiny pipeline call 0.08 s with 1 thread, 0.1-5.8 s with 2 under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 H = W = 16
 
 
@@ -243,6 +254,11 @@ def test_records_and_scene_graphs_agree(pipes, arch):
     assert torch.equal(a.prompt_embeds, b.prompt_embeds)
     with pytest.raises(ValueError, match="graph 1"):
         build_conditioning([sg, {"img_id": 3}], enc, toks, encs, height=H, width=W)
+    with pytest.raises(ValueError, match="no scene graphs"):
+        build_conditioning([], enc, toks, encs, height=H, width=W)
+    with torch.no_grad():  # a single record is one graph
+        one = build_conditioning(sg.to_record().model_dump(), enc, toks, encs, height=H, width=W)
+    assert torch.equal(one.prompt_embeds, a.prompt_embeds)
 
 
 def test_width_mismatch_is_an_error(pipes):

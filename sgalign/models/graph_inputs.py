@@ -39,9 +39,12 @@ def as_scene_graph(graph: SceneGraph | LaionSGRecord | dict[str, Any], index: in
 
 
 def as_scene_graphs(graphs: Iterable[Any] | SceneGraph | LaionSGRecord) -> list[SceneGraph]:
-    if isinstance(graphs, (SceneGraph, LaionSGRecord)):
+    if isinstance(graphs, (SceneGraph, LaionSGRecord, dict)):  # a single graph
         graphs = [graphs]
-    return [as_scene_graph(g, i) for i, g in enumerate(graphs)]
+    out = [as_scene_graph(g, i) for i, g in enumerate(graphs)]
+    if not out:
+        raise ValueError("no scene graphs given")
+    return out
 
 
 @dataclass

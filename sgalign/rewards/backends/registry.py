@@ -3,7 +3,8 @@
 ``build_backend("vqa", "blip-vqa", path="...")`` builds a real adapter from a local folder;
 ``policy="allow-fallback"`` substitutes the role's labelled fallback when the real one is unavailable (missing
 files or library), and the substitution shows in provenance. Other packages add backends with ``register``
-(e.g. the shapes world: ``register("vqa", "world", factory)``).
+(e.g. ``register("vqa", "my-vqa", factory)``). The shapes-world oracle backends are built in:
+"world-oracle-vqa", "world-oracle-detector", "world-oracle-similarity" (no files; ``world.py``).
 """
 from __future__ import annotations
 
@@ -35,10 +36,23 @@ def _spacy(path=None, **kw):
     return SpacyParser.from_pretrained(path, **kw)
 
 
+def _world(cls_name: str) -> Callable[..., Any]:
+    """Shapes-world oracle backends (``world.py``): no files; ``oracle=`` / ``score_threshold=`` pass through."""
+    def factory(path=None, **kw):
+        if path is not None:
+            raise ValueError(f"world backend {cls_name} reads no files; got path={path!r} (leave it unset)")
+        from . import world
+        return getattr(world, cls_name)(**kw)
+    return factory
+
+
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
-    "vqa": {"blip-vqa": _blip, "scripted": lambda path=None, **kw: ScriptedVQA(**kw)},
-    "detector": {"owl": _owl, "scripted": lambda path=None, **kw: ScriptedDetector(kw.pop("detections", []), **kw)},
-    "similarity": {"clip": _clip, "scripted": lambda path=None, **kw: ScriptedSimilarity(**kw)},
+    "vqa": {"blip-vqa": _blip, "scripted": lambda path=None, **kw: ScriptedVQA(**kw),
+            "world-oracle-vqa": _world("WorldOracleVQA")},
+    "detector": {"owl": _owl, "scripted": lambda path=None, **kw: ScriptedDetector(kw.pop("detections", []), **kw),
+                 "world-oracle-detector": _world("WorldOracleDetector")},
+    "similarity": {"clip": _clip, "scripted": lambda path=None, **kw: ScriptedSimilarity(**kw),
+                   "world-oracle-similarity": _world("WorldOracleSimilarity")},
     "parser": {"spacy": _spacy, "regex": lambda path=None, **kw: RegexTextParser()},
 }
 # What "allow-fallback" substitutes: uninformative, labelled stand-ins (a constant 0.5 VQA, no detections,
