@@ -3,6 +3,9 @@ their Eq. 17 combination, and provenance on every score.
 
     reward = CombinedReward([DPGReward(vqa), CompBench3in1Reward(vqa, detector, similarity, parser)])
     out = reward(images, scene_graphs)   # out.scores[i] = {"dpg": .., "compbench_3in1": .., "reward": ..}
+
+On the shapes world: ``world_reward()`` is the same combination on the world-oracle backends
+(``backends/world.py``).
 """
 from .combine import COMBINED_KEY, CombinedReward, combine
 from .compbench import CompBench3in1Reward, CompBenchConfig, PromptTypeLists
@@ -13,5 +16,12 @@ from .provenance import BackendInfo, Provenance, RewardOutput
 __all__ = [
     "COMBINED_KEY", "CombinedReward", "combine", "CompBench3in1Reward", "CompBenchConfig", "PromptTypeLists",
     "DPGConfig", "DPGReward", "QuestionSet", "questions_from_scene_graph", "read_dsg_csv", "Reward",
-    "BackendInfo", "Provenance", "RewardOutput",
+    "BackendInfo", "Provenance", "RewardOutput", "world_reward",
 ]
+
+
+def __getattr__(name: str):  # the world backends import the shapes world (scipy): only when asked for
+    if name == "world_reward":
+        from .backends.world import world_reward
+        return world_reward
+    raise AttributeError(name)

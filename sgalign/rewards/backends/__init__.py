@@ -6,6 +6,8 @@ Real adapters (local weights only, lazy heavy imports): ``BlipVQA`` (transformer
 ``CLIPSimilarity`` (transformers CLIP), ``OwlDetector`` (transformers OWL-ViT / OWLv2), ``SpacyParser``.
 Each checks its ``MANIFEST`` first and raises ``BackendUnavailable`` naming the missing files and the folder.
 Scripted backends and the regex parser are fallbacks (``info.fallback`` is True).
+World backends (``world.py``, ``kind="world"``): ``WorldOracleVQA``, ``WorldOracleDetector``,
+``WorldOracleSimilarity`` (an oracle stand-in for C, not a cosine), answering from the shapes-world oracle.
 """
 from .manifest import BackendUnavailable, Manifest, RequiredFile, resolve
 from .registry import available, build_backend, register
@@ -18,7 +20,9 @@ __all__ = [
     "Detection", "Detector", "ImageTextSimilarity",
     "ParsedText", "TextParser", "Token", "VQAQuery", "YesNoVQA", "RegexTextParser", "ScriptedDetector",
     "ScriptedParser", "ScriptedSimilarity", "ScriptedVQA", "BlipVQA", "CLIPSimilarity", "OwlDetector", "SpacyParser",
+    "WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity",
 ]
+_WORLD = ("WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity")
 
 
 def __getattr__(name: str):  # real adapters import torch/transformers: load them only when asked for
@@ -34,4 +38,7 @@ def __getattr__(name: str):  # real adapters import torch/transformers: load the
     if name == "SpacyParser":
         from .spacy_parser import SpacyParser
         return SpacyParser
+    if name in _WORLD:  # imports the shapes world (scipy)
+        from . import world
+        return getattr(world, name)
     raise AttributeError(name)

@@ -26,16 +26,21 @@ import hashlib
 import re
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ...world import rules
 from ...world.oracle import ORACLE_VERSION, OracleScene, Phrase, Question, WorldOracle
-from ...world.sampler import WorldScene, _layout
+from ...world.sampler import WorldScene, _layout, sample_split
 from ..provenance import BackendInfo
 from .protocols import Detection, VQAQuery
+
+if TYPE_CHECKING:  # the reward modules import this package: no runtime import cycle
+    from ..combine import CombinedReward
+    from ..compbench import CompBenchConfig
+    from ..dpg_bench import DPGConfig
 
 ADAPTER_VERSION = "1"
 DEFAULT_SCORE_THRESHOLD = 0.5  # UniDet's ROI-head threshold in T2I-CompBench's spatial evaluation
@@ -207,8 +212,9 @@ def world_backends(oracle: WorldOracle | None = None,
             "similarity": WorldOracleSimilarity(cache)}
 
 
-def world_reward(oracle: WorldOracle | None = None, dpg_config=None, compbench_config=None,
-                 score_threshold: float = DEFAULT_SCORE_THRESHOLD):
+def world_reward(oracle: WorldOracle | None = None, dpg_config: DPGConfig | None = None,
+                 compbench_config: CompBenchConfig | None = None,
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> CombinedReward:
     """The world's default reward: ``CombinedReward([DPGReward, CompBench3in1Reward])`` on world backends, i.e.
     r = (dpg + compbench_3in1) / 2 (Inversion-DPO Eq. 17), for (image, ``SceneGraph``) batches.
 
@@ -271,3 +277,28 @@ def corrupt_scene(scene: WorldScene, kind: str, rng: np.random.Generator) -> Wor
         return WorldScene(tuple(objs[j] for j in keep),
                           tuple((index[s], p, index[o]) for s, p, o in rels if i not in (s, o)))
     raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
+
+
+def corruption_cases(n: int, seed: int = 0, split: str = "test"
+                     ) -> tuple[list[tuple[str, WorldScene, WorldScene]], int]:
+    """``n`` (kind, true scene, corrupted scene) cases, kinds cycling through ``CORRUPTIONS``, deterministic in
+    (n, seed, split). Scenes come from ``sample_split(split, ., seed)`` in order; a scene the current kind cannot
+    corrupt (``relation`` without a spatial relation) is skipped and the same kind is tried on the next scene.
+    Returns (cases, number of scenes skipped)."""
+    cases: list[tuple[str, WorldScene, WorldScene]] = []
+    skipped, pool = 0, 0
+    while len(cases) < n:  # rarely more than one round: about 1 scene in 12 is skipped
+        pool = max(2 * pool, n + n // 2)
+        scenes = sample_split(split, pool, seed=seed)  # deterministic prefix: a larger pool extends a smaller one
+        cases, skipped = [], 0
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        for sc in scenes:
+            kind = CORRUPTIONS[len(cases) % len(CORRUPTIONS)]
+            bad = corrupt_scene(sc, kind, rng)
+            if bad is None:
+                skipped += 1
+                continue
+            cases.append((kind, sc, bad))
+            if len(cases) == n:
+                break
+    return cases, skipped
