@@ -133,8 +133,8 @@ def parse_holdout(specs: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, st
     return tuple(out)
 
 
-def _layout(rng: np.random.Generator, extents: np.ndarray, spatial: list[tuple[int, str, int]],
-            batch: int = 256, tries: int = 8) -> np.ndarray | None:
+def layout_boxes(rng: np.random.Generator, extents: np.ndarray, spatial: list[tuple[int, str, int]],
+                 batch: int = 256, tries: int = 8) -> np.ndarray | None:
     """Integer boxes [n, 4] satisfying every spatial relation with margin, gaps and borders; None if not found."""
     n = len(extents)
     hi = rules.CANVAS - rules.BORDER - extents  # max x0 / y0 per object
@@ -207,7 +207,7 @@ def sample_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str]] | N
             continue
         lo = {"small": rules.SMALL_EXTENTS, "large": rules.LARGE_EXTENTS}
         extents = np.array([rng.integers(lo[z][0], lo[z][1] + 1) for _, _, z in objs])
-        boxes = _layout(rng, extents, [t for t in rels if t[1] in rules.SPATIAL])
+        boxes = layout_boxes(rng, extents, [t for t in rels if t[1] in rules.SPATIAL])
         if boxes is None:
             continue
         return WorldScene(tuple(WorldObject(sh, c, z, tuple(int(v) for v in box))

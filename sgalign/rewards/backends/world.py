@@ -33,7 +33,7 @@ from PIL import Image
 
 from ...world import rules
 from ...world.oracle import ORACLE_VERSION, OracleScene, Phrase, Question, WorldOracle
-from ...world.sampler import WorldScene, _layout, sample_split
+from ...world.sampler import WorldScene, layout_boxes, sample_split
 from ..provenance import BackendInfo
 from .protocols import Detection, VQAQuery
 
@@ -258,7 +258,7 @@ def corrupt_scene(scene: WorldScene, kind: str, rng: np.random.Generator) -> Wor
         for new in rng.permutation([q for q in rules.SPATIAL if q != p]):
             new_rels = rels[:k] + [(s, str(new), o)] + rels[k + 1:]
             extents = np.array([ob.extent for ob in objs])
-            boxes = _layout(rng, extents, [t for t in new_rels if t[1] in rules.SPATIAL])
+            boxes = layout_boxes(rng, extents, [t for t in new_rels if t[1] in rules.SPATIAL])
             if boxes is not None:
                 return WorldScene(tuple(replace(ob, box=tuple(int(v) for v in bx)) for ob, bx in zip(objs, boxes)),
                                   tuple(new_rels))
