@@ -1,0 +1,168 @@
+"""Training config: one pydantic section per concern, validated from YAML + ``--set`` overrides.
+
+``TrainConfig`` = task + model / data / method / optimizer / trainer / checkpointing / logging. Method options are
+validated by the chosen method's own config class from the registry (``method.options.<method name>.<option>``),
+so a mistyped option is an error naming it, and the trainer never names a method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError, field_validator, model_validator
+
+from ..config import ConfigModel
+
+
+class LoraConfig(ConfigModel):
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class ModelConfig(ConfigModel):
+    # "auto": the world SD1.5-SG at sgalign/world/weights/world-sd15-sg/ when that folder exists, else a tiny
+    # RANDOM-INIT model generated into the run dir (sgalign.models.tiny; labelled so in logs and resolved config)
+    path: str = "auto"
+    tiny_arch: Literal["sd15", "sdxl", "sd15-sg", "sdxl-sg"] | None = None  # auto fallback; None: by task
+    variant: str | None = None
+    sg_encoder: str | None = None  # compositional: SG encoder folder / LAION-SG .pt; None: the folder's sg_encoder/
+    unet_init: str | None = None  # a UNet folder (diffusers) initialising policy AND reference (official --unet_init)
+    train_unet: Literal["full", "lora", "none"] = "full"
+    train_sg_encoder: bool = True  # compositional only: the SG encoder is part of the policy
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = False
+    frozen_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # VAE + text encoders; auto: the mixed precision
+    random_init: bool = False  # set by the trainer when the auto fallback is used (recorded in the resolved config)
+
+
+class DataConfig(ConfigModel):
+    # candidate dataset (compositional) or Pick-a-Pic-format pairs (t2i): a save_to_disk folder, a .parquet file
+    # or a folder of .parquet/.arrow shards. "auto": a SYNTHETIC placeholder dataset written into the run dir.
+    path: str = "auto"
+    batch_size: int = 1  # pairs per process per micro-batch
+    resolution: int | None = None  # pixels; None: the UNet's sample_size x VAE factor
+    center_crop: bool = True  # official default (random crop with --random_crop)
+    random_flip: bool = False  # official default is an independent h-flip per image (unless --no_hflip)
+    proportion_empty_prompts: float = 0.0  # official default 0.2 (empty caption / empty scene graph)
+    vae_sample: bool = True  # official: latent_dist.sample(); False: the mean (required by cache_latents)
+    cache_latents: bool = False  # in memory, per image; refused with random flips/crops or vae_sample
+    cache_text: bool = True  # text states / graph inputs per row, in memory (frozen encoders: exact)
+    margin: float = 0.0  # compositional: reward gap a pair needs
+    pair_mode: Literal["one-per-annotation", "all-pairs"] = "one-per-annotation"
+    score_columns: list[str] | None = None  # t2i: [score_0, score_1] columns (e.g. PickScore), else none
+    synthetic_rows: int = 8  # size of the "auto" placeholder dataset
+
+    @model_validator(mode="after")
+    def _caching(self) -> "DataConfig":
+        if self.cache_latents and (self.random_flip or not self.center_crop):
+            raise ValueError("cache_latents: cached latents would freeze one random flip/crop; set random_flip=false "
+                             "and center_crop=true, or cache_latents=false")
+        if self.cache_latents and self.vae_sample:
+            raise ValueError("cache_latents: a cached latent_dist.sample() would reuse one sample forever; set "
+                             "vae_sample=false (use the mean) or cache_latents=false")
+        return self
+
+
+class MethodSection(ConfigModel):
+    name: str = "diffusion-dpo"
+    # per method name: {option: value}; every entry is validated by that method's config class
+    options: dict[str, dict[str, Any]] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ..methods import available_methods
+        if v not in available_methods():
+            raise ValueError(f"unknown method {v!r}; available: {', '.join(available_methods())}")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, opts in v.items():
+            method_options(name, opts)
+        return v
+
+    def chosen(self) -> dict[str, Any]:
+        return dict(self.options.get(self.name, {}))
+
+
+def method_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``opts`` against method ``name``'s config dataclass; errors name the option."""
+    from ..methods import available_methods, get_method_class
+    if name not in available_methods():
+        raise ValueError(f"options given for unknown method {name!r}; available: {', '.join(available_methods())}")
+    cfg_cls = get_method_class(name).config_class
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    hints = typing.get_type_hints(cfg_cls)
+    out = {}
+    for k, val in opts.items():
+        if k not in fields:
+            raise ValueError(f"{name}.{k}: unknown option of method {name!r} (options: {', '.join(sorted(fields))})")
+        try:
+            out[k] = TypeAdapter(hints[k]).validate_python(val)
+        except ValidationError as e:
+            raise ValueError(f"{name}.{k}: {e.errors()[0]['msg']} (got {val!r})") from None
+    return out
+
+
+class OptimizerConfig(ConfigModel):
+    name: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    lr: float = 1e-8  # per pair when scale_lr (official convention: lr = 1e-8 x effective pairs per step)
+    scale_lr: bool = True  # lr x batch_size x gradient_accumulation_steps x num_processes
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    warmup_steps: int = 500
+
+
+class TrainerConfig(ConfigModel):
+    output_dir: str = "runs/train"
+    seed: int = 0
+    max_steps: int = 2000  # optimizer steps
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    trajectory_cache: bool = False  # on-disk cache of deterministic reference inversions (methods that use one)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+
+class CheckpointConfig(ConfigModel):
+    every: int = 500  # optimizer steps; 0: only at the end
+    keep: int | None = None  # most recent checkpoints kept; None: all
+    resume: str | None = None  # "latest" or a checkpoint folder
+    final_pipeline: bool = True  # export the whole pipeline (policy weights merged) at the end
+
+
+class LoggingConfig(ConfigModel):
+    every: int = 1
+    tqdm: bool = True
+    tensorboard: Literal["auto", "on", "off"] = "auto"  # auto: when tensorboard is installed
+
+
+class TrainConfig(ConfigModel):
+    task: Literal["compositional", "t2i"] = "compositional"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodSection = MethodSection()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    checkpointing: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _trainable(self) -> "TrainConfig":
+        sg = self.task == "compositional" and self.model.train_sg_encoder
+        if self.model.train_unet == "none" and not sg:
+            raise ValueError("model: nothing to train (train_unet='none' and no trainable SG encoder)")
+        return self

@@ -1,0 +1,248 @@
+"""Training data: the candidate dataset (compositional) and Pick-a-Pic-format fixed pairs (t2i).
+
+Candidate dataset (written by ``build_pairs``; Hugging Face ``datasets`` Arrow, ``save_to_disk`` folder, a
+``.parquet`` file, or a folder of ``.parquet``/``.arrow`` shards read in sorted order). One row per annotation:
+
+==============  ==========================================  ===================================================
+column          Arrow type                                  meaning
+==============  ==========================================  ===================================================
+``annotation``  string                                      the LAION-SG record, JSON (validated on read)
+``candidates``  list<binary>                                K candidate images, PNG bytes
+``seeds``       list<int64>                                 the generation seed of each candidate
+``scores``      struct<{component}: list<float64>>          per reward component (e.g. ``dpg``,
+                                                            ``compbench_3in1``, its parts), K values each
+``reward``      list<float64>                               combined reward r = (1/N) sum_i r_i per candidate
+``provenance``  string                                      JSON: base model hash, generation settings,
+                                                            reward backends, whether any was a fallback
+==============  ==========================================  ===================================================
+
+Every list of a row has the same length K. Pairs are drawn dynamically per annotation by
+``DynamicPairSampler`` (reward margin; winner = higher combined reward; SmPO scores = the combined rewards).
+
+Pick-a-Pic v2 (DATA_AND_METRICS.md): columns ``jpg_0``, ``jpg_1`` (bytes), ``label_0``, ``label_1``, ``caption``
+(others are carried but unused). Ties (``label_0 == 0.5``) are dropped; winner = the image with label 1. A pair
+with an undecodable image is skipped as a pair (never one side) and reported in ``skipped``. Optional score
+columns (``data.score_columns``, e.g. PickScore relabels) give ``score_w``/``score_l``.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..scene_graph import LaionSGRecord, SceneGraph
+from .pair_sampler import DynamicPairSampler
+
+CANDIDATE_COLUMNS = ("annotation", "candidates", "seeds", "scores", "reward", "provenance")
+PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "label_1", "caption")
+
+
+def candidate_features(score_components: list[str]):
+    from datasets import Features, List, Value
+    return Features({"annotation": Value("string"), "candidates": List(Value("binary")),
+                     "seeds": List(Value("int64")),
+                     "scores": {c: List(Value("float64")) for c in score_components},
+                     "reward": List(Value("float64")), "provenance": Value("string")})
+
+
+def load_table(path: str | Path):
+    """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards."""
+    import datasets
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"dataset not found: {p} (a save_to_disk folder, a .parquet file or a folder of "
+                                ".parquet/.arrow shards)")
+    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
+        return datasets.load_from_disk(str(p))
+    files = [p] if p.is_file() else sorted([*p.glob("*.parquet"), *p.glob("*.arrow")])
+    if not files:
+        raise FileNotFoundError(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
+    kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
+    return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+
+
+def _require(ds, cols, path, what) -> None:
+    missing = [c for c in cols if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{path}: not a {what}: missing column(s) {missing} (has {ds.column_names})")
+
+
+def decode_image(data: bytes):
+    from PIL import Image
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def preprocess(img, resolution: int, center_crop: bool, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Resize the short side to ``resolution``, crop (center or random), optional h-flip, to [-1, 1] (3, H, W)."""
+    from PIL import Image
+    w, h = img.size
+    s = resolution / min(w, h)
+    img = img.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    if center_crop:
+        top, left = (h - resolution) // 2, (w - resolution) // 2
+    else:
+        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+    x = torch.from_numpy(np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.float32))
+    x = x.permute(2, 0, 1) / 127.5 - 1.0
+    return x.flip(-1) if flip else x
+
+
+@dataclass
+class RawPair:
+    """One pair before encoding. ``prompt``: a SceneGraph (compositional) or a caption (t2i)."""
+    row: int
+    prompt: Any
+    image_w: Any
+    image_l: Any
+    id_w: str
+    id_l: str
+    score_w: float | None = None
+    score_l: float | None = None
+
+
+class PairSource:
+    """Rows + a stateful ``DynamicPairSampler``; ``stream()`` yields decodable ``RawPair`` items forever, skipping
+    (and reporting in ``skipped``) pairs with an undecodable image. Its state is the sampler's."""
+
+    def __init__(self, sampler: DynamicPairSampler):
+        self.sampler = sampler
+        self.skipped: list[dict[str, Any]] = []
+
+    def pair(self, item) -> RawPair:
+        raise NotImplementedError
+
+    def stream(self) -> Iterator[RawPair]:
+        for item in self.sampler:
+            try:
+                yield self.pair(item)
+            except _Undecodable as e:
+                self.skipped.append({"row": e.row, "reason": str(e)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "skipped": list(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.skipped = list(state.get("skipped", []))
+
+
+class _Undecodable(ValueError):
+    def __init__(self, msg: str, row: int):
+        super().__init__(msg)
+        self.row = row
+
+
+def _decode(data: bytes, where: str, row: int):
+    try:
+        return decode_image(data)
+    except Exception as e:  # PIL raises several types for corrupt data
+        raise _Undecodable(f"{where}: undecodable image ({type(e).__name__}), pair skipped", row) from None
+
+
+class CandidatePairs(PairSource):
+    """Compositional pairs: dynamic win/lose draws from each annotation's K scored candidates."""
+
+    def __init__(self, path: str | Path, margin: float = 0.0, seed: int = 0, mode: str = "one-per-annotation",
+                 num_replicas: int = 1, rank: int = 0):
+        self.path = Path(path)
+        self.ds = load_table(path)
+        _require(self.ds, CANDIDATE_COLUMNS, path, "candidate dataset")
+        rewards = self.ds["reward"]
+        meta = self.ds.select_columns(["seeds", "scores", "annotation"])
+        for i, (r, row) in enumerate(zip(rewards, meta)):
+            k = len(r)
+            bad = [n for n, v in [("seeds", row["seeds"])] + [(f"scores.{c}", s) for c, s in row["scores"].items()]
+                   if len(v) != k]
+            if bad:
+                raise ValueError(f"{path}: row {i}: {bad} do not have one value per candidate (reward has {k})")
+        super().__init__(DynamicPairSampler(rewards, margin=margin, seed=seed, mode=mode,
+                                            num_replicas=num_replicas, rank=rank))
+        self._graphs: dict[int, SceneGraph] = {}
+
+    def graph(self, row: int) -> SceneGraph:
+        if row not in self._graphs:
+            raw = self.ds[row]["annotation"]
+            try:
+                self._graphs[row] = SceneGraph.from_record(LaionSGRecord.model_validate_json(raw))
+            except Exception as e:
+                raise ValueError(f"{self.path}: row {row}: annotation is not a valid LAION-SG record: {e}") from None
+        return self._graphs[row]
+
+    def pair(self, item) -> RawPair:
+        row = self.ds[item.annotation]
+        where = f"{self.path}: row {item.annotation}"
+        img_w = _decode(row["candidates"][item.win], f"{where} candidate {item.win}", item.annotation)
+        img_l = _decode(row["candidates"][item.lose], f"{where} candidate {item.lose}", item.annotation)
+        g = self.graph(item.annotation)
+        base = f"{item.annotation}"
+        return RawPair(item.annotation, g, img_w, img_l, f"{base}/{row['seeds'][item.win]}",
+                       f"{base}/{row['seeds'][item.lose]}", item.reward_win, item.reward_lose)
+
+
+class PickapicPairs(PairSource):
+    """t2i fixed pairs in the Pick-a-Pic v2 format; ties dropped; winner = label 1."""
+
+    def __init__(self, path: str | Path, seed: int = 0, score_columns: list[str] | None = None,
+                 num_replicas: int = 1, rank: int = 0):
+        self.path = Path(path)
+        self.ds = load_table(path)
+        _require(self.ds, PICKAPIC_COLUMNS + tuple(score_columns or ()), path, "Pick-a-Pic-format pair dataset")
+        if score_columns is not None and len(score_columns) != 2:
+            raise ValueError(f"data.score_columns: need two columns (image 0, image 1), got {score_columns}")
+        self.score_columns = score_columns
+        label0 = np.asarray(self.ds["label_0"], dtype=np.float64)
+        self.rows = np.flatnonzero(label0 != 0.5)  # ties dropped (Diffusion-DPO convention)
+        self.ties_dropped = int(len(label0) - len(self.rows))
+        self.winner0 = label0[self.rows] > 0.5
+        super().__init__(DynamicPairSampler([[1.0, 0.0]] * len(self.rows), seed=seed, num_replicas=num_replicas,
+                                            rank=rank))
+
+    def pair(self, item) -> RawPair:
+        idx = int(self.rows[item.annotation])
+        row = self.ds[idx]
+        w0 = bool(self.winner0[item.annotation])
+        # both decoded before either is used: a bad image drops the pair, never one side
+        im0 = _decode(row["jpg_0"], f"{self.path}: row {idx} jpg_0", idx)
+        im1 = _decode(row["jpg_1"], f"{self.path}: row {idx} jpg_1", idx)
+        sw = sl = None
+        if self.score_columns:
+            s0, s1 = (float(row[c]) for c in self.score_columns)
+            sw, sl = (s0, s1) if w0 else (s1, s0)
+        ids = (f"{idx}/0", f"{idx}/1")
+        return RawPair(idx, row["caption"] or "", im0 if w0 else im1, im1 if w0 else im0,
+                       ids[0] if w0 else ids[1], ids[1] if w0 else ids[0], sw, sl)
+
+
+@dataclass
+class BatchStream:
+    """Groups a ``PairSource`` stream into lists of ``batch_size`` pairs (the source's state is the stream's)."""
+    source: PairSource
+    batch_size: int
+    _it: Iterator[RawPair] | None = field(default=None, init=False)
+
+    def next(self) -> list[RawPair]:
+        if self._it is None:
+            self._it = self.source.stream()
+        return [next(self._it) for _ in range(self.batch_size)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
+        self._it = None
+
+
+def provenance_of(path: str | Path) -> list[dict[str, Any]]:
+    """The distinct provenance records of a candidate dataset (for the run's record)."""
+    ds = load_table(path)
+    return [json.loads(p) for p in sorted(set(ds["provenance"]))]

@@ -1,0 +1,166 @@
+"""The networks the trainer owns: the ε-model wrapper, the once-per-batch conditioning, policy and reference.
+
+Conditioning is one value per batch: a dict of row-indexed tensors built by ``ConditionEncoder`` from the frozen
+text encoders (text states, SDXL pooled embeds and time ids; for the compositional task also the SG encoder's
+*inputs*: node / predicate features, edges, and where each graph output lands in the text). The same dict is
+passed to policy, reference and inversion passes; each ``Denoiser`` applies its own SG encoder (the policy's is
+trainable, the reference has a frozen copy), so the SG encoder is part of the model, as in SD1.5-SG / SDXL-SG.
+``Denoiser`` reproduces ``sgalign.models.build_conditioning`` (fusion ``text + alpha_obj * graph`` at the graph
+tokens, then EOS-copy padding), vectorised over padded graphs; a test checks the two agree.
+
+The zero unconditional branch of guidance (``diffusion.zeros_like_cond``) zeroes every tensor but ``time_ids``:
+``graph_on`` = 0 switches the graph off, so the uncond embeddings are exactly zero (SDXL's convention).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..models.conditioning import make_add_time_ids
+from ..models.graph_inputs import build_graph_inputs
+from ..models.text import encode_texts
+from ..scene_graph import SceneGraph
+
+
+class Denoiser(nn.Module):
+    """ε(x_t, t, cond) of a UNet (+ optional SG encoder). The policy instance is what accelerate prepares, so
+    every grad-bearing forward runs through the distributed wrapper (never the unwrapped module)."""
+
+    def __init__(self, unet: nn.Module, sg_encoder: nn.Module | None = None, pad_with_eos_copies: bool = False):
+        super().__init__()
+        self.unet = unet
+        self.sg_encoder = sg_encoder
+        self.pad_with_eos_copies = pad_with_eos_copies
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        return self.unet(x_t, t, **self.unet_kwargs(cond)).sample
+
+    def encoder_hidden_states(self, cond: dict[str, Tensor]) -> Tensor:
+        h = cond["text"]
+        if self.sg_encoder is not None and "nodes" in cond:
+            on = cond["graph_on"].to(h.dtype)[:, None, None]
+            h = h + self.sg_encoder.alpha_obj.to(h.dtype) * on * self._graph_residual(cond).to(h.dtype)
+        if self.pad_with_eos_copies:
+            lengths = cond["lengths"].long()
+            pos = torch.arange(h.shape[1], device=h.device)
+            eos = h[torch.arange(h.shape[0], device=h.device), (lengths - 1).clamp(min=0)]
+            h = torch.where((pos[None] >= lengths[:, None])[..., None], eos[:, None], h)
+        return h
+
+    def unet_kwargs(self, cond: dict[str, Tensor]) -> dict[str, Any]:
+        h = self.encoder_hidden_states(cond)
+        kw: dict[str, Any] = {"encoder_hidden_states": h}
+        if "text_embeds" in cond:
+            kw["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(h.dtype),
+                                       "time_ids": cond["time_ids"].to(h.dtype)}
+        return kw
+
+    def _graph_residual(self, cond: dict[str, Tensor]) -> Tensor:
+        nodes, preds, text = cond["nodes"], cond["preds"], cond["text"]
+        B, N, _ = nodes.shape
+        T = preds.shape[1]
+        if N == 0:
+            return torch.zeros_like(text)
+        em = cond["edge_mask"].bool()
+        off = (torch.arange(B, device=nodes.device) * N)[:, None, None]
+        edge_index = (cond["edges"].long() + off)[em].t().contiguous()
+        dt = self.sg_encoder.dtype
+        node_out, pred_out = self.sg_encoder(nodes.reshape(B * N, -1).to(dt), preds[em].to(dt), edge_index)
+        D = node_out.shape[-1]
+        pred_full = node_out.new_zeros(B, T, D).masked_scatter(em[..., None], pred_out)
+        pool = torch.cat([node_out.view(B, N, D), pred_full], 1)
+        res = pool.gather(1, cond["gather"].long()[..., None].expand(-1, -1, D))
+        return res * cond["gather_mask"].to(res.dtype)[..., None]
+
+
+class ConditionEncoder:
+    """Per-row conditioning from the frozen text encoders (cached per key), collated into one batch dict."""
+
+    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, *, sg_mode: str | None = None,
+                 self_loops: bool = True, height: int = 512, width: int = 512, cache: bool = True):
+        self.tokenizers, self.text_encoders = list(tokenizers), list(text_encoders)
+        self.sg_mode, self.self_loops = sg_mode, self_loops
+        self.height, self.width = height, width
+        self.cache: dict[Any, dict[str, Tensor]] | None = {} if cache else None
+
+    @torch.no_grad()
+    def row(self, prompt: Any, key: Any = None) -> dict[str, Tensor]:
+        if self.cache is not None and key is not None and key in self.cache:
+            return self.cache[key]
+        sg = prompt if isinstance(prompt, SceneGraph) else None
+        text = sg.serialize(faithful=self.sg_mode == "faithful") if sg is not None else str(prompt)
+        st = encode_texts([text], self.tokenizers, self.text_encoders)
+        out = {"text": st.hidden[0].float(), "lengths": st.lengths[0]}
+        if st.pooled is not None:  # SDXL
+            out["text_embeds"] = st.pooled[0].float()
+            out["time_ids"] = make_add_time_ids(1, self.height, self.width, device=st.hidden.device)[0]
+        if self.sg_mode is not None:
+            out.update(self._graph_row(sg if sg is not None else SceneGraph([]), st))
+        out = {k: v.cpu() for k, v in out.items()}
+        if self.cache is not None and key is not None:
+            self.cache[key] = out
+        return out
+
+    def _graph_row(self, sg: SceneGraph, st) -> dict[str, Tensor]:
+        gi = build_graph_inputs([sg], self.sg_mode, self.tokenizers, self.text_encoders, self_loops=self.self_loops)
+        S = st.hidden.shape[1]
+        gather, want = gi.gather[0], gi.sequence_token_ids[0]
+        c = max(0, min(len(gather), int(st.lengths[0]) - 2))  # the text's own truncation
+        if st.input_ids[0, 1:1 + c].tolist() != want[:c]:
+            raise RuntimeError(f"scene graph {sg.serialize()!r}: graph tokens do not align with its serialised text")
+        g = torch.zeros(S, dtype=torch.long)
+        gm = torch.zeros(S)
+        g[1:1 + c], gm[1:1 + c] = gather[:c], 1.0
+        return {"nodes": gi.x.float(), "preds": gi.pred.float(), "edges": gi.edge_index.t().long(), "gather": g,
+                "gather_mask": gm}
+
+    def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
+        rows = [self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))]
+        return collate_conditions(rows)
+
+
+def collate_conditions(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack per-row conditionings; graph parts are padded (node / edge masks) and gather indices re-based."""
+    out = {k: torch.stack([r[k] for r in rows]) for k in ("text", "lengths", "text_embeds", "time_ids")
+           if k in rows[0]}
+    if "nodes" not in rows[0]:
+        return out
+    B, D = len(rows), rows[0]["text"].shape[-1]
+    N = max(r["nodes"].shape[0] for r in rows)
+    T = max(r["preds"].shape[0] for r in rows)
+    nodes, preds = torch.zeros(B, N, D), torch.zeros(B, T, D)
+    edges, em = torch.zeros(B, T, 2, dtype=torch.long), torch.zeros(B, T)
+    gather = torch.stack([r["gather"] for r in rows])
+    for b, r in enumerate(rows):
+        n, t = r["nodes"].shape[0], r["preds"].shape[0]
+        nodes[b, :n], preds[b, :t], edges[b, :t], em[b, :t] = r["nodes"], r["preds"], r["edges"], 1.0
+        gather[b] = torch.where(gather[b] >= n, gather[b] - n + N, gather[b])  # predicate rows follow N nodes
+    out.update(nodes=nodes, preds=preds, edges=edges, edge_mask=em, gather=gather,
+               gather_mask=torch.stack([r["gather_mask"] for r in rows]), graph_on=torch.ones(B))
+    return out
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def add_lora(unet: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]) -> None:
+    """peft LoRA adapters on the UNet (B = 0 at init, so the policy starts equal to the base)."""
+    from peft import LoraConfig
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                                target_modules=target_modules))
+
+
+def frozen_copy(module: nn.Module | None) -> nn.Module | None:
+    return None if module is None else freeze(copy.deepcopy(module))
+
+
+def world_model_path() -> Path:
+    """Where the world SD1.5-SG is trained to (the ``model.path: auto`` default once it exists)."""
+    return Path(__file__).resolve().parents[1] / "world" / "weights" / "world-sd15-sg"

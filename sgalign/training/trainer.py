@@ -1,0 +1,435 @@
+"""The accelerate training loop shared by every method and both tasks.
+
+``train(cfg)`` builds models, data, optimizer; then per optimizer step runs ``gradient_accumulation_steps``
+micro-batches under ``accelerator.accumulate``; each micro-batch: encode images (frozen VAE) and conditioning
+once, build ``PairBatch`` + ``MethodContext``, call the method, back-propagate unless the method did, clip,
+step. The method's randomness (t, ε, inversion jitter, flips, prompt dropout) comes from a generator seeded by
+(seed, global micro-batch index), where global index = local index x processes + rank; hence N processes with
+accumulation A see exactly the pairs and noise of 1 process with accumulation N x A, and a resumed run draws
+what an uninterrupted one would. A non-finite loss or gradient norm stops the run (``TrainingDiverged``)
+before the optimizer step, so the last checkpoint is the last good state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import dump_config
+from ..diffusion import TrajectoryCache, model_fingerprint
+from ..methods import MethodContext, PairBatch, build_method
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .config import TrainConfig, method_options
+from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
+from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, world_model_path
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    last_checkpoint: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_memory_gb() -> float:
+    """Peak accelerator memory (CUDA), else the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+def _micro_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] & ((1 << 63) - 1))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.trainer.output_dir)
+        tb = cfg.logging.tensorboard
+        if tb == "auto":
+            import importlib.util
+            tb = "on" if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else "off"
+        self.acc = Accelerator(gradient_accumulation_steps=cfg.trainer.gradient_accumulation_steps,
+                               mixed_precision=cfg.trainer.mixed_precision,
+                               log_with="tensorboard" if tb == "on" else None,
+                               project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                                   logging_dir=str(self.run_dir / "logs")))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.notes: list[str] = []
+        self._resolve_model_path()
+        self._resolve_data_path()
+        self._build_models()
+        self._build_data()
+        self._build_optimizer()
+        self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
+        self.cache = TrajectoryCache(self.run_dir / "trajectory_cache") if cfg.trainer.trajectory_cache else None
+        self.ref_hash = model_fingerprint(self.reference) if self.cache is not None else None
+        self.step, self.micro, self.pairs = 0, 0, 0
+        if self.acc.is_main_process:
+            dump_config(cfg, self.run_dir / "resolved_config.yaml")
+        if tb == "on":
+            self.acc.init_trackers("sgalign", config={"method": cfg.method.name, "task": cfg.task})
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        if self.acc.is_main_process:
+            print(msg, flush=True)
+
+    def _resolve_model_path(self) -> None:
+        m = self.cfg.model
+        if m.path != "auto":
+            return
+        world = world_model_path()
+        if (world / "model_index.json").exists():
+            m.path = str(world)
+            self._log(f"[sgalign] model.path=auto -> world SD1.5-SG at {world}")
+            return
+        from ..models.tiny import make_tiny
+        arch = m.tiny_arch or ("sd15-sg" if self.cfg.task == "compositional" else "sd15")
+        out = self.run_dir / f"base-model-random-init-{arch}"
+        if self.acc.is_main_process and not (out / "model_index.json").exists():
+            make_tiny(arch, out, seed=self.cfg.trainer.seed)
+        self.acc.wait_for_everyone()
+        m.path, m.random_init = str(out), True
+        note = (f"RANDOM-INIT base model: no world SD1.5-SG at {world} yet; using a tiny random-init {arch} "
+                f"generated into {out} (plumbing only, meaningless weights)")
+        self.notes.append(note)
+        self._log(f"[sgalign] {note}")
+
+    def _resolve_data_path(self) -> None:
+        d = self.cfg.data
+        if d.path != "auto":
+            return
+        from .synthetic import write_candidate_dataset, write_pickapic
+        res = d.resolution or 16
+        if self.cfg.task == "compositional":
+            out = self.run_dir / "data-synthetic-candidates"
+            if self.acc.is_main_process and not out.exists():
+                write_candidate_dataset(out, rows=d.synthetic_rows, size=res, seed=self.cfg.trainer.seed)
+        else:
+            out = self.run_dir / "data-synthetic-pickapic.parquet"
+            if self.acc.is_main_process and not out.exists():
+                write_pickapic(out, rows=d.synthetic_rows, size=res, seed=self.cfg.trainer.seed, scores=True)
+        self.acc.wait_for_everyone()
+        d.path = str(out)
+        note = f"SYNTHETIC placeholder data (random images and rewards) written to {out}: no dataset configured"
+        self.notes.append(note)
+        self._log(f"[sgalign] {note}")
+
+    def _build_models(self) -> None:
+        from ..models.loading import detect_arch, load_components
+        m, dev = self.cfg.model, self.acc.device
+        arch = detect_arch(m.path)
+        self.comps = comps = load_components(m.path, arch, variant=m.variant)
+        sg = None
+        if self.cfg.task == "compositional":
+            from ..models.loading import load_sg_encoder
+            spec = m.sg_encoder or Path(m.path) / "sg_encoder"
+            sg = load_sg_encoder(spec)
+        unet = comps["unet"]
+        if m.unet_init:
+            from diffusers import UNet2DConditionModel
+            unet = UNet2DConditionModel.from_pretrained(m.unet_init, local_files_only=True)
+        mp = self.cfg.trainer.mixed_precision
+        fd = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            m.frozen_dtype if m.frozen_dtype != "auto" else {"no": "fp32"}.get(mp, mp), torch.float32)
+        cast = lambda mod: freeze(mod).to(dev) if fd == torch.float32 else freeze(mod).to(dev, fd)
+        self.vae = cast(comps["vae"])
+        tes = [cast(comps["text_encoder"])]
+        toks = [comps["tokenizer"]]
+        if arch == "sdxl":
+            tes.append(cast(comps["text_encoder_2"]))
+            toks.append(comps["tokenizer_2"])
+        res = self.cfg.data.resolution or unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = res
+        self.encoder = ConditionEncoder(toks, tes, sg_mode=sg.config.mode if sg is not None else None,
+                                        self_loops=sg.config.self_loops if sg is not None else True,
+                                        height=res, width=res, cache=self.cfg.data.cache_text)
+        pad = bool(sg.config.pad_with_eos_copies) if sg is not None else False
+        # reference: frozen copies (same dtype/kernels as the policy) or, under LoRA, the base with adapters off
+        self.lora = m.train_unet == "lora"
+        if m.train_unet == "full":
+            ref_unet = frozen_copy(unet)
+            unet.requires_grad_(True)
+        elif self.lora:
+            add_lora(unet, m.lora.rank, m.lora.alpha, m.lora.dropout, m.lora.target_modules)
+            ref_unet = unet
+        else:
+            ref_unet = freeze(unet)
+        if sg is not None:
+            if m.train_sg_encoder:
+                ref_sg = frozen_copy(sg)
+                sg.requires_grad_(True)
+            else:
+                ref_sg = freeze(sg)
+        else:
+            ref_sg = None
+        if m.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        if sg is not None:
+            sg.train(m.train_sg_encoder)
+        self.policy = Denoiser(unet, sg, pad).to(dev)
+        self.reference = Denoiser(ref_unet, ref_sg, pad).to(dev)
+        if not self.lora:
+            self.reference.eval()
+        sched = comps["scheduler"]
+        self.alphas_cumprod = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32).to(dev)
+        self.ema = None
+        if self.cfg.trainer.ema:
+            from diffusers.training_utils import EMAModel
+            self.ema = EMAModel([p for p in self.policy.parameters() if p.requires_grad],
+                                decay=self.cfg.trainer.ema_decay)
+
+    def _build_data(self) -> None:
+        d, acc = self.cfg.data, self.acc
+        kw = dict(seed=self.cfg.trainer.seed, num_replicas=acc.num_processes, rank=acc.process_index)
+        if self.cfg.task == "compositional":
+            src = CandidatePairs(d.path, margin=d.margin, mode=d.pair_mode, **kw)
+        else:
+            src = PickapicPairs(d.path, score_columns=d.score_columns, **kw)
+            if src.ties_dropped:
+                self._log(f"[sgalign] {d.path}: dropped {src.ties_dropped} tied pairs (label_0 == 0.5)")
+        self.source = src
+        self.stream = BatchStream(src, d.batch_size)
+        self.latent_cache: dict[str, torch.Tensor] | None = {} if d.cache_latents else None
+
+    def _build_optimizer(self) -> None:
+        o, t = self.cfg.optimizer, self.cfg.trainer
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        eff = self.cfg.data.batch_size * t.gradient_accumulation_steps * self.acc.num_processes
+        self.lr = o.lr * eff if o.scale_lr else o.lr
+        self.effective_batch = eff
+        if o.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=self.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        elif o.name == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise ImportError("optimizer.name=adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                                  "or use optimizer.name=adamw") from None
+            opt = bnb.optim.AdamW8bit(params, lr=self.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        else:  # official SDXL setting: fixed lr, no relative step, clip_threshold 1
+            from transformers.optimization import Adafactor
+            opt = Adafactor(params, lr=self.lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                            clip_threshold=1.0, weight_decay=o.weight_decay)
+        from diffusers.optimization import get_scheduler
+        # stepped by us once per optimizer step (not prepared: accelerate would step it once per process)
+        self.scheduler = get_scheduler(o.lr_scheduler, opt, num_warmup_steps=o.warmup_steps,
+                                       num_training_steps=t.max_steps)
+        self.policy, self.optimizer = self.acc.prepare(self.policy, opt)
+
+    # ---- one micro-batch ------------------------------------------------------------------------------------
+    def _eps_policy(self, x, t, c):
+        return self.policy(x, t, c)  # the prepared (possibly DDP/FSDP/DeepSpeed-wrapped) module
+
+    @torch.no_grad()
+    def _eps_reference(self, x, t, c):
+        with self.acc.autocast():
+            if not self.lora:
+                return self.reference(x, t, c).float()
+            unet = self.reference.unet
+            unet.disable_adapters()
+            try:
+                return self.reference(x, t, c).float()
+            finally:
+                unet.enable_adapters()
+
+    @torch.no_grad()
+    def _latents(self, images, ids, gen: torch.Generator) -> torch.Tensor:
+        d, out = self.cfg.data, []
+        for img, key in zip(images, ids):
+            if self.latent_cache is not None and key in self.latent_cache:
+                out.append(self.latent_cache[key].to(self.acc.device))
+                continue
+            flip = d.random_flip and bool(torch.rand(1, generator=gen) < 0.5)
+            x = preprocess(img, self.resolution, d.center_crop, flip, gen)[None].to(self.acc.device, self.vae.dtype)
+            dist = self.vae.encode(x).latent_dist
+            lat = (dist.sample(generator=gen) if d.vae_sample else dist.mean).float() * self.vae.config.scaling_factor
+            if self.latent_cache is not None:
+                self.latent_cache[key] = lat.cpu()
+            out.append(lat)
+        return torch.cat(out)
+
+    def make_batch(self, pairs, gen: torch.Generator) -> PairBatch:
+        """Latents + the batch's one conditioning value (+ scores) of a list of ``RawPair``."""
+        p = self.cfg.data.proportion_empty_prompts
+        prompts, keys = [], []
+        for r in pairs:
+            empty = p > 0 and bool(torch.rand(1, generator=gen) < p)
+            prompts.append("" if empty and not hasattr(r.prompt, "items") else
+                           (type(r.prompt)([]) if empty else r.prompt))
+            keys.append("__empty__" if empty else r.row)
+        cond = {k: v.to(self.acc.device) for k, v in self.encoder.batch(prompts, keys).items()}
+        x_w = self._latents([r.image_w for r in pairs], [r.id_w for r in pairs], gen)
+        x_l = self._latents([r.image_l for r in pairs], [r.id_l for r in pairs], gen)
+        sw = torch.tensor([r.score_w for r in pairs]) if pairs[0].score_w is not None else None
+        sl = torch.tensor([r.score_l for r in pairs]) if pairs[0].score_l is not None else None
+        return PairBatch(x_w, x_l, cond, sw, sl, [r.id_w for r in pairs], [r.id_l for r in pairs])
+
+    def context(self, gen: torch.Generator) -> MethodContext:
+        return MethodContext(policy=self._eps_policy, reference=self._eps_reference,
+                             alphas_cumprod=self.alphas_cumprod, generator=gen, cache=self.cache,
+                             reference_hash=self.ref_hash, backward=self.acc.backward)
+
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator(device=self.acc.device).manual_seed(_micro_seed(self.cfg.trainer.seed, index))
+
+    def _micro_step(self):
+        acc = self.acc
+        gen = self.generator(self.micro * acc.num_processes + acc.process_index)
+        pairs = self.stream.next()
+        self.micro += 1
+        batch = self.make_batch(pairs, gen)
+        with acc.accumulate(self.policy):
+            out = self.method(batch, self.context(gen))
+            if not torch.isfinite(out.loss.detach()).all():
+                raise TrainingDiverged(self._diverged("loss", out.loss.detach()))
+            if not out.backward_done:
+                acc.backward(out.loss)
+            gnorm = None
+            if acc.sync_gradients:
+                mg = self.cfg.optimizer.max_grad_norm
+                if mg is not None:
+                    gnorm = acc.clip_grad_norm_(self.policy.parameters(), mg)
+                else:
+                    gnorm = torch.norm(torch.stack([p.grad.norm() for p in self.policy.parameters()
+                                                    if p.grad is not None]))
+                if gnorm is not None and not torch.isfinite(torch.as_tensor(gnorm)).all():
+                    raise TrainingDiverged(self._diverged("gradient norm", gnorm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        margin = (batch.score_w - batch.score_l).abs().mean().item() if batch.score_w is not None else None
+        return out, gnorm, batch.size, margin
+
+    def _diverged(self, what: str, value) -> str:
+        last = latest_checkpoint(self.run_dir)
+        return (f"non-finite {what} ({float(torch.as_tensor(value).float().mean())}) at optimizer step "
+                f"{self.step + 1} (micro-batch {self.micro}); stopped before the optimizer step. Last good "
+                f"checkpoint: {last if last else 'none (no checkpoint was saved yet)'}; resume with "
+                "checkpointing.resume=latest after lowering the lr or checking the data")
+
+    # ---- state ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "micro": self.micro, "pairs": self.pairs, "stream": self.stream.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "method": self.cfg.method.name}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.step, self.micro, self.pairs = s["step"], s["micro"], s["pairs"]
+        self.stream.load_state_dict(s["stream"])
+        self.scheduler.load_state_dict(s["scheduler"])
+
+    def save(self) -> Path:
+        path = save_checkpoint(self, self.run_dir, self.step)
+        if self.cfg.checkpointing.keep:
+            prune_checkpoints(self.run_dir, self.cfg.checkpointing.keep, self.acc)
+        return path
+
+    def resume(self, spec: str) -> None:
+        path = latest_checkpoint(self.run_dir) if spec == "latest" else Path(spec)
+        if path is None:
+            self._log(f"[sgalign] resume=latest: no checkpoint in {self.run_dir / 'checkpoints'}; starting fresh")
+            return
+        load_checkpoint(self, path)
+        self._log(f"[sgalign] resumed from {path} at step {self.step}")
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg, acc = self.cfg, self.acc
+        if cfg.checkpointing.resume:
+            self.resume(cfg.checkpointing.resume)
+        A = cfg.trainer.gradient_accumulation_steps
+        bar = None
+        if cfg.logging.tqdm and acc.is_main_process:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.trainer.max_steps, initial=self.step, desc=f"{cfg.method.name}/{cfg.task}")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0, pairs0, last = time.perf_counter(), self.pairs, None
+        hist: list[dict[str, float]] = []
+        prov: dict[str, Any] = {}
+        while self.step < cfg.trainer.max_steps:
+            logs: dict[str, float] = {}
+            for _ in range(A):
+                out, gnorm, n, margin = self._micro_step()
+                self.pairs += n * acc.num_processes
+                vals = {"loss": out.loss.item(), **out.metrics,
+                        **({"reward_margin": margin} if margin is not None else {}),
+                        **{f"fwd/{k}": v for k, v in out.forwards.as_dict().items()}}
+                for k, v in vals.items():
+                    logs[k] = logs.get(k, 0.0) + v / A
+                prov = out.provenance
+            if acc.num_processes > 1:  # every logged value is the mean over processes
+                keys = sorted(logs)
+                red = acc.reduce(torch.tensor([logs[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+                logs = dict(zip(keys, red.tolist()))
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.step([p for p in self.policy.parameters() if p.requires_grad])
+            self.step += 1
+            dt = time.perf_counter() - t0
+            logs.update({"grad_norm": float(gnorm) if gnorm is not None else math.nan,
+                         "lr": self.scheduler.get_last_lr()[0],
+                         "pairs_per_s": (self.pairs - pairs0) / max(dt, 1e-9),
+                         "peak_mem_gb": _peak_memory_gb()})
+            hist.append(logs)
+            if self.step % cfg.logging.every == 0:
+                acc.log(logs, step=self.step)
+                if acc.is_main_process:  # always on disk, TensorBoard or not
+                    with open(self.run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": self.step, **logs}) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs.get('implicit_acc', float('nan')):.2f}")
+            if bar is not None:
+                bar.update(1)
+            if cfg.checkpointing.every and self.step % cfg.checkpointing.every == 0 \
+                    and self.step < cfg.trainer.max_steps:
+                last = self.save()
+        last = self.save()
+        if cfg.checkpointing.final_pipeline:
+            from .checkpoint import export_pipeline
+            export_pipeline(self, self.run_dir / "final")
+        if bar is not None:
+            bar.close()
+        summary = self._summary(hist, prov, time.perf_counter() - t0)
+        acc.end_training()
+        return TrainResult(self.run_dir, self.step, last, summary)
+
+    def _summary(self, hist, prov, seconds) -> dict[str, Any]:
+        tail = hist[-max(1, len(hist) // 5):] if hist else [{}]
+        mean = lambda k: float(np.mean([h[k] for h in tail if k in h])) if any(k in h for h in tail) else math.nan
+        s = {"task": self.cfg.task, "method": self.cfg.method.name, "steps": self.step, "pairs": self.pairs,
+             "final_loss": mean("loss"), "implicit_acc": mean("implicit_acc"),
+             "unet_forwards_per_pair": mean("fwd/grad") + mean("fwd/no_grad"),
+             "pairs_per_s": hist[-1]["pairs_per_s"] if hist else 0.0,
+             "peak_mem_gb": hist[-1]["peak_mem_gb"] if hist else 0.0,
+             "seconds": seconds, "random_init_model": self.cfg.model.random_init,
+             "skipped_pairs": len(self.source.skipped), "notes": self.notes, "method_provenance": prov}
+        if self.acc.is_main_process:
+            (self.run_dir / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
+            self._log(f"[sgalign] done: {s['method']}/{s['task']} {s['steps']} steps, {s['pairs']} pairs, loss "
+                      f"{s['final_loss']:.4f}, implicit acc {s['implicit_acc']:.3f}, {s['unet_forwards_per_pair']:.1f} "
+                      f"UNet fwd/pair, {s['pairs_per_s']:.2f} pairs/s, peak {s['peak_mem_gb']:.2f} GB"
+                      + (" [RANDOM-INIT model]" if s["random_init_model"] else "")
+                      + (f", {s['skipped_pairs']} pairs skipped" if s["skipped_pairs"] else ""))
+        return s
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    return Trainer(cfg).train()

@@ -1,0 +1,91 @@
+"""Config: every shipped YAML validates; unknown / mistyped keys and bad method options are errors naming the key;
+recipes carry the official values; the CLI maps --task/--method/--resume onto the config."""
+from pathlib import Path
+
+import pytest
+
+from sgalign.config import ConfigError, load_config
+from sgalign.training.cli import default_config, parse
+from sgalign.training.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+YAMLS = sorted([*(CONFIGS / "world").glob("*.yaml"), *(CONFIGS / "recipes").rglob("*.yaml")])
+
+
+def test_configs_exist_for_every_model_and_method():
+    names = {(p.parent.name, p.stem) for p in (CONFIGS / "recipes").rglob("*.yaml")}
+    assert names == {(m, k) for m in ("sd15", "sdxl", "sd15-sg", "sdxl-sg")
+                     for k in ("diffusion-dpo", "inpo", "smpo", "inversion-dpo", "sft")}
+    assert {p.name for p in (CONFIGS / "accelerate").glob("*.yaml")} >= {"ddp.yaml", "zero2.yaml", "zero3.yaml",
+                                                                         "fsdp.yaml"}
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_validates(path):
+    cfg = load_config(TrainConfig, path)
+    assert cfg.method.name in cfg.method.options
+
+
+def test_recipes_hold_the_official_values():
+    r = lambda m, k: load_config(TrainConfig, CONFIGS / "recipes" / m / f"{k}.yaml")
+    dpo = r("sdxl", "diffusion-dpo")
+    assert dpo.method.chosen()["beta"] == 5000 and dpo.optimizer.name == "adafactor"
+    assert dpo.model.gradient_checkpointing and dpo.optimizer.lr == 1e-8 and dpo.optimizer.scale_lr
+    assert dpo.trainer.gradient_accumulation_steps == 128 and dpo.trainer.max_steps == 2000
+    assert r("sd15", "inpo").method.chosen()["beta"] == 2000 and r("sdxl", "inpo").method.chosen()["beta"] == 5000
+    smpo = r("sd15", "smpo")
+    assert smpo.method.chosen()["num_points"] == 5
+    assert smpo.trainer.max_steps == 200 and smpo.optimizer.warmup_steps == 100
+    inv = r("sdxl", "inversion-dpo")
+    assert (inv.method.chosen()["num_steps"], inv.method.chosen()["beta"], inv.trainer.gradient_accumulation_steps,
+            inv.optimizer.warmup_steps, inv.trainer.mixed_precision) == (80, 2000, 1, 1000, "bf16")
+    assert r("sd15", "sft").data.proportion_empty_prompts == 0.2
+
+
+@pytest.mark.parametrize("override, key", [
+    (["trainer.max_stepz=3"], "trainer.max_stepz"),
+    (["optimizer.lr=fast"], "optimizer.lr"),
+    (["datta.path=x"], "datta"),
+    (["method.options.inpo.betta=3"], "inpo.betta"),
+    (["method.options.inpo.beta=high"], "inpo.beta"),
+    (["method.name=dpo-typo"], "dpo-typo"),
+])
+def test_bad_key_or_value_names_it(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, default_config("compositional"), override)
+    assert key in str(e.value)
+
+
+def test_latent_cache_refused_with_random_flip():
+    with pytest.raises(ConfigError, match="cache_latents"):
+        load_config(TrainConfig, default_config("t2i"), ["data.random_flip=true"])
+
+
+def test_cli_maps_arguments():
+    _, cfg = parse(["--task", "t2i", "--method", "sft", "--set", "optimizer.lr=2e-6", "--resume", "latest"])
+    assert (cfg.task, cfg.method.name, cfg.optimizer.lr, cfg.checkpointing.resume) == ("t2i", "sft", 2e-6, "latest")
+    assert cfg.model.path == "auto" and cfg.data.path == "auto"
+
+
+def test_world_default_runs_with_only_task_and_labels_fallbacks(tmp_path):
+    import json
+
+    import yaml
+
+    from sgalign.training.cli import main
+    from sgalign.training.modeling import world_model_path
+    if (world_model_path() / "model_index.json").exists():
+        pytest.skip("the world SD1.5-SG exists: model.path=auto uses it (no random-init fallback to check)")
+    assert main(["--task", "t2i", "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.max_steps=2",
+                 "--set", "logging.tqdm=false"]) == 0
+    resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
+    assert resolved["model"]["random_init"] is True and "base-model-random-init" in resolved["model"]["path"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["random_init_model"] and any("SYNTHETIC" in n for n in summary["notes"])
+    assert json.loads((tmp_path / "final" / "training.json").read_text())["random_init_base"] is True
+    assert "_sgalign_random_init" in (tmp_path / "final" / "model_index.json").read_text()
+    logs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in logs] == [1, 2]
+    assert {"loss", "implicit_acc", "reward_margin", "fwd/grad", "fwd/no_grad", "pairs_per_s", "peak_mem_gb",
+            "grad_norm", "lr"} <= set(logs[0])
+    assert logs[0]["fwd/grad"] == 2 and logs[0]["fwd/no_grad"] == 2  # Diffusion-DPO: policy 2F (grad) + ref 2F
