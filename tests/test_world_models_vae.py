@@ -1,0 +1,68 @@
+"""world VAE: the shipped checkpoint loads, its reconstructions are read exactly by the oracle, the recipe runs."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from sgalign.world import WorldOracle, render_array, sample_split
+from sgalign.world.models.vae import WORLD_VAE_DIR, evaluate_world_vae, load_world_vae, reconstruct, to_uint8
+from sgalign.world.models.data import to_tensor
+from sgalign.world.robustness import oracle_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_vae_loads_with_recorded_scaling_factor():
+    vae = AutoencoderKL.from_pretrained(WORLD_VAE_DIR)
+    record = json.loads((WORLD_VAE_DIR / "training_record.json").read_text())
+    assert vae.config.scaling_factor == record["scaling_factor"] != 1.0
+    assert {"seed", "steps", "batch", "train_wall_s", "machine", "test_metrics"} <= set(record)
+    size = sum(p.stat().st_size for p in WORLD_VAE_DIR.rglob("*") if p.is_file())
+    assert size < 5e6, size
+    x = to_tensor(render_array(sample_split("test", 2, seed=5)))
+    with torch.no_grad():
+        z = vae.encode(x * 2 - 1).latent_dist.mode()
+    assert z.shape == (2, 4, 16, 16)
+    # scaled latents of renders are roughly unit-variance (the factor was fitted on validation renders)
+    assert 0.5 < float((z * vae.config.scaling_factor).std()) < 2.0
+
+
+def test_reconstructions_parse_exactly():
+    vae = load_world_vae()
+    scenes = sample_split("test", 12, seed=7)
+    rec = to_uint8(reconstruct(vae, to_tensor(render_array(scenes))))
+    acc = oracle_accuracy(scenes, WorldOracle().parse_batch(list(rec)))
+    assert acc.graph_exact == 1.0, acc
+    err = np.abs(rec.astype(int) - render_array(scenes).astype(int))
+    assert err.mean() < 4.0, err.mean()
+
+
+def test_evaluate_counts_a_blank_decoder_as_wrong():
+    class Blank(torch.nn.Module):  # a "VAE" whose decoder returns the background only
+        def encode(self, x):
+            class D:
+                def mode(self_):
+                    return x
+
+            return type("E", (), {"latent_dist": D()})()
+
+        def decode(self, z):
+            return type("O", (), {"sample": torch.full_like(z, 0.92)})()
+
+    res = evaluate_world_vae(Blank(), sample_split("test", 4, seed=0))
+    assert res["oracle_graph_exact"] == 0.0 and res["mse"] > 0.01
+
+
+def test_pretrain_script_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("pretrain_vae", ROOT / "scripts" / "pretrain_vae.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--out", str(tmp_path), "--steps", "5", "--batch", "4", "--eval-n", "8", "--scale-n", "8"])
+    record = json.loads((tmp_path / "training_record.json").read_text())
+    assert record["steps"] == 5 and record["batch"] == 4 and record["test_metrics"]["n"] == 8
+    vae = AutoencoderKL.from_pretrained(tmp_path)
+    assert vae.config.scaling_factor == record["scaling_factor"]
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
