@@ -1,12 +1,14 @@
 """Evaluation metrics: SG-IoU family, scene-graph extractors, FID, preference win-rates, bootstrap intervals.
 
-``fid`` imports torch and torchmetrics, so its names load on first use; the rest is numpy + standard library.
+``fid`` imports torch and torchmetrics, so its names load on first use (as do ``evaluate`` and ``write_report``, the
+runner and report of ``scripts/evaluate.py``); the rest is numpy, pydantic + standard library.
 """
 from typing import Any
 
 from .extracted import ExtractedGraph, parse_reply, strip_json_fences
 from .extractors import (ChatCompletionsExtractor, ExtractorConfigError, GraphParserExtractor, SceneGraphExtractor,
                          Vocabulary, build_prompt, encode_image, extract_all)
+from .protocol import EvalProtocol, load_protocol
 from .preference import PreferenceSummary, align_scores, summarize_preference, win_rate
 from .sg_iou import (GraphSets, IoUScores, SGIoUReport, compare_sg_iou, evaluate_sg_iou, extracted_sets,
                      ground_truth_sets, jaccard, normalize_text, sg_iou_scores)
@@ -20,8 +22,9 @@ __all__ = [
     "GraphParserExtractor", "SceneGraphExtractor", "Vocabulary", "build_prompt", "encode_image", "extract_all", "PreferenceSummary", "align_scores",
     "summarize_preference", "win_rate", "GraphSets", "IoUScores", "SGIoUReport", "compare_sg_iou", "evaluate_sg_iou",
     "extracted_sets", "ground_truth_sets", "jaccard", "normalize_text", "sg_iou_scores", "ConfidenceInterval",
-    "bootstrap_ci", "paired_bootstrap_ci", *_FID_NAMES,
+    "bootstrap_ci", "paired_bootstrap_ci", "EvalProtocol", "load_protocol", "evaluate", "write_report", *_FID_NAMES,
 ]
+_LAZY = {"evaluate": ("run", "evaluate"), "write_report": ("report", "write_report")}  # import torch / matplotlib
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +32,9 @@ def __getattr__(name: str) -> Any:
         from . import fid
 
         return getattr(fid, name)
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
     raise AttributeError(f"module 'sgalign.evaluation' has no attribute {name!r}")

@@ -1,0 +1,346 @@
+"""A report of one evaluation folder (``results.json`` + ``images/*.npz``): Markdown and self-contained HTML.
+
+    write_report(out_dir)  ->  out_dir/report.md, out_dir/report.html, out_dir/report_files/*.png
+
+Content: protocol and provenance (fallbacks first, in bold), metric tables (mean [CI]), paired differences /
+win-rates vs the baseline, matplotlib plots (means with interval bars, differences with the 0 line), and per
+graph an image grid -- the input scene graph drawn as a graph (networkx + matplotlib) beside the baseline's and
+the model's images for every seed. PNGs are linked from the Markdown and embedded (base64) in the HTML, so the
+HTML opens anywhere as a single file. Dependencies: matplotlib, networkx, numpy (no templating library).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .run import RESULTS_NAME
+
+METRIC_NAMES = {"sg_iou": "SG-IoU", "entity_iou": "Entity-IoU", "relation_iou": "Relation-IoU"}
+FILES_DIR = "report_files"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ci(d: dict[str, Any], digits: int = 3) -> str:
+    return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+
+class _Doc:
+    """Collects blocks once and renders them as Markdown and as HTML."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[str, Any]] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def items(self, rows: list[str]) -> None:
+        self.blocks.append(("ul", rows))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def markdown(self, root: Path) -> str:
+        out = []
+        for kind, v in self.blocks:
+            if kind == "h":
+                out.append("#" * v[0] + " " + v[1])
+            elif kind == "p":
+                out.append(v)
+            elif kind == "ul":
+                out.append("\n".join(f"* {r}" for r in v))
+            elif kind == "table":
+                header, rows = v
+                lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                lines += ["| " + " | ".join(r) + " |" for r in rows]
+                out.append("\n".join(lines))
+            else:
+                out.append(f"![{v[1]}]({v[0].relative_to(root).as_posix()})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, v in self.blocks:
+            if kind == "h":
+                body.append(f"<h{v[0]}>{html.escape(v[1])}</h{v[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(v)}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(r)}</li>" for r in v) + "</ul>")
+            elif kind == "table":
+                header, rows = v
+                head = "".join(f"<th>{_inline(c)}</th>" for c in header)
+                trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            else:
+                data = base64.b64encode(v[0].read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(v[1])}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{html.escape(v[1])}</figcaption></figure>")
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+                 "text-align:left;font-size:14px}th{background:#eee}img{max-width:100%}"
+                 "figure{display:inline-block;vertical-align:top;margin:.5em 1.5em .5em 0}"
+                 "figcaption{font-size:13px;color:#555;max-width:480px}code{background:#f3f3f3}")
+        return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` as HTML (the only inline markup the report uses)."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+# ---- plots --------------------------------------------------------------------------------------------------------
+def _bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[dict[str, Any]]], ylabel: str,
+              hline: float | None = None) -> Path:
+    """Grouped bars of estimates with [low, high] error bars; ``series`` maps a legend name to one CI per group."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(groups) + 1.3), 2.8), dpi=100)
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for k, (name, cis) in enumerate(series.items()):
+        est = np.array([c["estimate"] for c in cis])
+        err = np.array([[c["estimate"] - c["low"] for c in cis], [c["high"] - c["estimate"] for c in cis]])
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, est, width, yerr=np.clip(err, 0, None), capsize=4,
+               label=name)
+    if hline is not None:
+        ax.axhline(hline, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw_scene_graph(ax: Any, record: dict[str, Any]) -> None:
+    """The scene graph on ``ax``: one node per item (its phrase), one labelled arrow per relation."""
+    import networkx as nx
+
+    from ..scene_graph import LaionSGRecord, SceneGraph
+
+    sg = SceneGraph.from_record(LaionSGRecord.model_validate(record))
+    g = sg.to_networkx()
+    pos = nx.circular_layout(g) if len(g) > 1 else {n: np.zeros(2) for n in g}
+    labels = {n: "\n".join(d["phrase"].rsplit(" ", 1)) for n, d in g.nodes(data=True)}  # attributes / label
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_color="#dde7f7", node_size=900, edgecolors="#4a6fa5")
+    for text in nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7).values():
+        text.set_clip_on(False)
+    nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=12, node_size=900, connectionstyle="arc3,rad=0.1")
+    edge_labels = {(u, v): d["relation"] for u, v, d in g.edges(data=True)}
+    nx.draw_networkx_edge_labels(g, pos, edge_labels=edge_labels, ax=ax, font_size=7, font_color="#a33")
+    ax.set_axis_off()
+    ax.margins(0.3)
+
+
+def _grid(path: Path, title: str, record: dict[str, Any] | None, rows: dict[str, np.ndarray],
+          captions: dict[str, list[str]], seeds: list[int], thumb_px: int,
+          reference: np.ndarray | None = None) -> Path:
+    """One figure: the scene graph (left, both rows) [and its render] beside one row of images per model, a column
+    per seed."""
+    plt = _plt()
+    k = len(seeds)
+    inch = thumb_px / 100
+    ref = int(reference is not None)
+    fig = plt.figure(figsize=(2.6 + inch * (k + ref) * 1.1, 0.5 + (inch + 0.35) * len(rows)), dpi=100)
+    gs = fig.add_gridspec(len(rows), k + 1 + ref, width_ratios=[2.6 / inch] + [1.0] * (k + ref))
+    if ref:
+        ax = fig.add_subplot(gs[0, 1])
+        ax.imshow(reference, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("render\n(reference)", fontsize=7)
+    ax_g = fig.add_subplot(gs[:, 0])
+    if record is not None:
+        draw_scene_graph(ax_g, record)
+    else:
+        ax_g.set_axis_off()
+        ax_g.text(0.5, 0.5, "(prompt is not a world graph)", ha="center", va="center", fontsize=8)
+    for r, (role, imgs) in enumerate(rows.items()):
+        for j in range(k):
+            ax = fig.add_subplot(gs[r, j + 1 + ref])
+            ax.imshow(imgs[j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cap = captions.get(role, [""] * k)[j]
+            ax.set_title(f"seed {seeds[j]}" + (f"\n{cap}" if cap else ""), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(role, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---- sections -----------------------------------------------------------------------------------------------------
+def _header(doc: _Doc, r: dict[str, Any]) -> None:
+    prov, proto, res = r["provenance"], r["protocol"], r["resolved"]
+    doc.h(1, f"sgalign evaluation: {r['task']}")
+    if prov["fallbacks"]:
+        doc.p("**Fallbacks in this run (numbers are NOT comparable with real evaluations):**")
+        doc.items([f"**{f}**" for f in prov["fallbacks"]])
+    models = prov["models"]
+    rows = [[role, m["path_name"], m["class"], m["sha256"][:16], "yes" if m["random_init"] else "no",
+             "yes" if m["lora"] else "no"] for role, m in models.items()]
+    doc.h(2, "Models")
+    doc.table(["role", "folder", "class", "sha256 (first 16)", "random-init", "LoRA"], rows)
+    s = proto["sampling"]
+    doc.h(2, "Protocol")
+    doc.items([
+        f"inputs: `{json.dumps(prov['inputs'])}`",
+        f"sampler: {res['scheduler_class']}, {s['steps']} steps, eta {s['eta']}, CFG {res['guidance_scale']}, "
+        f"resolution {res['resolution'][0]}x{res['resolution'][1]}, seeds {s['seeds']} "
+        f"({res['n_images_per_model']} images per model; {r['inputs']['image_order']})",
+        f"statistics: {proto['stats']['level']:.0%} percentile bootstrap, {proto['stats']['n_resamples']} resamples, "
+        f"seed {proto['stats']['seed']}",
+        f"commit `{prov.get('sgalign_commit')}`, torch {prov['machine']['torch']}, diffusers {prov['diffusers']}, "
+        f"{prov['machine']['torch_threads']} torch threads; total {prov['timing']['total_s']} s",
+    ])
+
+
+def _compositional(doc: _Doc, r: dict[str, Any], files: Path) -> None:
+    m = r["metrics"]
+    roles = list(m["iou"])
+    doc.h(2, "Scene-graph fidelity (SG-IoU family)")
+    ex = r["provenance"].get("extractor", {})
+    doc.p("Extractor: " + "; ".join(f"{g}: `{json.dumps(v, sort_keys=True)}`" for g, v in ex.items()))
+    header = ["granularity / mode", "role"] + [METRIC_NAMES[k] for k in METRIC_NAMES] + ["failed extractions"]
+    rows = []
+    for key in m["iou"][roles[0]]:
+        for role in roles:
+            rep = m["iou"][role][key]
+            rows.append([key, role] + [_ci(rep["ci"][k]) for k in METRIC_NAMES] + [f"{rep['n_failed']}/"
+                                                                                   f"{rep['n_images']}"])
+    doc.table(header, rows)
+    for key in m["iou"][roles[0]]:
+        series = {role: [m["iou"][role][key]["ci"][k] for k in METRIC_NAMES] for role in roles}
+        png = _bar_plot(files / f"iou_{key.replace('/', '_')}.png", f"mean [95% CI], {key}",
+                        list(METRIC_NAMES.values()), series, "IoU")
+        doc.image(png, f"SG-IoU family, {key}: means with bootstrap intervals")
+    if m["vs_baseline"]:
+        doc.h(2, "Model - baseline (paired, same graphs and seeds)")
+        rows = [[key] + [_ci(d[k]) + (" *" if (d[k]["low"] > 0 or d[k]["high"] < 0) else "") for k in METRIC_NAMES]
+                for key, d in m["vs_baseline"].items()]
+        doc.table(["granularity / mode"] + [f"delta {METRIC_NAMES[k]}" for k in METRIC_NAMES], rows)
+        doc.p("* the interval excludes 0.")
+        keys = list(m["vs_baseline"])
+        series = {key: [m["vs_baseline"][key][k] for k in METRIC_NAMES] for key in keys}
+        png = _bar_plot(files / "iou_paired_difference.png", "model - baseline [95% paired CI]",
+                        list(METRIC_NAMES.values()), series, "difference", hline=0.0)
+        doc.image(png, "paired differences model - baseline")
+    doc.h(2, "FID")
+    fid = m["fid"]
+    if "skipped" in fid:
+        doc.p(f"Not computed: {fid['skipped']}.")
+    else:
+        feat = r["provenance"]["fid_features"]
+        doc.p(f"Features: {feat.get('backbone')} ({feat.get('num_features')}-d, {feat.get('preprocess')} "
+              f"preprocessing; choice `{feat.get('choice')}`). Reference: {fid[roles[0]]['reference']}.")
+        doc.table(["role", "FID [95% CI]", "real", "generated"],
+                  [[role, _ci(fid[role]["ci"], 2), str(fid[role]["n_real"]), str(fid[role]["n_fake"])]
+                   for role in roles])
+        png = _bar_plot(files / "fid.png", "FID [95% bootstrap CI]", ["FID"],
+                        {role: [fid[role]["ci"]] for role in roles}, "FID (lower is better)")
+        doc.image(png, "FID with bootstrap intervals")
+
+
+def _t2i(doc: _Doc, r: dict[str, Any], files: Path) -> None:
+    m = r["metrics"]
+    roles = list(m["scores"])
+    doc.h(2, "Preference scores")
+    for name, d in r["provenance"]["scorers"].items():
+        doc.p(f"`{name}`: {d.get('definition', d.get('skipped', ''))}")
+    rows = [[name, role, _ci(s["mean"]), _ci(s["median"])] for role in roles for name, s in m["scores"][role].items()]
+    doc.table(["scorer", "role", "mean [95% CI]", "median [95% CI]"], rows)
+    names = list(m["scores"][roles[0]])
+    series = {role: [m["scores"][role][n]["mean"] for n in names] for role in roles}
+    doc.image(_bar_plot(files / "scores.png", "mean score [95% CI]", names, series, "score"),
+              "preference scores: means with bootstrap intervals")
+    if m["vs_baseline"]:
+        doc.h(2, "Model vs baseline (paired, same prompts and seeds)")
+        rows = [[n, _ci(d["win_rate"]), f"{d['wins']}/{d['ties']}/{d['losses']}", _ci(d["mean_difference"])]
+                for n, d in m["vs_baseline"].items()]
+        doc.table(["scorer", "win-rate of model [95% CI]", "wins/ties/losses", "mean difference [95% CI]"], rows)
+        series = {"win-rate": [d["win_rate"] for d in m["vs_baseline"].values()]}
+        doc.image(_bar_plot(files / "win_rate.png", "win-rate of model over baseline [95% CI]",
+                            list(m["vs_baseline"]), series, "win-rate", hline=0.5),
+                  "win-rates (0.5 = no preference)")
+
+
+def _grids(doc: _Doc, r: dict[str, Any], root: Path, files: Path) -> None:
+    n = r["protocol"]["report"]["grid_graphs"]
+    if n == 0:
+        return
+    seeds = r["protocol"]["sampling"]["seeds"]
+    k = len(seeds)
+    imgs = {role: np.load(root / rel)["images"] for role, rel in r["inputs"]["images"].items()}
+    order = [role for role in ("baseline", "model") if role in imgs]
+    ref_rel = r["inputs"].get("reference_images")
+    refs = np.load(root / ref_rel)["images"] if ref_rel else None
+    doc.h(2, "Image grids: input scene graph, baseline and model" if "baseline" in imgs else
+          "Image grids: input scene graph and model")
+    m = r["metrics"]
+    for g in range(min(n, len(r["inputs"]["ids"]))):
+        captions: dict[str, list[str]] = {}
+        for role in order:
+            if r["task"] == "compositional":
+                key = next(iter(m["iou"][role]))
+                per = m["iou"][role][key]["per_image"][g * k:(g + 1) * k]
+                captions[role] = ["SG-IoU " + ("skip" if p is None else f"{p['sg_iou']:.2f}") for p in per]
+            else:
+                name = next(iter(m["scores"][role]), None)
+                captions[role] = ["" if name is None else f"{name} {v:.2f}"
+                                  for v in m["scores"][role][name]["per_image"][g * k:(g + 1) * k]]
+        title = f"input {r['inputs']['ids'][g]}"
+        if r["inputs"]["prompts"]:
+            title += f": \"{r['inputs']['prompts'][g]}\""
+        png = _grid(files / f"grid_{g:03d}.png", title, r["inputs"]["graphs"][g],
+                    {role: imgs[role][g * k:(g + 1) * k] for role in order}, captions, seeds,
+                    r["protocol"]["report"]["thumb_px"], None if refs is None else refs[g])
+        doc.image(png, f"input {r['inputs']['ids'][g]}: scene graph, " + " and ".join(order) + " images")
+
+
+def write_report(out_dir: str | Path, results: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``report_files/`` into ``out_dir`` (which holds results.json)."""
+    root = Path(out_dir)
+    if results is None:
+        path = root / RESULTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no results.json; run scripts/evaluate.py first")
+        results = json.loads(path.read_text(encoding="utf-8"))
+    files = root / FILES_DIR
+    files.mkdir(parents=True, exist_ok=True)
+    doc = _Doc()
+    _header(doc, results)
+    (_compositional if results["task"] == "compositional" else _t2i)(doc, results, files)
+    _grids(doc, results, root, files)
+    md, page = root / "report.md", root / "report.html"
+    md.write_text(doc.markdown(root), encoding="utf-8")
+    page.write_text(doc.html(f"sgalign evaluation: {results['task']}"), encoding="utf-8")
+    return {"markdown": md, "html": page, "files": files}
