@@ -1,0 +1,95 @@
+"""The ``build_pairs`` config: pydantic sections filled from YAML (``configs/build_pairs/``) plus ``--set`` overrides.
+
+Defaults are the shapes world's: K = 4 candidates from the world SD1.5-SG, DDIM 25 steps, guidance 3.0, scored by
+the world reward (DPG-Bench + 3-in-1 on world-oracle backends, Inversion-DPO Eq. 17).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sgalign.config import ConfigModel
+
+WORLD_MODEL = Path(__file__).resolve().parent.parent / "sgalign" / "world" / "weights" / "world-sd15-sg"
+
+
+class ModelSection(ConfigModel):
+    path: str | None = None  # None: the world SD1.5-SG (sgalign/world/weights/world-sd15-sg) if it exists
+    arch: Literal["sd15-sg", "sdxl-sg"] = "sd15-sg"
+    sg_encoder: str | None = None  # an sg_encoder/ folder or LAION-SG .pt, when the model folder has none
+    torch_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+
+class GenerationSection(ConfigModel):
+    k: int = Field(4, ge=2)  # candidates per annotation
+    seed: int = Field(0, ge=0)  # global seed; candidate seed = hash(seed, img_id, k)
+    num_inference_steps: int = Field(25, ge=1)
+    guidance_scale: float | None = 3.0  # None: the pipeline's default (SD1.5 7.5, SDXL 5.0)
+    eta: float = 0.0
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+    annotations_per_call: int = Field(4, ge=1)  # one pipeline call = annotations_per_call x k images
+
+
+class BackendSpec(ConfigModel):
+    name: str  # a registry name (sgalign.rewards.backends.available(role))
+    path: str | None = None
+    options: dict[str, Any] = {}
+
+
+class RewardsSection(ConfigModel):
+    """``preset: world``: ``sgalign.rewards.world_reward`` (one oracle parse per image shared by all backends).
+    ``preset: custom``: ``members`` built from ``backends`` (role -> registry backend) under ``policy``."""
+    preset: Literal["world", "custom"] = "world"
+    members: list[Literal["dpg", "compbench_3in1"]] = ["dpg", "compbench_3in1"]
+    backends: dict[Literal["vqa", "detector", "similarity", "parser"], BackendSpec] = {}
+    policy: Literal["strict", "allow-fallback"] = "strict"
+    dpg: dict[str, Any] = {}  # DPGConfig flags (official quirks; default: corrected behaviour)
+    compbench_3in1: dict[str, Any] = {}  # CompBenchConfig flags
+    margin: float = 0.05  # for the summary only: share of candidate pairs whose reward gap exceeds it
+
+
+class ShardSection(ConfigModel):
+    annotations_per_shard: int = Field(32, ge=1)
+
+
+class WorldSection(ConfigModel):
+    """``--source shapes``: world annotations sampled here (``sgalign.world.sample_split``)."""
+    split: Literal["train", "validation", "test"] = "train"
+    n: int = Field(200, ge=1)
+    seed: int = 0
+    holdout: list[str] = []  # colour:shape pairs never drawn in train/validation
+
+
+class PickapicSection(ConfigModel):
+    """``--source pickapic``: relabel (SmPO) scores both images with an image-text similarity backend."""
+    relabel: BackendSpec | None = None
+    policy: Literal["strict", "allow-fallback"] = "strict"
+    score_prefix: str = "ps"  # columns <prefix>_0 / <prefix>_1 (the trainer's data.score_columns)
+    winner_by: Literal["label", "score"] = "label"  # score: the higher relabel score wins (equal scores: a tie)
+    rows_per_shard: int = Field(1000, ge=1)
+
+
+class BuildPairsConfig(ConfigModel):
+    source: Literal["laion-sg", "shapes", "pickapic"] = "shapes"
+    model: ModelSection = ModelSection()
+    generation: GenerationSection = GenerationSection()
+    rewards: RewardsSection = RewardsSection()
+    shards: ShardSection = ShardSection()
+    world: WorldSection = WorldSection()
+    pickapic: PickapicSection = PickapicSection()
+    torch_threads: int | None = None  # None: leave torch's default
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides a candidate dataset's content (a resumed build must match it; model by content hash)."""
+        d = self.model_dump(mode="json")
+        d["model"].pop("path")
+        d.pop("torch_threads")
+        d.pop("pickapic")
+        d["rewards"].pop("margin")
+        if self.source != "shapes":
+            d.pop("world")
+        return d

@@ -1,0 +1,70 @@
+"""The configured reward of a candidate build, and the fixed list of score columns it fills.
+
+Score columns: every member's main component (``dpg``, ``compbench_3in1``) plus 3-in-1's parts A, S, C, T (None
+where a part does not apply to the graph's prompt type, e.g. S for a graph without a spatial relation). The
+combined reward (Eq. 17) goes to the ``reward`` column, not into ``scores``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sgalign.rewards import COMBINED_KEY, CombinedReward
+
+from .config import BackendSpec, RewardsSection
+
+PARTS = {"compbench_3in1": ("A", "S", "C", "T")}
+
+
+def build_reward(cfg: RewardsSection) -> CombinedReward:
+    from sgalign.rewards import CompBench3in1Reward, CompBenchConfig, DPGConfig, DPGReward
+
+    dpg_cfg, cb_cfg = DPGConfig(**cfg.dpg), CompBenchConfig(**cfg.compbench_3in1)
+    if cfg.preset == "world":
+        if cfg.backends:
+            raise ValueError("rewards.backends is only read with rewards.preset: custom (the world preset uses the "
+                             "world-oracle backends)")
+        from sgalign.rewards import world_reward
+        full = world_reward(dpg_config=dpg_cfg, compbench_config=cb_cfg)
+        members = [r for r in full.rewards if r.name in cfg.members]
+        return CombinedReward(members)
+    need = {"dpg": ("vqa",), "compbench_3in1": ("vqa", "detector", "similarity", "parser")}
+    roles = sorted({r for m in cfg.members for r in need[m]})
+    missing = [r for r in roles if r not in cfg.backends]
+    if missing:
+        raise ValueError(f"rewards.backends: no backend for role(s) {missing} needed by members {cfg.members} "
+                         "(e.g. rewards.backends.vqa: {name: blip-vqa, path: <local folder>})")
+    b = {r: _backend(r, cfg.backends[r], cfg.policy) for r in roles}
+    members: list[Any] = []
+    if "dpg" in cfg.members:
+        members.append(DPGReward(b["vqa"], dpg_cfg))
+    if "compbench_3in1" in cfg.members:
+        members.append(CompBench3in1Reward(b["vqa"], b["detector"], b["similarity"], b["parser"], config=cb_cfg))
+    return CombinedReward(members)
+
+
+def _backend(role: str, spec: BackendSpec, policy: str):
+    from sgalign.rewards.backends import build_backend
+    return build_backend(role, spec.name, path=spec.path, policy=policy, **spec.options)
+
+
+def score_columns(reward: CombinedReward) -> list[str]:
+    cols = []
+    for r in reward.rewards:
+        cols.append(r.name)
+        cols += [f"{r.name}/{p}" for p in PARTS.get(r.name, ())]
+    return cols
+
+
+def score_batch(reward: CombinedReward, images: Sequence[Any], graphs: Sequence[Any]):
+    """Per image: ({column: value or None}, combined reward), and the reward's provenance."""
+    out = reward(images, graphs)
+    cols = score_columns(reward)
+    rows = []
+    for s, p in zip(out.scores, out.parts):
+        vals = {c: (float(s[c]) if c in s else _opt_float(p.get(c))) for c in cols}
+        rows.append((vals, float(s[COMBINED_KEY])))
+    return rows, out.provenance
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -1,0 +1,122 @@
+"""Crash-safe sharded output shared by the builders.
+
+A build folder holds ``shard-NNNNN.parquet`` files (the dataset: ``sgalign.training.data.load_table`` reads the
+folder), ``index/shard-NNNNN.json`` (one manifest per finished shard), ``build.json`` (the settings the folder was
+started with), and once every shard is done ``index.json``, ``summary.json`` and ``rejects.jsonl``.
+
+Every file is written to a hidden temp name in the same folder, fsynced and ``os.replace``d: a file is either
+absent or complete. A shard is finished when its parquet file AND its manifest exist (parquet first); anything else
+(a leftover temp file, a parquet without manifest) is redone on the next run, deterministically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.parquet"
+
+
+def manifest_path(out: Path, i: int) -> Path:
+    return out / "index" / f"shard-{i:05d}.json"
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` then fsync + rename onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    def w(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(path, w)
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    def w(tmp: str) -> None:
+        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_atomic(path, w)
+
+
+def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None:
+    """One parquet file; the schema carries the ``datasets`` features (``load_dataset("parquet")`` restores them)."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    table = Dataset.from_dict(columns, features=features).data.table
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def is_done(out: Path, i: int) -> bool:
+    return (out / shard_name(i)).is_file() and manifest_path(out, i).is_file()
+
+
+def read_manifest(out: Path, i: int) -> dict[str, Any]:
+    return json.loads(manifest_path(out, i).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    """Content hash of a model folder: sha256 over (relative path, file sha256) of every non-hidden file except
+    README.md (model cards are not weights)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) \
+                and p.name != "README.md":
+            h.update(f"{rel}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def check_or_write_build(out: Path, build: dict[str, Any]) -> None:
+    """First run: record ``build``; later runs (resume, other ranks): it must be identical."""
+    p = out / BUILD_FILE
+    if p.is_file():
+        old = json.loads(p.read_text(encoding="utf-8"))
+        if old != json.loads(json.dumps(build)):
+            diff = sorted(k for k in set(old) | set(build) if old.get(k) != json.loads(json.dumps(build)).get(k))
+            raise ValueError(f"{out} was started with other settings (differ: {diff}; see {p}); resume with the "
+                             "same config/input/model, or choose a new --out folder")
+        return
+    write_json_atomic(p, build)
+
+
+def remove_stale_temps(out: Path) -> int:
+    """Temp files of shard writes killed part-way (call only once every shard is finished)."""
+    stale = [*out.glob(".shard-*.tmp"), *(out / "index").glob(".shard-*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes: ``accelerate launch`` / torchrun set RANK and WORLD_SIZE;
+    a plain run is rank 0 of 1."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
