@@ -96,3 +96,12 @@ def test_batch_conditioning_equals_build_conditioning(arch):
     # stacking rows (winners + losers) keeps each row's conditioning
     both = den.encoder_hidden_states(cat_rows([cond, cond]))
     assert torch.equal(both[:3], kw["encoder_hidden_states"]) and torch.equal(both[3:], kw["encoder_hidden_states"])
+
+
+def test_unfinished_build_folder_is_refused(tmp_path):
+    from sgalign.training.data import load_table
+
+    (tmp_path / "build.json").write_text("{}")
+    (tmp_path / "shard-00000.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="has not finished"):
+        load_table(tmp_path)

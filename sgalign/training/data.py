@@ -59,6 +59,10 @@ def load_table(path: str | Path):
                                 ".parquet/.arrow shards)")
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
         return datasets.load_from_disk(str(p))
+    if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
+        # a build_pairs folder whose build has not finished: training on it would silently use part of the data
+        raise ValueError(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
+                         "build_pairs command to complete it")
     files = [p] if p.is_file() else sorted([*p.glob("*.parquet"), *p.glob("*.arrow")])
     if not files:
         raise FileNotFoundError(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
