@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sgalign.methods import DiffusionDPO, register_method
+from sgalign.methods import DiffusionDPO, register_method, unregister_method
 from sgalign.training.checkpoint import checkpoints, latest_checkpoint
 from sgalign.training.trainer import Trainer, TrainingDiverged
 from test_training_support import make_config, tiny_assets  # noqa: F401
@@ -58,7 +58,6 @@ def test_interrupt_and_resume_is_bit_exact(tiny_assets, tmp_path, monkeypatch): 
     assert torch.equal(saved["conv_in.weight"], got["unet.conv_in.weight"])
 
 
-@register_method("test-nan-at-5")
 class _NanAtFifth(DiffusionDPO):
     """Diffusion-DPO whose 5th call returns a NaN loss (test-only, to trigger the divergence stop)."""
     calls = 0
@@ -71,7 +70,14 @@ class _NanAtFifth(DiffusionDPO):
         return out
 
 
-def test_nan_loss_stops_with_last_good_checkpoint_intact(tiny_assets, tmp_path):  # noqa: F811
+@pytest.fixture
+def nan_method():
+    register_method("test-nan-at-5")(_NanAtFifth)  # registered only for this test: the registry is global
+    yield
+    unregister_method("test-nan-at-5")
+
+
+def test_nan_loss_stops_with_last_good_checkpoint_intact(tiny_assets, tmp_path, nan_method):  # noqa: F811
     _NanAtFifth.calls = 0
     tr = Trainer(make_config(tiny_assets, tmp_path, method="test-nan-at-5",
                              overrides=["trainer.max_steps=10", "checkpointing.every=2"]))

@@ -27,12 +27,12 @@ from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 from .inpo import InPO, InPOConfig
 from .inversion_dpo import InversionDPO, InversionDPOConfig
-from .registry import available_methods, build_method, get_method_class, register_method
+from .registry import available_methods, build_method, get_method_class, register_method, unregister_method
 from .sft import SFT, SFTConfig
 from .smpo import SmPO, SmPOConfig
 
 __all__ = [
     "DiffusionDPO", "DiffusionDPOConfig", "InPO", "InPOConfig", "InversionDPO", "InversionDPOConfig", "Method",
     "MethodConfig", "MethodContext", "MethodOutput", "PairBatch", "SFT", "SFTConfig", "SmPO", "SmPOConfig",
-    "available_methods", "build_method", "get_method_class", "register_method",
+    "available_methods", "build_method", "get_method_class", "register_method", "unregister_method",
 ]

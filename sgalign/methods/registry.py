@@ -18,6 +18,11 @@ def register_method(name: str):
     return deco
 
 
+def unregister_method(name: str) -> None:
+    """Remove a registered method (for plug-in and test code that registers temporary methods)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_method_class(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
