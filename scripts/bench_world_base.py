@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     from sgalign.evaluation import GraphParserExtractor, evaluate_sg_iou
     from sgalign.evaluation.fid import CLIP_MEAN, CLIP_STD, FIDFeatures, ImageEncoderFeatures, extract_features, \
         fid_bootstrap
-    from sgalign.models.pretrain import machine_info
+    from sgalign.machine import machine_info
     from sgalign.pipelines import StableDiffusionSGPipeline
     from sgalign.world import WorldOracle, render_array, sample_split
 
@@ -194,7 +194,7 @@ Model training: {recipe}; in all {total['steps']} optimiser steps x effective ba
 
 Command: `{r['command']}` ({r['total_seconds']:.0f} s, generation {r['generation_seconds']:.0f} s).
 Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['device']}), {m['torch_threads']}
-threads, shared with other jobs: {m['shared_with_other_jobs']}. Raw numbers: `results.json` next to the images.
+threads, shared with other jobs: {m.get('shared_with_other_jobs', 'not recorded')}. Raw numbers: `results.json` next to the images.
 """
     text = path.read_text() if path.exists() else "# Results\n\nMeasured numbers, with the command and machine " \
                                                    "that produced each.\n\n"

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from sgalign.world.models.clip import ClipTrainArgs, evaluate_world_clip, load_world_clip, save_world_clip, \
     train_world_clip
-from sgalign.world.models.record import machine_info, write_record
+from sgalign.machine import machine_info
+from sgalign.world.models.record import write_record
 
 
 def main(argv: list[str] | None = None) -> None:

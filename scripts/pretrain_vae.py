@@ -18,7 +18,8 @@ from dataclasses import asdict
 import torch
 from tqdm.auto import tqdm
 
-from sgalign.world.models.record import machine_info, write_record
+from sgalign.machine import machine_info
+from sgalign.world.models.record import write_record
 from sgalign.world.models.vae import VaeTrainArgs, evaluate_world_vae, latent_scaling_factor, load_world_vae, \
     train_world_vae
 from sgalign.world.sampler import sample_split

@@ -10,15 +10,6 @@ from sgalign.scene_graph import SceneGraph, build_token_graph
 from sgalign.scene_graph.graph import Item, Relation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from a second OpenMP thread, and on a shared 2-core machine its barrier waits
-    stall (measured: a tiny pipeline call 0.08 s with 1 thread, 0.1-5.8 s with 2 under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 H = W = 16
 

@@ -9,15 +9,6 @@ from sgalign.models import GraphTripleConv, SGEncoder
 from sgalign.models.loading import MissingModelFileError, load_sg_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from a second OpenMP thread, and on a shared 2-core machine its barrier waits
-    stall (measured: a tiny pipeline call 0.08 s with 1 thread, 0.1-5.8 s with 2 under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def sg2im_reference(conv: GraphTripleConv, x, pred, edges, pooling="avg"):
     """sg2im's GraphTripleConv.forward written out with index_add (reference §2.2), for comparison."""

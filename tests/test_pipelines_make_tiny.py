@@ -17,15 +17,6 @@ from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipe
 from sgalign.scene_graph import SceneGraph, clip_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from a second OpenMP thread, and on a shared 2-core machine its barrier waits
-    stall (measured: a tiny pipeline call 0.08 s with 1 thread, 0.1-5.8 s with 2 under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 ROOT = Path(__file__).resolve().parents[1]
 SD15_FILES = {"model_index.json", "README.md", "scheduler/scheduler_config.json", "text_encoder/config.json",

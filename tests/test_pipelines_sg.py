@@ -14,15 +14,6 @@ from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipe
 from sgalign.scene_graph import SceneGraph
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from a second OpenMP thread, and on a shared 2-core machine its barrier waits
-    stall (measured: a tiny pipeline call 0.08 s with 1 thread, 0.1-5.8 s with 2 under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 ARCHS = ["sd15-sg", "sdxl-sg"]
 CLS = {"sd15-sg": StableDiffusionSGPipeline, "sdxl-sg": StableDiffusionXLSGPipeline}

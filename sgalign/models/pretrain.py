@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigModel, dump_config
 from ..scene_graph import LaionSGRecord, Reject, SceneGraph, load_split, write_rejects
+from ..machine import machine_info
 
 RECORD_NAME = "training_record.json"
 
@@ -391,21 +391,6 @@ def lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
 
 
 # ---- provenance -----------------------------------------------------------------------------------------------
-def machine_info(shared: bool | None = None) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "torch": torch.__version__, "device": "cpu", "shared_with_other_jobs": shared}
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def model_card(rec: dict[str, Any], pipeline_class: str) -> str:
     m = rec["machine"]
     state = "complete" if rec["complete"] else "INTERMEDIATE checkpoint (training still running or stopped)"
@@ -422,7 +407,7 @@ Load: `{pipeline_class}.from_pretrained(this_folder)` (sgalign.pipelines).{rnd}
 * trained: {', '.join(rec['trained'])} (everything else frozen); data: {rec['data']}; SG-encoder mode: {rec['sg_mode']}
 * loss: plain epsilon-MSE; VAE input {rec['vae_input_range']}; conditioning dropout {rec['uncond_prob']}
 * wall time {rec['wall_seconds']:.0f} s on {m['cpu']} ({m['logical_cores']} logical cores, {m['torch_threads']} torch
-  threads, torch {m['torch']}, {m['device']}; shared with other jobs: {m['shared_with_other_jobs']})
+  threads, torch {m['torch']}, {m['device']}; shared with other jobs: {m.get('shared_with_other_jobs', 'not recorded')})
 * recipe: `{rec['recipe']}`; the resolved config is `pretrain_config.yaml`, the full record `{RECORD_NAME}`
 """ + ("" if "initialised_from" not in rec else f"""\
 * continued from a previous pretrain_sg run (`{rec['initialised_from'].get('recipe')}`,
