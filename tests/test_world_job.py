@@ -1,0 +1,79 @@
+"""The end-to-end world job (sgalign.world.pipeline) at the micro budget on a tiny RANDOM-INIT base model
+(make_tiny: plumbing only, the numbers mean nothing): table files, values traced to the stage outputs, resume."""
+import json
+
+import pytest
+
+from sgalign.models.tiny import make_tiny
+from sgalign.world.pipeline import BUDGETS, resolve_budget, run_world_job
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world-job")
+    base = make_tiny("sd15-sg", root / "tiny-base", seed=0)
+    out = root / "job"
+    paths = run_world_job(out, budget="micro", methods=["diffusion-dpo"], base_model=base)
+    return out, base, paths
+
+
+def test_job_writes_table_traced_to_stage_outputs(job):
+    out, _, paths = job
+    assert {k: p.exists() for k, p in paths.items()} == {"markdown": True, "json": True, "html": True}
+    table = json.loads(paths["json"].read_text())
+    res = json.loads((out / "eval" / "diffusion-dpo" / "results.json").read_text())
+    summary = json.loads((out / "train" / "diffusion-dpo" / "summary.json").read_text())
+    assert set(table["tables"]) == {"phrase/normalized", "label/normalized"}
+    t = table["tables"]["label/normalized"]
+    (row,) = t["rows"]
+    assert row["method"] == "diffusion-dpo" and table["missing"] == []
+    m = res["metrics"]
+    for name in ("sg_iou", "entity_iou", "relation_iou"):
+        assert row[name] == m["iou"]["model"]["label/normalized"]["ci"][name]
+        assert row[f"delta_{name}"] == m["vs_baseline"]["label/normalized"][name]
+        assert t["base"][name] == m["iou"]["baseline"]["label/normalized"]["ci"][name]
+    assert row["fid"]["estimate"] == m["fid"]["model"]["fid"]
+    assert row["train_seconds"] == summary["seconds"] > 0
+    # Diffusion-DPO: policy and reference on winner and loser = 4 UNet forwards per pair
+    assert row["unet_forwards_per_pair"] == summary["unet_forwards_per_pair"] == 4.0
+    assert row["train_steps"] == BUDGETS["micro"].train_steps
+    # the protocol of the micro budget reached the evaluation; the base snapshot is the given folder
+    assert res["protocol"]["sampling"]["seeds"] == [0] and len(res["inputs"]["ids"]) == 2
+    assert table["job"]["base"]["random_init"] is True
+    md = paths["markdown"].read_text()
+    assert "RANDOM-INIT base model" in md and "[diffusion-dpo](eval/diffusion-dpo/report.html)" in md
+    assert 'href="eval/diffusion-dpo/report.html"' in paths["html"].read_text()
+    assert (out / "eval" / "diffusion-dpo" / "report.html").exists()
+    assert (out / "pairs" / "index.json").exists()
+
+
+def test_rerun_skips_finished_stages_and_redoes_a_missing_one(job, capsys):
+    out, base, _ = job
+    results = out / "eval" / "diffusion-dpo" / "results.json"
+    final = out / "train" / "diffusion-dpo" / "final" / "model_index.json"
+    before = results.stat().st_mtime_ns, final.stat().st_mtime_ns
+    capsys.readouterr()
+    run_world_job(out, budget="micro", methods=["diffusion-dpo"], base_model=base)
+    log = capsys.readouterr().out
+    for stage in ("[base] done", "[pairs] done", "[train diffusion-dpo] done", "[eval diffusion-dpo] done"):
+        assert stage in log
+    assert (results.stat().st_mtime_ns, final.stat().st_mtime_ns) == before
+    # an evaluation without its report is unfinished: only that stage runs again
+    (out / "eval" / "diffusion-dpo" / "report.html").unlink()
+    run_world_job(out, budget="micro", methods=["diffusion-dpo"], base_model=base)
+    log = capsys.readouterr().out
+    assert "[train diffusion-dpo] done" in log and "[eval diffusion-dpo] 2 test graphs" in log
+    assert (out / "eval" / "diffusion-dpo" / "report.html").exists()
+    assert final.stat().st_mtime_ns == before[1]
+
+
+def test_bad_requests_are_clear_errors(job, tmp_path):
+    out, base, _ = job
+    with pytest.raises(ValueError, match="another budget/seed"):
+        run_world_job(out, budget="micro", methods=["diffusion-dpo"], base_model=base, seed=1)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_world_job(tmp_path / "x", budget="micro", methods=["dpo"], base_model=base)
+    with pytest.raises(ValueError, match="unknown budget"):
+        resolve_budget("huge")
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        run_world_job(tmp_path / "y", budget="micro", methods=["sft"], base_model=tmp_path)
