@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from sgalign.world import WorldOracle, render_array, sample_split
+from sgalign.machine import cpu_model
 from sgalign.world.robustness import degrade, oracle_accuracy
 
 CONDITIONS = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (1.5, 0.0), (2.0, 0.0), (2.5, 0.0), (0.0, 10.0), (0.0, 20.0),
@@ -23,13 +24,7 @@ CONDITIONS = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (1.5, 0.0), (2.0, 0.0), (2.5, 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, numpy {np.__version__}")
 
 

@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 
+from sgalign.machine import cpu_model
 from sgalign.rewards.backends.world import CORRUPTIONS, corruption_cases, world_reward
 from sgalign.world import render_array
 from sgalign.world.robustness import degrade
@@ -30,13 +31,7 @@ COLUMNS = ("reward", "dpg", "compbench_3in1", "A", "S", "C")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, numpy {np.__version__}")
 
 
