@@ -26,6 +26,7 @@ columns (``data.score_columns``, e.g. PickScore relabels) give ``score_w``/``sco
 """
 from __future__ import annotations
 
+import abc
 import io
 import json
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class RawPair:
     score_l: float | None = None
 
 
-class PairSource:
+class PairSource(abc.ABC):
     """Rows + a stateful ``DynamicPairSampler``; ``stream()`` yields decodable ``RawPair`` items forever, skipping
     (and reporting in ``skipped``) pairs with an undecodable image. Its state is the sampler's."""
 
@@ -121,8 +122,9 @@ class PairSource:
         self.sampler = sampler
         self.skipped: list[dict[str, Any]] = []
 
+    @abc.abstractmethod
     def pair(self, item) -> RawPair:
-        raise NotImplementedError
+        """Decode the images of one sampled pair (raise on an undecodable image: ``stream`` reports and skips)."""
 
     def stream(self) -> Iterator[RawPair]:
         for item in self.sampler:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..render import render_array
 from ..sampler import WorldScene, sample_split
+from .loop import run_steps
 from .data import CORRUPTIONS, caption, corrupt, render_stream, to_tensor
 
 WORLD_CLIP_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-clip"
@@ -130,19 +131,9 @@ def train_world_clip(args: ClipTrainArgs, tokenizer=None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, 7]))  # corruption choices
-    history = []
-    stream = render_stream("train", args.seed, args.batch)
-    for step in range(args.steps):
-        scenes, images = next(stream)
-        loss, stats = clip_loss(model, tokenizer, images, scenes, rng, args.hard_negatives)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(stats)
-        if progress is not None:
-            progress(step, stats)
+    history = run_steps(model, opt, sched, args.steps, render_stream("train", args.seed, args.batch),
+                        lambda batch: clip_loss(model, tokenizer, batch[1], batch[0], rng, args.hard_negatives),
+                        progress)
     return model.eval(), tokenizer, history
 
 

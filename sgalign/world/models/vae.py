@@ -29,6 +29,7 @@ from ..oracle import WorldOracle
 from ..render import render_array
 from ..robustness import oracle_accuracy
 from ..sampler import WorldScene
+from .loop import run_steps
 from .data import render_stream, to_tensor
 
 WORLD_VAE_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-vae"
@@ -74,19 +75,9 @@ def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
     torch.manual_seed(args.seed)  # posterior sampling noise
-    history = []
     stream = render_stream("train", args.seed + 1000, args.batch)  # its own stream, not world-CLIP's batches
-    for step in range(args.steps):
-        _, images = next(stream)
-        loss, stats = vae_loss(vae, images, args.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(stats)
-        if progress is not None:
-            progress(step, stats)
+    history = run_steps(vae, opt, sched, args.steps, stream,
+                        lambda batch: vae_loss(vae, batch[1], args.kl_weight), progress)
     return vae.eval(), history
 
 
