@@ -1,7 +1,8 @@
 """The ``build_pairs`` config: pydantic sections filled from YAML (``configs/build_pairs/``) plus ``--set`` overrides.
 
 Defaults are the shapes world's: K = 4 candidates from the world SD1.5-SG, DDIM 25 steps, guidance 3.0, scored by
-the world reward (DPG-Bench + 3-in-1 on world-oracle backends, Inversion-DPO Eq. 17).
+the world reward (DPG-Bench + 3-in-1 on world backends -- oracle VQA and detector, world-CLIP's cosine as C --
+Inversion-DPO Eq. 17).
 """
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ class BackendSpec(ConfigModel):
 
 
 class RewardsSection(ConfigModel):
-    """``preset: world``: ``sgalign.rewards.world_reward`` (one oracle parse per image shared by all backends).
+    """``preset: world``: ``sgalign.rewards.world_reward`` (one oracle parse per image shared by all backends);
+    3-in-1's C is ``world_similarity``: ``world-clip`` (the trained world-CLIP's cosine, from ``world_clip_path`` or
+    the shipped folder) or ``oracle`` (the oracle proposition score, not a cosine).
     ``preset: custom``: ``members`` built from ``backends`` (role -> registry backend) under ``policy``."""
     preset: Literal["world", "custom"] = "world"
+    world_similarity: Literal["world-clip", "oracle"] = "world-clip"
+    world_clip_path: str | None = None  # None: sgalign/world/weights/world-clip
     members: list[Literal["dpg", "compbench_3in1"]] = ["dpg", "compbench_3in1"]
     backends: dict[Literal["vqa", "detector", "similarity", "parser"], BackendSpec] = {}
     policy: Literal["strict", "allow-fallback"] = "strict"

@@ -22,11 +22,19 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
     if cfg.preset == "world":
         if cfg.backends:
             raise ValueError("rewards.backends is only read with rewards.preset: custom (the world preset uses the "
-                             "world-oracle backends)")
+                             "world backends; rewards.world_similarity picks 3-in-1's C)")
+        if cfg.world_clip_path is not None and cfg.world_similarity != "world-clip":
+            raise ValueError("rewards.world_clip_path is only read with rewards.world_similarity: world-clip")
         from sgalign.rewards import world_reward
-        full = world_reward(dpg_config=dpg_cfg, compbench_config=cb_cfg)
+        # C is 3-in-1's: without that member no C backend is built (no world-CLIP load, nothing in provenance)
+        sim = cfg.world_similarity if "compbench_3in1" in cfg.members else "oracle"
+        full = world_reward(dpg_config=dpg_cfg, compbench_config=cb_cfg, similarity=sim,
+                            world_clip_path=cfg.world_clip_path if sim == "world-clip" else None)
         members = [r for r in full.rewards if r.name in cfg.members]
         return CombinedReward(members)
+    if cfg.world_similarity != "world-clip" or cfg.world_clip_path is not None:
+        raise ValueError("rewards.world_similarity / world_clip_path are only read with rewards.preset: world "
+                         "(preset custom: set rewards.backends.similarity, e.g. {name: world-clip, path: DIR})")
     need = {"dpg": ("vqa",), "compbench_3in1": ("vqa", "detector", "similarity", "parser")}
     roles = sorted({r for m in cfg.members for r in need[m]})
     missing = [r for r in roles if r not in cfg.backends]

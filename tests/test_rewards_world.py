@@ -102,7 +102,8 @@ def test_similarity_is_the_mean_clause_p_yes(image):
 
 def test_world_reward_scores_parts_and_provenance(image):
     assert sgalign.rewards.world_reward is world_reward
-    out = world_reward()([image], [SCENE.graph()])
+    # the oracle C (world-CLIP's C, the default, is checked in test_rewards_world_clip.py)
+    out = world_reward(similarity="oracle")([image], [SCENE.graph()])
     s, p = out.scores[0], out.parts[0]
     assert set(s) == {"dpg", "compbench_3in1", "reward"} and s["dpg"] == 1.0
     assert p["compbench_3in1/type"] == "spatial_action"  # left of (spatial) + smaller than (no 2-D rule)
@@ -116,6 +117,7 @@ def test_world_reward_scores_parts_and_provenance(image):
     json.dumps(rec)
     assert rec["provenance"][0]["backends"]["vqa"]["kind"] == "world"
     assert {b["kind"] for b in rec["provenance"][1]["backends"].values()} == {"world"}
+    assert rec["provenance"][1]["backends"]["similarity"]["name"] == "world-oracle-similarity"
     assert rec["provenance"][1]["backends"]["similarity"]["details"]["definition"] == SIMILARITY_DEFINITION
 
 
@@ -128,12 +130,12 @@ def test_backends_of_one_reward_parse_each_image_once(image):
             return super().parse(im)
 
     oracle = CountingOracle()
-    reward = world_reward(oracle)
+    reward = world_reward(oracle, similarity="oracle")
     other = render(sample_split("test", 1, seed=3)[0])
     a = reward([image, other, image], [SCENE.graph()] * 3)
     assert CountingOracle.calls == 2  # DPG answers, A, S and C of both images from one read each
     assert a.scores[0] == a.scores[2]
-    b = world_backends(WorldOracle())
+    b = world_backends(WorldOracle(), similarity="oracle")
     fresh = CompBench3in1Reward(b["vqa"], b["detector"], b["similarity"])([image], [SCENE.graph()])
     assert fresh.scores[0]["compbench_3in1"] == a.scores[0]["compbench_3in1"]
     assert DPGReward(b["vqa"])([image], [SCENE.graph()]).scores[0]["dpg"] == a.scores[0]["dpg"]
@@ -176,10 +178,12 @@ def test_corruptions_change_exactly_one_thing():
 
 def test_rewards_rank_true_renders_above_corrupted_500_cases():
     """The issue's check: on world images, rewards rank renders of the true graph above renders of a corrupted
-    graph (wrong relation, wrong colour, missing object) in >= 95% of 500 cases. Ties count as failures."""
+    graph (wrong relation, wrong colour, missing object) in >= 95% of 500 cases. Ties count as failures.
+    The default reward: 3-in-1's C is world-CLIP's cosine."""
     cases, skipped = corruption_cases(500, seed=0)
     graphs = [true.graph() for _, true, _ in cases]
     reward = world_reward()
+    assert reward.rewards[1].similarity.info.name == "world-clip-similarity"
     good = reward([render(true) for _, true, _ in cases], graphs)
     bad = reward([render(c) for _, _, c in cases], graphs)  # scored against the TRUE graph
     wins: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))

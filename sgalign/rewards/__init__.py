@@ -4,8 +4,8 @@ their Eq. 17 combination, and provenance on every score.
     reward = CombinedReward([DPGReward(vqa), CompBench3in1Reward(vqa, detector, similarity, parser)])
     out = reward(images, scene_graphs)   # out.scores[i] = {"dpg": .., "compbench_3in1": .., "reward": ..}
 
-On the shapes world: ``world_reward()`` is the same combination on the world-oracle backends
-(``backends/world.py``).
+On the shapes world: ``world_reward()`` is the same combination on the world backends (``backends/world.py``):
+world-oracle VQA and detector, and world-CLIP's cosine as 3-in-1's C (``similarity="oracle"``: the oracle score).
 """
 from .combine import COMBINED_KEY, CombinedReward, combine
 from .compbench import CompBench3in1Reward, CompBenchConfig, PromptTypeLists

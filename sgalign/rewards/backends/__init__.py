@@ -7,7 +7,8 @@ Real adapters (local weights only, lazy heavy imports): ``BlipVQA`` (transformer
 Each checks its ``MANIFEST`` first and raises ``BackendUnavailable`` naming the missing files and the folder.
 Scripted backends and the regex parser are fallbacks (``info.fallback`` is True).
 World backends (``world.py``, ``kind="world"``): ``WorldOracleVQA``, ``WorldOracleDetector``,
-``WorldOracleSimilarity`` (an oracle stand-in for C, not a cosine), answering from the shapes-world oracle.
+``WorldOracleSimilarity`` (an oracle stand-in for C, not a cosine), answering from the shapes-world oracle;
+``WorldCLIPSimilarity`` (``world_clip.py``, ``kind="world"``): the real CLIP adapter on the trained world-CLIP.
 """
 from .manifest import BackendUnavailable, Manifest, RequiredFile, resolve
 from .registry import available, build_backend, register
@@ -20,7 +21,7 @@ __all__ = [
     "Detection", "Detector", "ImageTextSimilarity",
     "ParsedText", "TextParser", "Token", "VQAQuery", "YesNoVQA", "RegexTextParser", "ScriptedDetector",
     "ScriptedParser", "ScriptedSimilarity", "ScriptedVQA", "BlipVQA", "CLIPSimilarity", "OwlDetector", "SpacyParser",
-    "WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity",
+    "WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity", "WorldCLIPSimilarity",
 ]
 _WORLD = ("WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity")
 
@@ -38,6 +39,9 @@ def __getattr__(name: str):  # real adapters import torch/transformers: load the
     if name == "SpacyParser":
         from .spacy_parser import SpacyParser
         return SpacyParser
+    if name == "WorldCLIPSimilarity":
+        from .world_clip import WorldCLIPSimilarity
+        return WorldCLIPSimilarity
     if name in _WORLD:  # imports the shapes world (scipy)
         from . import world
         return getattr(world, name)

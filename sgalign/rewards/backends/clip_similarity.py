@@ -24,6 +24,22 @@ MANIFEST = Manifest("clip-similarity", (
 ), origin="a CLIPModel saved with save_pretrained, e.g. openai/clip-vit-base-patch32 (= OpenAI ViT-B/32)")
 
 
+def load_clip(root: Path, backend: str, device: str | None = None, dtype=None, tokenizer_root: Path | None = None):
+    """(CLIPModel in eval mode on ``device``, tokenizer, CLIPImageProcessor) from a checked local folder; the
+    tokenizer from ``tokenizer_root`` when it lives in a subfolder (the world-CLIP layout)."""
+    require_transformers(backend)
+    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    model_type = AutoConfig.from_pretrained(root, local_files_only=True).model_type
+    if model_type != "clip":
+        raise ValueError(f"{backend}: {root}/config.json has model_type {model_type!r}, expected 'clip'")
+    model = CLIPModel.from_pretrained(root, local_files_only=True, **({"dtype": dtype} if dtype else {}))
+    model.to(pick_device(device)).eval()
+    tok = AutoTokenizer.from_pretrained(tokenizer_root or root, local_files_only=True)
+    proc = CLIPImageProcessor.from_pretrained(root, local_files_only=True)
+    return model, tok, proc
+
+
 class CLIPSimilarity:
     def __init__(self, model, tokenizer, image_processor, info: BackendInfo, truncate: bool = True):
         self.model, self.tokenizer, self.image_processor, self.info = model, tokenizer, image_processor, info
@@ -33,16 +49,7 @@ class CLIPSimilarity:
     def from_pretrained(cls, path: str | Path, device: str | None = None, dtype=None,
                         truncate: bool = True) -> "CLIPSimilarity":
         root = MANIFEST.check(path)
-        require_transformers(MANIFEST.backend)
-        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
-
-        model_type = AutoConfig.from_pretrained(root, local_files_only=True).model_type
-        if model_type != "clip":
-            raise ValueError(f"clip-similarity: {root}/config.json has model_type {model_type!r}, expected 'clip'")
-        model = CLIPModel.from_pretrained(root, local_files_only=True, **({"dtype": dtype} if dtype else {}))
-        model.to(pick_device(device)).eval()
-        tok = AutoTokenizer.from_pretrained(root, local_files_only=True)
-        proc = CLIPImageProcessor.from_pretrained(root, local_files_only=True)
+        model, tok, proc = load_clip(root, MANIFEST.backend, device, dtype)
         random_init = is_random_init(model.config)
         info = BackendInfo("clip-similarity", version_string(model.config), "real", fallback=random_init, details={
             **fingerprint(root), "folder": root.name, "truncate": truncate, "dtype": str(model.dtype),
@@ -53,14 +60,14 @@ class CLIPSimilarity:
         import torch
 
         if len(images) != len(texts):
-            raise ValueError(f"clip-similarity: {len(images)} images but {len(texts)} texts")
+            raise ValueError(f"{self.info.name}: {len(images)} images but {len(texts)} texts")
         if not texts:
             return []
         max_len = self.model.config.text_config.max_position_embeddings
         enc = self.tokenizer(list(texts), padding=True, truncation=self.truncate,
                              max_length=max_len if self.truncate else None, return_tensors="pt")
         if enc.input_ids.shape[1] > max_len:
-            raise ValueError(f"clip-similarity: a text is {enc.input_ids.shape[1]} tokens, over the context of "
+            raise ValueError(f"{self.info.name}: a text is {enc.input_ids.shape[1]} tokens, over the context of "
                              f"{max_len} (official behaviour: error; pass truncate=True to cut)")
         pv = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
         dev = self.model.device

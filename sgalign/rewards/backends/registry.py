@@ -4,7 +4,8 @@
 ``policy="allow-fallback"`` substitutes the role's labelled fallback when the real one is unavailable (missing
 files or library), and the substitution shows in provenance. Other packages add backends with ``register``
 (e.g. ``register("vqa", "my-vqa", factory)``). The shapes-world oracle backends are built in:
-"world-oracle-vqa", "world-oracle-detector", "world-oracle-similarity" (no files; ``world.py``).
+"world-oracle-vqa", "world-oracle-detector", "world-oracle-similarity" (no files; ``world.py``), and
+"world-clip" (similarity: the trained world-CLIP's cosine; ``path`` defaults to the shipped folder; ``world_clip.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def _spacy(path=None, **kw):
     return SpacyParser.from_pretrained(path, **kw)
 
 
+def _world_clip(path=None, **kw):
+    from .world_clip import WorldCLIPSimilarity
+    return WorldCLIPSimilarity.from_pretrained(path, **kw)
+
+
 def _world(cls_name: str) -> Callable[..., Any]:
     """Shapes-world oracle backends (``world.py``): no files; ``oracle=`` / ``score_threshold=`` pass through."""
     def factory(path=None, **kw):
@@ -52,7 +58,7 @@ _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
     "detector": {"owl": _owl, "scripted": lambda path=None, **kw: ScriptedDetector(kw.pop("detections", []), **kw),
                  "world-oracle-detector": _world("WorldOracleDetector")},
     "similarity": {"clip": _clip, "scripted": lambda path=None, **kw: ScriptedSimilarity(**kw),
-                   "world-oracle-similarity": _world("WorldOracleSimilarity")},
+                   "world-oracle-similarity": _world("WorldOracleSimilarity"), "world-clip": _world_clip},
     "parser": {"spacy": _spacy, "regex": lambda path=None, **kw: RegexTextParser()},
 }
 # What "allow-fallback" substitutes: uninformative, labelled stand-ins (a constant 0.5 VQA, no detections,

@@ -6,8 +6,8 @@
   world noun phrase ("circle", "red small circle") and every object the oracle reads, one detection labelled with
   the query, scored P(object is the phrase) (objectness included); detections below ``score_threshold`` (0.5, as
   UniDet in T2I-CompBench) are dropped. A query with words outside the world's vocabulary detects nothing.
-* ``WorldOracleSimilarity`` (``ImageTextSimilarity``): **not a cosine**. The world has no CLIP yet (the world-CLIP
-  of WORLD.md is to come), so 3-in-1's C is replaced by an oracle proposition score, documented in its
+* ``WorldOracleSimilarity`` (``ImageTextSimilarity``): **not a cosine**; the stand-in for 3-in-1's C written before
+  the world had a CLIP, kept as ``similarity="oracle"``. An oracle proposition score, documented in its
   ``BackendInfo.details["definition"]``: the text is read as clauses -- "<phrase> <predicate> <phrase>" (a triple)
   or a lone "<phrase>" (an entity) -- exactly as ``SceneGraph.serialize`` writes them, and the similarity is the
   mean over the clauses of the oracle's P(yes); no clause -> 0. Like CLIP it cannot count (two "circle" clauses
@@ -15,7 +15,8 @@
 
 All three report ``BackendInfo(kind="world", fallback=False)``. A reward backed by them is the world's reward:
 exact answers about synthetic images, not a benchmark value. ``world_reward`` builds the world's default
-combined reward (DPG-Bench and 3-in-1 averaged, Inversion-DPO Eq. 17).
+combined reward (DPG-Bench and 3-in-1 averaged, Inversion-DPO Eq. 17); its C is by default the real cosine of the
+trained world-CLIP (``world_clip.WorldCLIPSimilarity``, ``similarity="world-clip"``).
 
 ``corrupt_scene`` makes the corrupted scenes the rewards are checked against (wrong relation, wrong colour,
 missing object); ``scripts/bench_world_rewards.py`` and ``tests/test_rewards_world.py`` use it.
@@ -23,6 +24,7 @@ missing object); ``scripts/bench_world_rewards.py`` and ``tests/test_rewards_wor
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import OrderedDict
 from dataclasses import replace
@@ -35,7 +37,7 @@ from ...world import rules
 from ...world.oracle import ORACLE_VERSION, OracleScene, Phrase, Question, WorldOracle
 from ...world.sampler import WorldScene, layout_boxes, sample_split
 from ..provenance import BackendInfo
-from .protocols import Detection, VQAQuery
+from .protocols import Detection, ImageTextSimilarity, VQAQuery
 
 if TYPE_CHECKING:  # the reward modules import this package: no runtime import cycle
     from ..combine import CombinedReward
@@ -185,8 +187,8 @@ def text_clauses(text: str) -> list[Question]:
 
 
 class WorldOracleSimilarity:
-    """Oracle stand-in for 3-in-1's C until a world-CLIP exists: mean P(yes) of the text's clauses (not a cosine;
-    see ``SIMILARITY_DEFINITION``)."""
+    """Oracle stand-in for 3-in-1's C (``similarity="oracle"``; the default C is world-CLIP's cosine): mean P(yes)
+    of the text's clauses (not a cosine; see ``SIMILARITY_DEFINITION``)."""
 
     def __init__(self, oracle: WorldOracle | _ParseCache | None = None):
         self._cache = _cache(oracle)
@@ -204,19 +206,51 @@ class WorldOracleSimilarity:
         return out
 
 
-def world_backends(oracle: WorldOracle | None = None,
-                   score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[str, Any]:
-    """The three world backends sharing one oracle and one parse cache, by role."""
+SIMILARITIES = ("world-clip", "oracle")  # 3-in-1's C on the world: world-CLIP's cosine (default), the oracle score
+
+
+def world_similarity(similarity: str | ImageTextSimilarity = "world-clip",
+                     oracle: WorldOracle | _ParseCache | None = None,
+                     world_clip_path: str | os.PathLike | None = None) -> ImageTextSimilarity:
+    """3-in-1's C backend on the world: ``"world-clip"`` (``WorldCLIPSimilarity`` from ``world_clip_path``, default
+    the shipped world-CLIP; missing files raise ``BackendUnavailable`` saying what to do, never a silent fallback),
+    ``"oracle"`` (``WorldOracleSimilarity``, not a cosine), or a ready ``ImageTextSimilarity`` object (used as is)."""
+    if not isinstance(similarity, str):
+        if not isinstance(similarity, ImageTextSimilarity):
+            raise TypeError(f"world similarity: expected one of {SIMILARITIES} or an ImageTextSimilarity, "
+                            f"got {type(similarity).__name__}")
+        return similarity
+    if similarity == "world-clip":
+        from .world_clip import WorldCLIPSimilarity
+        return WorldCLIPSimilarity.from_pretrained(world_clip_path)
+    if similarity == "oracle":
+        if world_clip_path is not None:
+            raise ValueError("world similarity 'oracle' reads no files; world_clip_path is for 'world-clip'")
+        return WorldOracleSimilarity(oracle)
+    raise ValueError(f"unknown world similarity {similarity!r}; expected one of {SIMILARITIES}")
+
+
+def world_backends(oracle: WorldOracle | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                   similarity: str | ImageTextSimilarity = "world-clip",
+                   world_clip_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The world backends by role: oracle VQA and detector sharing one oracle and one parse cache, and the C
+    backend of ``world_similarity(similarity, ...)`` (world-CLIP by default)."""
     cache = _cache(oracle)
     return {"vqa": WorldOracleVQA(cache), "detector": WorldOracleDetector(cache, score_threshold),
-            "similarity": WorldOracleSimilarity(cache)}
+            "similarity": world_similarity(similarity, cache, world_clip_path)}
 
 
 def world_reward(oracle: WorldOracle | None = None, dpg_config: DPGConfig | None = None,
                  compbench_config: CompBenchConfig | None = None,
-                 score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> CombinedReward:
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                 similarity: str | ImageTextSimilarity = "world-clip",
+                 world_clip_path: str | os.PathLike | None = None) -> CombinedReward:
     """The world's default reward: ``CombinedReward([DPGReward, CompBench3in1Reward])`` on world backends, i.e.
     r = (dpg + compbench_3in1) / 2 (Inversion-DPO Eq. 17), for (image, ``SceneGraph``) batches.
+
+    3-in-1's C: ``similarity="world-clip"`` (default) the raw cosine of the shipped world-CLIP (or the one in
+    ``world_clip_path``); ``"oracle"`` the oracle proposition score (not a cosine). The provenance's
+    ``backends["similarity"]`` names which (``world-clip-similarity`` / ``world-oracle-similarity``).
 
     ``out = world_reward()(images, graphs)``: ``out.scores[i]`` = {"dpg", "compbench_3in1", "reward"},
     ``out.parts[i]`` the sub-scores (3-in-1's A, S, C, T, type), ``out.provenance`` one entry per member with the
@@ -225,7 +259,7 @@ def world_reward(oracle: WorldOracle | None = None, dpg_config: DPGConfig | None
     from ..compbench import CompBench3in1Reward, CompBenchConfig
     from ..dpg_bench import DPGConfig, DPGReward
 
-    b = world_backends(oracle, score_threshold)
+    b = world_backends(oracle, score_threshold, similarity, world_clip_path)
     return CombinedReward([
         DPGReward(b["vqa"], dpg_config if dpg_config is not None else DPGConfig()),
         CompBench3in1Reward(b["vqa"], b["detector"], b["similarity"],
