@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgalign.diffusion import (TrajectoryCache, ddim_invert, diffusers020_grid, exact_grid, model_fingerprint,
+from sgalign.diffusion import (ZEROS, TrajectoryCache, ddim_invert, diffusers020_grid, exact_grid, model_fingerprint,
                                scaled_linear_alphas_cumprod)
 from sgalign.methods import MethodContext, PairBatch, available_methods, build_method
 from sgalign.methods.functional import diffusion_dpo_loss, per_sample_mse
@@ -46,9 +46,9 @@ def batch(B=2, seed=0, scores=None):
                      torch.randn(B, generator=g), sw, sl)
 
 
-def ctx(pol, ref, seed=0, cache=None):
+def ctx(pol, ref, seed=0, cache=None):  # TinyEps's unconditional branch: a zero conditioning scalar
     return MethodContext(fn(pol), fn(ref), AC, torch.Generator().manual_seed(seed), cache,
-                         model_fingerprint(ref) if cache is not None else None)
+                         model_fingerprint(ref) if cache is not None else None, unconditional=ZEROS)
 
 
 def grads(m):

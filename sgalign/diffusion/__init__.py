@@ -4,7 +4,7 @@
   ``diffusers-0.20`` (the official InPO/SmPO inversion), ``full`` (Inversion-DPO's N-step trajectory).
 * ``inversion``: ``ddim_step``, ``ddim_invert`` (per-sample grids, η jitter, ReNoise with 'source'/'target'
   second-evaluation label), ``ddim_sample``; returns a ``Trajectory`` with the ε used at each point.
-* ``guidance.guided``: classifier-free guidance inside the ε function.
+* ``guidance.guided``: classifier-free guidance inside the ε function; ``Unconditional``: a named uncond branch.
 * ``cache``: trajectory cache (image hash + model hash + grid + guidance), sharded safetensors on disk.
 * ``counter.ForwardCounter``: UNet forwards per row, grad / no-grad.
 
@@ -13,14 +13,14 @@ An ε function is ``eps_fn(x_t, t, cond) -> eps`` with x_t (B, …), integer t (
 from .batching import cat_rows, select_rows
 from .cache import TrajectoryCache, cached_invert, image_hash, model_fingerprint
 from .counter import EpsFn, ForwardCounter, ForwardStats
-from .guidance import guided, zeros_like_cond
+from .guidance import ZEROS, Unconditional, guided, zeros_like_cond
 from .inversion import Trajectory, ddim_invert, ddim_sample, ddim_sigma, ddim_step, ddim_walk
 from .schedule import (Grid, alpha_at, base_levels, diffusers020_grid, exact_grid, expected_steps, full_grid,
                        scaled_linear_alphas_cumprod)
 
 __all__ = [
-    "EpsFn", "ForwardCounter", "ForwardStats", "Grid", "Trajectory", "TrajectoryCache", "alpha_at", "base_levels",
-    "cached_invert", "cat_rows", "ddim_invert", "ddim_sample", "ddim_sigma", "ddim_step", "ddim_walk",
-    "diffusers020_grid", "exact_grid", "expected_steps", "full_grid", "guided", "image_hash", "model_fingerprint",
-    "scaled_linear_alphas_cumprod", "select_rows", "zeros_like_cond",
+    "EpsFn", "ForwardCounter", "ForwardStats", "Grid", "Trajectory", "TrajectoryCache", "Unconditional", "ZEROS",
+    "alpha_at", "base_levels", "cached_invert", "cat_rows", "ddim_invert", "ddim_sample", "ddim_sigma", "ddim_step",
+    "ddim_walk", "diffusers020_grid", "exact_grid", "expected_steps", "full_grid", "guided", "image_hash",
+    "model_fingerprint", "scaled_linear_alphas_cumprod", "select_rows", "zeros_like_cond",
 ]

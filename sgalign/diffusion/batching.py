@@ -57,7 +57,9 @@ def _bytes(obj: Any) -> bytes:
         return b"none"
     if isinstance(obj, Tensor):
         t = obj.detach().to("cpu")
-        return str((tuple(t.shape), str(t.dtype))).encode() + t.contiguous().view(torch.uint8).numpy().tobytes()
+        # reshape(-1): a 0-d tensor (e.g. BatchNorm's num_batches_tracked) cannot be viewed as bytes; same bytes
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return str((tuple(t.shape), str(t.dtype))).encode() + raw
     if isinstance(obj, dict):
         return b"{" + b";".join(str(k).encode() + b":" + _bytes(obj[k]) for k in sorted(obj)) + b"}"
     if isinstance(obj, (list, tuple)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,60 @@ _FIELDS = ("latents", "levels", "labels", "eps_point", "eps")
 
 
 def model_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 over a module's parameter/buffer names, shapes, dtypes and values (frozen reference: once a run)."""
+    """SHA-256 over a module's parameter/buffer names, shapes, dtypes and values.
+
+    Hashing reads every weight (GBs at full size), so the digest of a **frozen** module (no parameter requires
+    grad: the reference) is remembered and returned again only while every state entry is still the same tensor
+    object with the same storage (``data_ptr``), layout and in-place version counter (``_version``: any in-place
+    write such as ``p.add_``, ``copy_`` or ``load_state_dict`` bumps it; ``.to()`` or re-assignment replaces the
+    tensor). Trainable modules are re-hashed on every call: optimizers may write through kernels that bypass
+    version counters. Writes through ``p.data`` bypass them too; after such a write to a frozen module call
+    ``model_fingerprint.cache_clear(module)``."""
+    state = module.state_dict(keep_vars=True)
+    key = _state_key(module, state)
+    hit = _FINGERPRINTS.get(module) if key is not None else None
+    if hit is not None and _same(hit[0], key):
+        return hit[1]
+    digest = _hash_state(state)
+    if key is not None:
+        _FINGERPRINTS[module] = (key, digest)
+    return digest
+
+
+def _hash_state(state: dict[str, Any]) -> str:
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
-        h.update(_bytes(t))
+        h.update(_bytes(t.detach() if isinstance(t, Tensor) else t))
     return h.hexdigest()
+
+
+def _state_key(module: torch.nn.Module, state: dict[str, Any]) -> list | None:
+    """What identifies the current values of a frozen module's state without reading them; None: do not cache."""
+    if any(p.requires_grad for p in module.parameters()):
+        return None
+    key = []
+    for name, t in sorted(state.items()):
+        if not isinstance(t, Tensor) or t.is_inference():  # inference tensors have no version counter
+            return None
+        key.append((name, weakref.ref(t), (t.data_ptr(), t._version, tuple(t.shape), t.stride(),
+                                           t.storage_offset(), t.dtype, str(t.device))))
+    return key
+
+
+def _same(old: list, new: list) -> bool:
+    return len(old) == len(new) and all(
+        a[0] == b[0] and a[1]() is not None and a[1]() is b[1]() and a[2] == b[2] for a, b in zip(old, new))
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _forget(module: torch.nn.Module) -> None:
+    _FINGERPRINTS.pop(module, None)
+
+
+model_fingerprint.cache_clear = _forget  # type: ignore[attr-defined]
 
 
 def image_hash(x0_row: Tensor, image_id: str | None = None) -> str:

@@ -1,6 +1,7 @@
 """Classifier-free guidance folded into the ε function, so inversion and losses never see it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -21,6 +22,23 @@ def zeros_like_cond(cond: Any) -> Any:
     if isinstance(cond, (list, tuple)):
         return type(cond)(zeros_like_cond(v) for v in cond)
     raise TypeError(f"no zero unconditional for {type(cond).__name__}; pass uncond= explicitly")
+
+
+@dataclass(frozen=True)
+class Unconditional:
+    """The unconditional branch of guidance as a function of the conditional one, named by ``spec`` (recorded in
+    provenance and in trajectory-cache keys, so trajectories guided by different branches never mix). The model's
+    own branch is SD1.5's empty-text embedding and SDXL's zeros (``force_zeros_for_empty_prompt``), as
+    ``sgalign.models.conditioning.unconditional_conditioning``; the trainer supplies it."""
+
+    fn: Callable[[Any], Any]
+    spec: str
+
+    def __call__(self, cond: Any) -> Any:
+        return self.fn(cond)
+
+
+ZEROS = Unconditional(zeros_like_cond, "zeros")
 
 
 def guided(eps_fn: EpsFn, scale: float, uncond: Any | Callable[[Any], Any] = zeros_like_cond,

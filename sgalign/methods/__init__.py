@@ -6,7 +6,7 @@ A generic trainer never names a method; it does::
     method = build_method(cfg.method, **cfg.method_options)
     ctx = MethodContext(policy=eps_policy, reference=eps_ref, alphas_cumprod=ac, generator=gen,
                         cache=TrajectoryCache(dir) or None, reference_hash=model_fingerprint(ref_unet),
-                        backward=accelerator.backward)
+                        backward=accelerator.backward, unconditional=uncond)  # uncond: diffusion.Unconditional
     out = method(PairBatch(x0_w, x0_l, cond, score_w, score_l), ctx)   # latents (B, C, H, W)
     if not out.backward_done:
         accelerator.backward(out.loss)
@@ -20,7 +20,8 @@ A generic trainer never names a method; it does::
   UNet forwards per pair (policy/reference × grad/no-grad).
 * Each method's config is a dataclass with ``faithful``: options left ``None`` resolve to the official code's
   behaviour when ``faithful=True`` and to our corrected default otherwise; ``MethodOutput.provenance`` records the
-  resolved options.
+  resolved options. ``Method.optimizer_overrides()`` names optimizer settings a faithful run needs (the trainer
+  applies them unless configured explicitly).
 """
 from . import diffusion_dpo, inpo, inversion_dpo, sft, smpo  # noqa: F401  (registration)
 from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch

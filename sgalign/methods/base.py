@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..diffusion.cache import TrajectoryCache
 from ..diffusion.counter import EpsFn, ForwardCounter, ForwardStats
+from ..diffusion.guidance import Unconditional
 
 
 @dataclass
@@ -39,7 +40,8 @@ class PairBatch:
 @dataclass
 class MethodContext:
     """Networks and state the trainer owns. ``policy``/``reference``: ε functions ``(x_t, t, cond) -> eps``
-    (policy carries grad). ``reference_hash``: fingerprint of the frozen reference, needed for the cache."""
+    (policy carries grad). ``reference_hash``: fingerprint of the frozen reference, needed for the cache.
+    ``unconditional``: ``cond`` -> its guidance branch without the prompt, for methods that guide."""
 
     policy: EpsFn
     reference: EpsFn
@@ -48,6 +50,8 @@ class MethodContext:
     cache: TrajectoryCache | None = None
     reference_hash: str | None = None
     backward: Callable[[Tensor], None] | None = None  # e.g. accelerator.backward; used by methods that back-propagate
+    # the model's own classifier-free-guidance unconditional branch (SD1.5 empty text, SDXL zeros); guided methods
+    unconditional: Unconditional | None = None
 
     @property
     def num_train_timesteps(self) -> int:
@@ -101,6 +105,12 @@ class Method(ABC):
         cfg = self.config
         return dict(cfg.resolve()) if hasattr(cfg, "resolve") else dataclasses.asdict(cfg)
 
+    def optimizer_overrides(self) -> dict[str, Any]:
+        """Optimizer settings (``OptimizerConfig`` keys) the official run effectively used where they differ from
+        the trainer's defaults; the trainer applies them unless the config sets the key itself (faithful only)."""
+        cfg = self.config
+        return dict(getattr(cfg, "_official_optimizer", {})) if getattr(cfg, "faithful", False) else {}
+
 
 def _gen_device(generator: torch.Generator | None):
     return generator.device if generator is not None else "cpu"
@@ -123,6 +133,7 @@ class MethodConfig:
     faithful: bool = False
     _corrected: ClassVar[dict[str, Any]] = {}
     _official: ClassVar[dict[str, Any]] = {}
+    _official_optimizer: ClassVar[dict[str, Any]] = {}  # see Method.optimizer_overrides
 
     def resolve(self) -> "Resolved":
         vals = {}

@@ -9,6 +9,14 @@ the same trajectory points.
 * ``subsample=k``: k of the P points per pair (same for winner and loser), unbiased for the mean.
 * ``gradient='constant-memory'``: a no-grad policy pass gives the per-pair σ-coefficient, then each point is
   replayed with grad and back-propagated at once (the method calls backward; ``MethodOutput.backward_done``).
+* ``uncond``: the guidance's unconditional branch. ``'model'`` (default): the model's own (SD1.5 empty text, SDXL
+  zeros), from ``MethodContext.unconditional``; ``'zeros'`` (official, ``faithful=True``): zero embeddings for every
+  model, the official code's SDXL-only convention (it has no SD1.5 path). Identical for SDXL.
+* Faithful optimizer: the official run decays weights by wd·lr = 1e-2 × (1e-8 × #GPUs) ≤ 8e-10 of their value per
+  step (Adafactor, ``--adam_weight_decay`` 1e-2, ``--scale_lr`` with batch 1, accumulation 1), less than half an
+  fp32 ulp (≥ 2⁻²⁵ ≈ 3e-8 relative), so it never changes a weight: its effective weight decay is exactly 0. At our
+  learning rates a 1e-2 decay would move θ off θ_ref at step 1 and give the zero-gradient objective a gradient, so
+  ``faithful=True`` asks the trainer for ``optimizer.weight_decay=0`` (``Method.optimizer_overrides``).
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import torch
 
 from ..diffusion.batching import cat_rows
 from ..diffusion.cache import cached_invert
-from ..diffusion.guidance import guided
+from ..diffusion.guidance import ZEROS, Unconditional, guided
 from ..diffusion.schedule import alpha_at
 from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
 from .functional import (diffusion_dpo_loss, inpo_target, inversion_dpo_loss, inversion_step_weights,
@@ -31,15 +39,29 @@ from .registry import register_method
 class InversionDPOConfig(MethodConfig):
     beta: float = 2000.0  # official launcher (argparse 5000)
     num_steps: int = 80  # official launcher N (argparse 40); Δ = T // N
-    guidance_scale: float = 2.0  # CFG in inversion and in the policy pass; uncond = zero embeddings
+    guidance_scale: float = 2.0  # CFG in inversion and in the policy pass (unconditional branch: ``uncond``)
     subsample: int | None = None  # k points per pair; None = all (official)
     gradient: str = "standard"  # or 'constant-memory'
     use_cache: bool = True  # reference inversion is deterministic: cache it when a cache is given
     target: str | None = None
     initial_alpha: str | None = None
     step_weighting: str | None = None
-    _corrected = {"target": "trajectory", "initial_alpha": "one", "step_weighting": "uniform"}
-    _official = {"target": "reference", "initial_alpha": "alpha0", "step_weighting": "inv-alpha"}
+    uncond: str | None = None  # 'model' (SD1.5 empty text, SDXL zeros) or 'zeros' (official, every model)
+    _corrected = {"target": "trajectory", "initial_alpha": "one", "step_weighting": "uniform", "uncond": "model"}
+    _official = {"target": "reference", "initial_alpha": "alpha0", "step_weighting": "inv-alpha", "uncond": "zeros"}
+    _official_optimizer = {"weight_decay": 0.0}  # the official wd·lr is below fp32 resolution (module docstring)
+
+
+def unconditional_branch(cfg, ctx: MethodContext) -> Unconditional:
+    """The guidance's unconditional branch chosen by ``cfg.uncond`` (see the module docstring)."""
+    if cfg.uncond == "zeros":
+        return ZEROS
+    if cfg.uncond != "model":
+        raise ValueError(f"uncond must be 'model' or 'zeros', got {cfg.uncond!r}")
+    if ctx.unconditional is None:
+        raise ValueError("uncond='model' needs MethodContext.unconditional (the model's own unconditional branch: "
+                         "SD1.5 empty text, SDXL zeros; the trainer provides it); or set uncond='zeros'")
+    return ctx.unconditional
 
 
 @register_method("inversion-dpo")
@@ -62,10 +84,11 @@ class InversionDPO(Method):
         if use_cache and ctx.reference_hash is None:
             raise ValueError("a trajectory cache needs MethodContext.reference_hash (diffusion.model_fingerprint(ref))")
         ids = (batch.image_ids_w + batch.image_ids_l) if batch.image_ids_w and batch.image_ids_l else None
-        tr = cached_invert(ctx.cache if use_cache else None, x0, guided(ctx.reference, cfg.guidance_scale), levels,
-                           ac, cond2, labels=labels, initial_alpha=ia, model_hash=ctx.reference_hash or "",
+        u = self._uncond(cfg, ctx)
+        tr = cached_invert(ctx.cache if use_cache else None, x0, guided(ctx.reference, cfg.guidance_scale, u),
+                           levels, ac, cond2, labels=labels, initial_alpha=ia, model_hash=ctx.reference_hash or "",
                            grid_spec=f"full(steps={N},T={T},labels={cfg.target})",
-                           guidance_spec=f"cfg={cfg.guidance_scale}:zeros", image_ids=ids)
+                           guidance_spec=f"cfg={cfg.guidance_scale}" + (f":{u.spec}" if u else ""), image_ids=ids)
         if cfg.target == "reference":
             xs, labs, eps_ref = tr.latents[:, :N], tr.labels, tr.eps_point
             tau = None
@@ -92,7 +115,11 @@ class InversionDPO(Method):
         else:
             raise ValueError(f"step_weighting must be 'inv-alpha' or 'uniform', got {cfg.step_weighting!r}")
         return {"x": xs, "t": labs, "eps_ref": eps_ref, "tau": tau, "weights": w[:B], "cond2": cond2,
-                "cache_used": use_cache, "points": labs.shape[1]}
+                "cache_used": use_cache, "points": labs.shape[1], "uncond": u.spec if u else None}
+
+    @staticmethod
+    def _uncond(cfg, ctx: MethodContext) -> Unconditional | None:
+        return unconditional_branch(cfg, ctx) if cfg.guidance_scale != 1.0 else None
 
     def _point_terms(self, p, j, e):
         """(2B,) per-row term whose winner − loser difference the loss is linear in, for point j."""
@@ -111,9 +138,10 @@ class InversionDPO(Method):
 
     def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
         cfg = self.config.resolve()
-        pol = guided(ctx.policy, cfg.guidance_scale)
+        pol = guided(ctx.policy, cfg.guidance_scale, self._uncond(cfg, ctx))
         P = p["points"]
-        prov = {"cache_used": p["cache_used"], "points_per_image": P}
+        # uncond_branch: what the unconditional branch actually was (e.g. 'empty-text' for an SD1.5 'model' branch)
+        prov = {"cache_used": p["cache_used"], "points_per_image": P, "uncond_branch": p["uncond"]}
         if cfg.gradient == "standard":
             diffs = torch.stack([self._point_terms(p, j, pol(p["x"][:, j], p["t"][:, j], p["cond2"]))
                                  for j in range(P)], 1)

@@ -8,8 +8,10 @@ trainable, the reference has a frozen copy), so the SG encoder is part of the mo
 ``Denoiser`` reproduces ``sgalign.models.build_conditioning`` (fusion ``text + alpha_obj * graph`` at the graph
 tokens, then EOS-copy padding), vectorised over padded graphs; a test checks the two agree.
 
-The zero unconditional branch of guidance (``diffusion.zeros_like_cond``) zeroes every tensor but ``time_ids``:
-``graph_on`` = 0 switches the graph off, so the uncond embeddings are exactly zero (SDXL's convention).
+Guidance's unconditional branch (``ConditionEncoder.unconditional``) follows the architecture, as
+``sgalign.models.conditioning.unconditional_conditioning``: SDXL zeros (``force_zeros_for_empty_prompt``; every
+tensor but ``time_ids`` zeroed, ``graph_on`` = 0 switches the graph off, so the embeddings are exactly zero);
+SD1.5 the empty text with the graph off, EOS-padded like the conditional branch.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.guidance import Unconditional, zeros_like_cond
 from ..models.conditioning import make_add_time_ids
 from ..models.graph_inputs import build_graph_inputs
 from ..models.text import encode_texts
@@ -86,6 +89,7 @@ class ConditionEncoder:
         self.sg_mode, self.self_loops = sg_mode, self_loops
         self.height, self.width = height, width
         self.cache: dict[Any, dict[str, Tensor]] | None = {} if cache else None
+        self._empty: dict[str, Tensor] | None = None
 
     @torch.no_grad()
     def row(self, prompt: Any, key: Any = None) -> dict[str, Tensor]:
@@ -121,6 +125,32 @@ class ConditionEncoder:
     def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
         rows = [self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))]
         return collate_conditions(rows)
+
+    @property
+    def sdxl(self) -> bool:
+        return len(self.text_encoders) > 1  # one encoder => SD1.5, two => SDXL (as models.build_conditioning)
+
+    def unconditional(self, cond: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Guidance's unconditional branch of a batch ``cond`` (same keys and shapes, so both stack in one call):
+        SDXL zeros; SD1.5 the empty text's states (the graph off)."""
+        u = zeros_like_cond(cond)
+        if self.sdxl:
+            return u
+        e = self._empty_text()
+        B = cond["text"].shape[0]
+        u["text"] = e["text"].to(cond["text"].device, cond["text"].dtype)[None].expand(B, -1, -1)
+        u["lengths"] = e["lengths"].to(cond["lengths"].device, cond["lengths"].dtype).expand(B)
+        return u
+
+    @torch.no_grad()
+    def _empty_text(self) -> dict[str, Tensor]:
+        if self._empty is None:
+            st = encode_texts([""], self.tokenizers, self.text_encoders)
+            self._empty = {"text": st.hidden[0].float().cpu(), "lengths": st.lengths[0].cpu()}
+        return self._empty
+
+    def unconditional_branch(self) -> Unconditional:
+        return Unconditional(self.unconditional, "zeros" if self.sdxl else "empty-text")
 
 
 def collate_conditions(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:

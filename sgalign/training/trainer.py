@@ -76,8 +76,9 @@ class Trainer:
         self._resolve_data_path()
         self._build_models()
         self._build_data()
-        self._build_optimizer()
         self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
+        self._apply_method_optimizer_settings()
+        self._build_optimizer()
         self.cache = TrajectoryCache(self.run_dir / "trajectory_cache") if cfg.trainer.trajectory_cache else None
         self.ref_hash = model_fingerprint(self.reference) if self.cache is not None else None
         self.step, self.micro, self.pairs = 0, 0, 0
@@ -161,6 +162,7 @@ class Trainer:
         self.encoder = ConditionEncoder(toks, tes, sg_mode=sg.config.mode if sg is not None else None,
                                         self_loops=sg.config.self_loops if sg is not None else True,
                                         height=res, width=res, cache=self.cfg.data.cache_text)
+        self.unconditional = self.encoder.unconditional_branch()  # guidance's uncond: SD1.5 empty text, SDXL zeros
         pad = bool(sg.config.pad_with_eos_copies) if sg is not None else False
         # reference: frozen copies (same dtype/kernels as the policy) or, under LoRA, the base with adapters off
         self.lora = m.train_unet == "lora"
@@ -209,6 +211,24 @@ class Trainer:
         self.source = src
         self.stream = BatchStream(src, d.batch_size)
         self.latent_cache: dict[str, torch.Tensor] | None = {} if d.cache_latents else None
+
+    def _apply_method_optimizer_settings(self) -> None:
+        """Optimizer settings the method's faithful reproduction needs (``Method.optimizer_overrides``), applied
+        unless the config sets that key itself (then kept, with a note if it differs); recorded in the run notes
+        and resolved_config.yaml."""
+        o, name = self.cfg.optimizer, self.cfg.method.name
+        for key, value in self.method.optimizer_overrides().items():
+            if key in o.model_fields_set:
+                if getattr(o, key) != value:
+                    note = (f"method {name} (faithful) reproduces the official run with optimizer.{key}={value}; "
+                            f"keeping the configured optimizer.{key}={getattr(o, key)}")
+                    self.notes.append(note)
+                    self._log(f"[sgalign] {note}")
+                continue
+            setattr(o, key, value)
+            note = f"optimizer.{key}={value}: the official run's effective value, set by method {name} (faithful)"
+            self.notes.append(note)
+            self._log(f"[sgalign] {note}")
 
     def _build_optimizer(self) -> None:
         o, t = self.cfg.optimizer, self.cfg.trainer
@@ -286,7 +306,8 @@ class Trainer:
     def context(self, gen: torch.Generator) -> MethodContext:
         return MethodContext(policy=self._eps_policy, reference=self._eps_reference,
                              alphas_cumprod=self.alphas_cumprod, generator=gen, cache=self.cache,
-                             reference_hash=self.ref_hash, backward=self.acc.backward)
+                             reference_hash=self.ref_hash, backward=self.acc.backward,
+                             unconditional=self.unconditional)
 
     def generator(self, index: int) -> torch.Generator:
         return torch.Generator(device=self.acc.device).manual_seed(_micro_seed(self.cfg.trainer.seed, index))

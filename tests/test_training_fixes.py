@@ -1,0 +1,104 @@
+"""Trainer-level checks of two fixes:
+
+* faithful Inversion-DPO run exactly as the world job launches it (configs/world/compositional.yaml, whose AdamW
+  keeps the trainer's 1e-2 weight decay): the method's optimizer override (weight_decay 0, the official run's
+  effective value) keeps every weight bit-identical, since the official objective has exactly zero gradient at
+  θ = θ_ref; an explicitly configured weight decay is kept (and noted);
+* guidance's unconditional branch passed to the UNet: SD1.5 the empty-text conditioning
+  (``models.conditioning.unconditional_conditioning``), SDXL zeros; faithful Inversion-DPO zeros for both.
+"""
+import math
+
+import pytest
+import torch
+
+from sgalign.models.conditioning import SGConditioning, unconditional_conditioning
+from sgalign.training.cli import parse
+from sgalign.training.trainer import Trainer
+from sgalign.world.pipeline import resolve_budget, train_overrides
+from test_training_support import make_config, tiny_assets  # noqa: F401
+
+
+def world_config(assets, out, method_id, extra=()):
+    """The world job's own argv for ``method_id`` (micro budget, 3 steps), on the tiny SD1.5-SG assets."""
+    b = resolve_budget("micro", train_steps=3, batch_size=2)
+    argv = train_overrides(method_id, out, assets["sd15-sg"], assets["candidates"], b, seed=0)
+    _, cfg = parse([*argv, "--set", "checkpointing.final_pipeline=false", "--set", "checkpointing.every=0",
+                    "--set", "logging.tensorboard='off'", *[a for o in extra for a in ("--set", o)]])
+    return cfg
+
+
+def weights(tr):
+    return {k: v.clone() for k, v in tr.acc.unwrap_model(tr.policy).state_dict().items()}
+
+
+def test_world_faithful_inversion_dpo_keeps_weights_bit_identical(tiny_assets, tmp_path):  # noqa: F811
+    cfg = world_config(tiny_assets, tmp_path / "run", "inversion-dpo-faithful")
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 1e-2  # the world config as written
+    tr = Trainer(cfg)
+    assert tr.lr == pytest.approx(2e-5)  # 1e-5 per pair x 2: a 1e-2 decay would shrink every weight by 2e-7
+    start = weights(tr)
+    result = tr.train()
+    end = weights(tr)
+    assert all(torch.equal(start[k], end[k]) for k in start)
+    assert tr.cfg.optimizer.weight_decay == 0.0 and tr.optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert result.summary["final_loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert result.summary["method_provenance"]["faithful"] is True
+    assert any("optimizer.weight_decay=0.0" in n for n in result.summary["notes"])
+    assert "weight_decay: 0.0" in (tmp_path / "run" / "resolved_config.yaml").read_text()
+
+
+def test_corrected_run_keeps_weight_decay_and_explicit_value_wins(tiny_assets, tmp_path):  # noqa: F811
+    tr = Trainer(world_config(tiny_assets, tmp_path / "a", "inversion-dpo"))
+    assert tr.optimizer.param_groups[0]["weight_decay"] == 1e-2
+    assert not any("weight_decay" in n for n in tr.notes)
+    tr = Trainer(world_config(tiny_assets, tmp_path / "b", "inversion-dpo-faithful", ["optimizer.weight_decay=0.01"]))
+    assert tr.optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert any("keeping the configured optimizer.weight_decay=0.01" in n for n in tr.notes)
+
+
+def captured_hidden_states(tr):
+    """encoder_hidden_states (and added cond) of the reference UNet's first guided inversion call on a real batch:
+    rows [uncond (2B: winners, losers); cond (2B)]."""
+    seen = []
+    h = tr.reference.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        batch = tr.make_batch(tr.stream.next(), torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            tr.method.provide(batch, tr.context(torch.Generator().manual_seed(0)))
+    finally:
+        h.remove()
+    kw, n = seen[0], 2 * batch.size
+    return kw["encoder_hidden_states"][:n], kw["encoder_hidden_states"][n:], kw.get("added_cond_kwargs"), n
+
+
+@pytest.mark.parametrize("task", ["compositional", "t2i"])
+def test_sd15_unconditional_branch_is_the_empty_text(tiny_assets, tmp_path, task):  # noqa: F811
+    tr = Trainer(make_config(tiny_assets, tmp_path, task, "inversion-dpo", ["trainer.max_steps=1"]))
+    u, c, added, n = captured_hidden_states(tr)
+    ref = unconditional_conditioning(SGConditioning(torch.zeros(n, *u.shape[1:])), tr.encoder.tokenizers,
+                                     tr.encoder.text_encoders, pad_with_eos_copies=tr.reference.pad_with_eos_copies)
+    assert added is None and u.abs().sum() > 0
+    torch.testing.assert_close(u, ref.prompt_embeds.float(), rtol=0, atol=1e-6)
+    assert not torch.allclose(u, c)
+    assert tr.unconditional.spec == "empty-text"
+    # faithful: the official code's zero embeddings (its SDXL convention; it has no SD1.5 path)
+    out = tr.method.__class__(faithful=True, num_steps=2)(tr.make_batch(tr.stream.next(), torch.Generator()),
+                                                         tr.context(torch.Generator().manual_seed(0)))
+    assert out.provenance["uncond_branch"] == "zeros"
+    out = tr.method(tr.make_batch(tr.stream.next(), torch.Generator()), tr.context(torch.Generator().manual_seed(0)))
+    assert (out.provenance["uncond"], out.provenance["uncond_branch"]) == ("model", "empty-text")
+
+
+def test_sdxl_unconditional_branch_is_zeros(tmp_path):
+    from sgalign.models.tiny import make_tiny
+    from sgalign.training.synthetic import write_pickapic
+
+    assets = {"sd15": make_tiny("sdxl", tmp_path / "sdxl"),
+              "pickapic": write_pickapic(tmp_path / "pap.parquet", rows=2, scores=True, seed=2)}
+    tr = Trainer(make_config(assets, tmp_path / "run", "t2i", "inversion-dpo", ["trainer.max_steps=1"]))
+    u, c, added, n = captured_hidden_states(tr)
+    assert torch.count_nonzero(u) == 0 and torch.count_nonzero(c) > 0
+    assert torch.count_nonzero(added["text_embeds"][:n]) == 0 and torch.count_nonzero(added["text_embeds"][n:]) > 0
+    assert torch.equal(added["time_ids"][:n], added["time_ids"][n:])  # SDXL's time ids are kept
+    assert tr.unconditional.spec == "zeros"
