@@ -2,10 +2,13 @@
 """The world results table: build pairs -> train every method (same budget, same seed) -> evaluate each vs the base.
 
     python scripts/bench_world.py --budget table [--out runs/world-table] [--methods diffusion-dpo,smpo] [--seed 0]
+    python scripts/bench_world.py --task t2i --budget table [--out runs/world-t2i-table]
 
 Resumable: rerun the same command after a kill; finished stages (pairs, each method's training and evaluation)
 are skipped. Writes OUT/results_table.md, OUT/results_table.json and OUT/index.html (links to each method's
-report). Budgets: ``sgalign.world.pipeline.BUDGETS`` (world-scale CPU choices, not official values).
+report). ``--task t2i``: world Pick-a-Pic pairs from the base -> build_pairs --source pickapic -> train --task t2i
+-> evaluate --task t2i; a table of win-rates vs the base. Budgets: ``sgalign.world.pipeline.BUDGETS``
+(world-scale CPU choices, not official values).
 """
 from __future__ import annotations
 
@@ -15,19 +18,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgalign.world.pipeline import ALL_METHODS, BUDGETS, run_world_job  # noqa: E402
+from sgalign.world.pipeline import ALL_METHODS, BUDGETS, TASKS, run_world_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=TASKS, default="compositional")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="table")
-    ap.add_argument("--out", default=None, help="job folder (default: runs/world-<budget>)")
+    ap.add_argument("--out", default=None,
+                    help="job folder (default: runs/world-<budget>; t2i: runs/world-t2i-<budget>)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method ids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base-model", default=None, help="base SG model folder (default: the world SD1.5-SG)")
     args = ap.parse_args(argv)
-    run_world_job(args.out or f"runs/world-{args.budget}", budget=args.budget,
-                  methods=[m for m in args.methods.split(",") if m], seed=args.seed, base_model=args.base_model)
+    default_out = f"runs/world-{args.budget}" if args.task == "compositional" else f"runs/world-t2i-{args.budget}"
+    run_world_job(args.out or default_out, budget=args.budget, methods=[m for m in args.methods.split(",") if m],
+                  seed=args.seed, base_model=args.base_model, task=args.task)
     return 0
 
 

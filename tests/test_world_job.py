@@ -77,3 +77,58 @@ def test_bad_requests_are_clear_errors(job, tmp_path):
         resolve_budget("huge")
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         run_world_job(tmp_path / "y", budget="micro", methods=["sft"], base_model=tmp_path)
+
+
+# ---- the t2i job (world Pick-a-Pic pairs -> build_pairs --source pickapic -> train --task t2i -> evaluate t2i) ----
+@pytest.fixture(scope="module")
+def t2i_job(tmp_path_factory):
+    from sgalign.training.modeling import world_model_path
+
+    if not (world_model_path() / "model_index.json").exists():
+        pytest.skip("needs the shipped world SD1.5-SG (a random-init base ties every reward pair)")
+    out = tmp_path_factory.mktemp("world-t2i-job") / "job"
+    # 4 captions: the micro budget's 2 rows could all tie, leaving no pair to train on
+    paths = run_world_job(out, budget="micro", methods=["diffusion-dpo"], task="t2i", annotations=4)
+    return out, paths
+
+
+def test_t2i_job_table_traced_to_stage_outputs(t2i_job):
+    out, paths = t2i_job
+    table = json.loads(paths["json"].read_text())
+    res = json.loads((out / "eval" / "diffusion-dpo" / "results.json").read_text())
+    summary = json.loads((out / "train" / "diffusion-dpo" / "summary.json").read_text())
+    assert res["task"] == "t2i" and table["job"]["task"] == "t2i" and table["missing"] == []
+    # the base's text path as a plain SD1.5 folder: what train --task t2i exports and evaluate --task t2i loads
+    assert json.loads((out / "base-t2i" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert not (out / "base-t2i" / "sg_encoder").exists()
+    assert json.loads((out / "train" / "diffusion-dpo" / "final" / "model_index.json").read_text())["_class_name"] \
+        == "StableDiffusionPipeline"
+    for scorer in table["tables"]:
+        (row,) = table["tables"][scorer]["rows"]
+        vs = res["metrics"]["vs_baseline"][scorer]
+        assert row["win_rate"] == vs["win_rate"] and row["mean_difference"] == vs["mean_difference"]
+        assert row["mean"] == vs["mean_a"] and table["tables"][scorer]["base"]["median"] == vs["median_b"]
+        assert row["unet_forwards_per_pair"] == summary["unet_forwards_per_pair"] == 4.0
+        assert row["train_seconds"] == summary["seconds"] > 0
+    assert "world_reward" in table["tables"]
+    # the pairs trained on: the world Pick-a-Pic file, ties dropped, world-CLIP score columns for SmPO
+    pk = json.loads((out / "pickapic" / "world_pickapic.json").read_text())
+    pairs = json.loads((out / "pairs" / "summary.json").read_text())
+    assert pk["rows"] == 4 and pairs["pairs"] == 4 - pk["labels"]["ties"] and pairs["score_columns"] == ["ps_0", "ps_1"]
+    md = paths["markdown"].read_text()
+    assert "World t2i results table (micro budget)" in md and "[diffusion-dpo](eval/diffusion-dpo/report.html)" in md
+    assert res["protocol"]["sampling"]["seeds"] == [0] and len(res["inputs"]["prompts"]) == 2
+
+
+def test_t2i_job_resumes_and_refuses_another_task(t2i_job, capsys):
+    out, _ = t2i_job
+    capsys.readouterr()
+    run_world_job(out, budget="micro", methods=["diffusion-dpo"], task="t2i", annotations=4)
+    log = capsys.readouterr().out
+    for stage in ("[base] done", "[base-t2i] done", "[pairs] done", "[train diffusion-dpo] done",
+                  "[eval diffusion-dpo] done"):
+        assert stage in log
+    with pytest.raises(ValueError, match="holds a t2i job"):
+        run_world_job(out, budget="micro", methods=["diffusion-dpo"], annotations=4)
+    with pytest.raises(ValueError, match="unknown task"):
+        run_world_job(out, budget="micro", task="video")

@@ -17,6 +17,22 @@ Stages, each skipped on a rerun once finished (so a killed job is resumed by run
 5. ``results_table.md`` / ``.json`` / ``index.html``: per method vs base, SG-IoU, Entity-IoU, Relation-IoU and FID
    with 95 % bootstrap intervals, paired differences with intervals, training wall time, UNet forwards per pair.
 
+``task="t2i"`` (``scripts/bench_world.py --task t2i``) runs the same stages on the t2i task:
+
+1. ``base/`` as above, plus ``base-t2i/``: the snapshot as a plain ``StableDiffusionPipeline`` folder (its text
+   path: same UNet / VAE / text encoder, no SG encoder), what ``train.py --task t2i`` fine-tunes and exports and
+   ``evaluate --task t2i`` loads;
+2. ``pickapic/``: the world Pick-a-Pic file (``sgalign.world.pickapic``: ``annotations`` train-split captions x 2
+   seeds of the base, ``gen_steps`` DDIM steps, labels from the world reward), then ``pairs/``:
+   ``build_pairs --source pickapic`` on it (ties dropped, winner first), relabelled with the world-CLIP cosine
+   into ``ps_0`` / ``ps_1`` (the score columns of ``configs/world/t2i.yaml``; SmPO's);
+3. ``train/<method>/``: ``train.py --task t2i`` with ``configs/world/t2i.yaml``, same budget and seeds;
+4. ``eval/<method>/``: ``evaluate --task t2i`` (``configs/evaluate/world_t2i.yaml``) on test-split prompts vs the
+   base;
+5. ``results_table.md`` / ``.json`` / ``index.html``: per method and scorer (world reward, world-CLIP cosine),
+   win-rate vs base and paired mean difference with their bootstrap intervals, mean / median scores of the method
+   and the base, training wall time, UNet forwards per pair.
+
 Budgets are world-scale choices for a CPU, not official values; the one used is recorded in ``job.json``.
 """
 from __future__ import annotations
@@ -35,6 +51,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs" / "world" / "compositional.yaml"
 PAIRS_CONFIG = ROOT / "configs" / "build_pairs" / "world.yaml"
 EVAL_CONFIG = ROOT / "configs" / "evaluate" / "world_compositional.yaml"
+T2I_TRAIN_CONFIG = ROOT / "configs" / "world" / "t2i.yaml"
+T2I_EVAL_CONFIG = ROOT / "configs" / "evaluate" / "world_t2i.yaml"
+TASKS = ("compositional", "t2i")
+# task -> (training config, evaluation protocol)
+TASK_CONFIGS = {"compositional": (TRAIN_CONFIG, EVAL_CONFIG), "t2i": (T2I_TRAIN_CONFIG, T2I_EVAL_CONFIG)}
+T2I_RELABEL = "pickapic.relabel={name: world-clip}"  # ps_0 / ps_1 = world-CLIP cosine (SmPO's score columns)
+T2I_GUIDANCE = 3.0  # CFG of the world Pick-a-Pic generation (as configs/evaluate/world_t2i.yaml)
 
 # method id -> (trainer method name, extra --set overrides). Inversion-DPO in both forms (METHODS.md).
 METHOD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -54,8 +77,8 @@ class JobBudget:
     """Every knob that sets the cost of the job; the same for every method."""
 
     name: str
-    annotations: int  # world train-split graphs for build_pairs
-    k: int  # candidates per graph
+    annotations: int  # world train-split graphs for build_pairs (t2i: rows of the world Pick-a-Pic file)
+    k: int  # candidates per graph (t2i: not used; 2 images per caption)
     gen_steps: int  # DDIM steps of the candidate generation
     train_steps: int  # optimizer steps per method
     batch_size: int  # pairs per step
@@ -136,11 +159,40 @@ def stage_base(out: Path, base_model: str | Path | None) -> Path:
     return dst
 
 
-def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
+def stage_t2i_base(out: Path, base: Path) -> Path:
+    """``base-t2i/``: the base snapshot's text path as a ``StableDiffusionPipeline`` folder (written atomically)."""
+    from .pickapic import write_text_only_view
+
+    dst = out / "base-t2i"
+    if (dst / "model_index.json").exists():
+        _log(f"[base-t2i] done: {dst} (skipped)")
+        return dst
+    write_text_only_view(base, dst)
+    _log(f"[base-t2i] text path of {base.name} (no SG encoder) as a StableDiffusionPipeline folder -> {dst}")
+    return dst
+
+
+def stage_pickapic(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
+    from .pickapic import WorldPickapicConfig, build_world_pickapic
+
+    dst = out / "pickapic"
+    if (dst / "index.json").exists():
+        _log(f"[pickapic] done: {dst} (skipped)")
+        return dst
+    _log(f"[pickapic] {b.annotations} world train captions x 2 seeds ({b.gen_steps} DDIM steps), world-reward "
+         "labels ...")
+    cfg = WorldPickapicConfig(n=b.annotations, seed=seed, steps=b.gen_steps, guidance=T2I_GUIDANCE)
+    build_world_pickapic(dst, cfg, base, progress=False, log=lambda m: _log(f"[pickapic] {m}"))
+    return dst
+
+
+def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int, task: str = "compositional") -> Path:
     dst = out / "pairs"
     if (dst / "index.json").exists():
         _log(f"[pairs] done: {dst} (skipped)")
         return dst
+    if task == "t2i":
+        return _pairs_t2i(out, dst, base, b, seed)
     _log(f"[pairs] building {b.annotations} world train graphs x {b.k} candidates ({b.gen_steps} DDIM steps) ...")
     t0 = time.perf_counter()
     argv = ["--source", "shapes", "--config", str(PAIRS_CONFIG), "--out", str(dst), "--model", str(base),
@@ -154,9 +206,27 @@ def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
     return dst
 
 
-def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int) -> list[str]:
+def _pairs_t2i(out: Path, dst: Path, base: Path, b: JobBudget, seed: int) -> Path:
+    pickapic = stage_pickapic(out, base, b, seed)
+    t0 = time.perf_counter()
+    argv = ["--source", "pickapic", "--input", str(pickapic), "--out", str(dst), "--set", T2I_RELABEL,
+            "--set", f"torch_threads={b.torch_threads}", "--no-progress"]
+    rc = _data_builders_cli()(argv)
+    if rc != 0 or not (dst / "index.json").exists():
+        raise RuntimeError(f"build_pairs failed (exit {rc}): python scripts/build_pairs.py {' '.join(argv)}")
+    summary = json.loads((dst / "summary.json").read_text())
+    if summary["pairs"] == 0:
+        raise RuntimeError(f"{dst}: no untied pair among {summary['input_rows']} world Pick-a-Pic rows (every "
+                           "reward pair tied); raise the budget's annotations or gen_steps")
+    _log(f"[pairs] {summary['pairs']} pairs ({summary['ties_dropped']} ties dropped) in "
+         f"{time.perf_counter() - t0:.0f} s -> {dst}")
+    return dst
+
+
+def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
+                    task: str = "compositional") -> list[str]:
     name, extra = METHOD_SPECS[method_id]
-    return ["--task", "compositional", "--method", name, "--config", str(TRAIN_CONFIG),
+    return ["--task", task, "--method", name, "--config", str(TASK_CONFIGS[task][0]),
             "--set", f"model.path={base}", "--set", f"data.path={pairs}", "--set", f"data.batch_size={b.batch_size}",
             "--set", f"trainer.output_dir={run_dir}", "--set", f"trainer.max_steps={b.train_steps}",
             "--set", f"trainer.seed={seed}", "--set", f"optimizer.lr={b.lr}",
@@ -166,7 +236,8 @@ def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: J
             *[a for o in extra for a in ("--set", o)]]
 
 
-def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget, seed: int) -> Path:
+def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget, seed: int,
+                task: str = "compositional") -> Path:
     from ..training.checkpoint import latest_checkpoint
     from ..training.cli import parse
     from ..training.trainer import train
@@ -175,7 +246,7 @@ def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget
     if (run / "final" / "model_index.json").exists() and (run / "summary.json").exists():
         _log(f"[train {method_id}] done: {run} (skipped)")
         return run
-    argv = train_overrides(method_id, run, base, pairs, b, seed)
+    argv = train_overrides(method_id, run, base, pairs, b, seed, task)
     if run.exists() and latest_checkpoint(run) is not None:
         argv += ["--resume", "latest"]
         _log(f"[train {method_id}] resuming {run} from its last checkpoint")
@@ -190,17 +261,19 @@ def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget
     return run
 
 
-def eval_protocol(b: JobBudget, seed: int):
+def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
     from ..evaluation.protocol import load_protocol
 
-    return load_protocol(str(EVAL_CONFIG), [
+    fid = [f"compositional.fid_resamples={b.fid_resamples}"] if task == "compositional" else []
+    return load_protocol(str(TASK_CONFIGS[task][1]), [
         f"inputs.n={b.eval_graphs}", f"inputs.seed={seed}", f"sampling.seeds={json.dumps(b.eval_seeds)}",
         f"sampling.steps={b.eval_steps}", f"sampling.torch_threads={b.torch_threads}",
-        f"stats.n_resamples={b.n_resamples}", f"stats.seed={seed}", f"compositional.fid_resamples={b.fid_resamples}",
-        f"report.grid_graphs={min(b.grid_graphs, b.eval_graphs)}"], task="compositional")
+        f"stats.n_resamples={b.n_resamples}", f"stats.seed={seed}", *fid,
+        f"report.grid_graphs={min(b.grid_graphs, b.eval_graphs)}"], task=task)
 
 
-def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget, seed: int) -> Path:
+def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget, seed: int,
+               task: str = "compositional") -> Path:
     from ..evaluation.report import write_report
     from ..evaluation.run import evaluate
 
@@ -208,12 +281,14 @@ def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget,
     if (dst / "results.json").exists() and (dst / "report.html").exists():
         _log(f"[eval {method_id}] done: {dst} (skipped)")
         return dst
-    _log(f"[eval {method_id}] {b.eval_graphs} test graphs x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
+    what = "graphs" if task == "compositional" else "prompts"
+    _log(f"[eval {method_id}] {b.eval_graphs} test {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
          f"vs base ...")
-    protocol = eval_protocol(b, seed)
+    protocol = eval_protocol(b, seed, task)
     t0 = time.perf_counter()
     results = evaluate(model, dst, protocol, baseline=base,
-                       command=f"sgalign.world.pipeline.run_world_job (budget {b.name}, method {method_id})")
+                       command=f"sgalign.world.pipeline.run_world_job (budget {b.name}, method {method_id}"
+                               + ("" if task == "compositional" else f", task {task}") + ")")
     write_report(dst, results)
     _log(f"[eval {method_id}] {time.perf_counter() - t0:.0f} s -> {dst / 'report.html'}")
     return dst
@@ -315,6 +390,15 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
              f"{len(b['eval_seeds'])} seeds ({b['eval_steps']} DDIM steps); Δ = paired bootstrap of method - base on "
              "the same graphs and seeds (`*` = the interval excludes 0). FID vs the renders of the same graphs, with a "
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")
+    notes, fallbacks, missing = _job_notes(job, rows, methods)
+    return _write_files(out, f"World results table ({b['name']} budget)", intro, notes, fallbacks, missing, job,
+                        tables, [(f"IoU granularity `{k}`", f"IoU granularity {k}", _md_table(t, head),
+                                  _html_table(t, head)) for k, t in tables.items()])
+
+
+def _job_notes(job: dict[str, Any], rows: list[dict[str, Any]], methods: Sequence[str]):
+    """(notes, fallbacks, missing methods) under a table: budget, seed, base, fallbacks, unfinished methods."""
+    b = job["budget"]
     notes = [f"Budget: {json.dumps(b)}",
              f"Seed: {job['seed']}. Base: {job['base']['source_name']} (sha256 {job['base']['source_sha256'][:12]}, "
              f"training record complete: {(job['base'].get('training_record') or {}).get('complete')})."]
@@ -326,32 +410,146 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
     missing = [m for m in methods if m not in {r["method"] for r in rows}]
     if missing:
         notes.append(f"Not finished: {', '.join(missing)}")
-    lines = [f"# World results table ({b['name']} budget)", "", intro, ""]
-    for k, t in tables.items():
-        lines += [f"## IoU granularity `{k}`", "", *_md_table(t, head), ""]
+    return notes, fallbacks, missing
+
+
+def _write_files(out: Path, title: str, intro: str, notes: list[str], fallbacks: list[str], missing: list[str],
+                 job: dict[str, Any], tables: dict[str, Any], sections: list[tuple[str, str, list[str], str]],
+                 extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """results_table.md / .json and index.html; ``sections``: (markdown heading, html heading, md lines, html)."""
+    b = job["budget"]
+    lines = [f"# {title}", "", intro, ""]
+    for md_head, _, md_lines, _ in sections:
+        lines += [f"## {md_head}", "", *md_lines, ""]
     lines += [x for n in notes for x in (n, "")]
     md = out / "results_table.md"
     md.write_text("\n".join(lines))
     js = out / "results_table.json"
-    js.write_text(json.dumps({"tables": tables, "job": job, "missing": missing, "fallbacks": fallbacks},
-                             indent=2) + "\n")
+    js.write_text(json.dumps({"tables": tables, "job": job, "missing": missing, "fallbacks": fallbacks,
+                              **(extra or {})}, indent=2) + "\n")
     page = (f"<!doctype html><meta charset='utf-8'><title>World results ({html.escape(b['name'])})</title>"
             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}"
             "table{border-collapse:collapse}</style>"
-            f"<h1>World results table ({html.escape(b['name'])} budget)</h1><p>{html.escape(intro)}</p>"
-            + "".join(f"<h2>IoU granularity {html.escape(k)}</h2>{_html_table(t, head)}" for k, t in tables.items())
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
+            + "".join(f"<h2>{html.escape(h)}</h2>{tab}" for _, h, _, tab in sections)
             + "".join(f"<p>{html.escape(n)}</p>" for n in notes))
     idx = out / "index.html"
     idx.write_text(page)
     return {"markdown": md, "json": js, "html": idx}
 
 
+# ---- t2i table ----------------------------------------------------------------------------------------------------
+T2I_SCORERS = (("world_reward", "world reward"), ("world_clip", "world-CLIP cosine"))
+
+
+def _win(ci: dict[str, Any] | None) -> str:
+    """A win-rate with its interval; ``*`` = the interval excludes 0.5 (no preference)."""
+    if not ci:
+        return "n/a"
+    mark = " *" if ci["low"] > 0.5 or ci["high"] < 0.5 else ""
+    return f"{_ci(ci)}{mark}"
+
+
+def collect_rows_t2i(out: Path, methods: Sequence[str], scorer: str) -> dict[str, Any]:
+    """Per evaluated method: ``scorer``'s win-rate / mean difference vs the base (paired, bootstrapped by prompt),
+    the method's and the base's mean and median, training wall time and UNet forwards per pair."""
+    rows, base, base_scores = [], None, None
+    for mid in methods:
+        res_path = out / "eval" / mid / "results.json"
+        if not res_path.exists():
+            continue
+        r = json.loads(res_path.read_text())
+        s = json.loads((out / "train" / mid / "summary.json").read_text())
+        vs = r["metrics"]["vs_baseline"].get(scorer)
+        if vs is None:  # the scorer was skipped (e.g. no world-CLIP folder); provenance says why
+            continue
+        rows.append({"method": mid, "trainer_method": METHOD_SPECS[mid][0],
+                     "faithful": s.get("method_provenance", {}).get("faithful"),
+                     "win_rate": vs["win_rate"], "mean_difference": vs["mean_difference"],
+                     "wins": vs["wins"], "ties": vs["ties"], "losses": vs["losses"], "n": vs["n"],
+                     "mean": vs["mean_a"], "median": vs["median_a"],
+                     "train_seconds": s["seconds"], "train_steps": s["steps"], "pairs_seen": s["pairs"],
+                     "unet_forwards_per_pair": s["unet_forwards_per_pair"], "final_loss": s["final_loss"],
+                     "implicit_acc": s["implicit_acc"], "random_init_model": s["random_init_model"],
+                     "eval_seconds": r["provenance"]["timing"]["total_s"], "fallbacks": r["provenance"]["fallbacks"],
+                     "report": f"eval/{mid}/report.html"})
+        per = r["metrics"]["scores"]["baseline"][scorer]["per_image"]
+        if base is None:
+            base, base_scores = {"mean": vs["mean_b"], "median": vs["median_b"]}, per
+        elif per != base_scores:  # every evaluation regenerates the base: it must give the same images/scores
+            rows[-1]["fallbacks"] = rows[-1]["fallbacks"] + [
+                "base scores differ from the first evaluation's (nondeterminism)"]
+    return {"scorer": scorer, "base": base, "rows": rows}
+
+
+def _md_table_t2i(t: dict[str, Any], head: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if t["base"] is not None:
+        lines.append(f"| base | - | - | {_ci(t['base']['mean'])} | {_ci(t['base']['median'])} | - | - |")
+    for r in t["rows"]:
+        lines.append(f"| [{r['method']}]({r['report']}) | {_win(r['win_rate'])} | {_delta(r['mean_difference'])} | "
+                     f"{_ci(r['mean'])} | {_ci(r['median'])} | {r['train_seconds']:.0f} | "
+                     f"{r['unet_forwards_per_pair']:.1f} |")
+    return lines
+
+
+def _html_table_t2i(t: dict[str, Any], head: list[str]) -> str:
+    cells = lambda xs, tag="td": "".join(f"<{tag}>{x}</{tag}>" for x in xs)  # noqa: E731
+    body = [f"<tr>{cells(head, 'th')}</tr>"]
+    if t["base"] is not None:
+        body.append("<tr>" + cells(["base", "-", "-", _ci(t["base"]["mean"]), _ci(t["base"]["median"]), "-", "-"])
+                    + "</tr>")
+    for r in t["rows"]:
+        link = f'<a href="{html.escape(r["report"])}">{html.escape(r["method"])}</a>'
+        body.append("<tr>" + cells([link, _win(r["win_rate"]), _delta(r["mean_difference"]), _ci(r["mean"]),
+                                    _ci(r["median"]), f"{r['train_seconds']:.0f}",
+                                    f"{r['unet_forwards_per_pair']:.1f}"]) + "</tr>")
+    return f"<table>{''.join(body)}</table>"
+
+
+def write_table_t2i(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[str, Path]:
+    """The t2i table: one per scorer the evaluations computed (world reward; world-CLIP cosine)."""
+    b = job["budget"]
+    tables = {name: collect_rows_t2i(out, methods, name) for name, _ in T2I_SCORERS}
+    tables = {k: t for k, t in tables.items() if t["rows"]} or {T2I_SCORERS[0][0]: tables[T2I_SCORERS[0][0]]}
+    rows = [r for t in tables.values() for r in t["rows"]]
+    head = ["method", "win-rate vs base", "Δ mean vs base", "mean", "median", "train s", "UNet fwd/pair"]
+    intro = (f"t2i task. Per method vs the base on {b['eval_graphs']} world test prompts x {len(b['eval_seeds'])} "
+             f"seeds ({b['eval_steps']} DDIM steps), same prompts and seeds for both: win-rate of the method over "
+             "the base (ties count half; `*` = the 95 % interval excludes 0.5), Δ mean = paired mean difference "
+             "(`*` = excludes 0), mean / median score [95 % bootstrap CI], all bootstrapped by prompt. Trained on "
+             f"world Pick-a-Pic pairs ({b['annotations']} train captions x 2 seeds of the base, {b['gen_steps']} "
+             "DDIM steps, world-reward labels, ties dropped). train s = training wall time; UNet fwd/pair from the "
+             "trainer's logs.")
+    notes, fallbacks, missing = _job_notes(job, rows, methods)
+    missing = [m for m in methods if not (out / "eval" / m / "results.json").exists()]
+    notes = [n for n in notes if not n.startswith("Not finished")]
+    if missing:
+        notes.append(f"Not finished: {', '.join(missing)}")
+    pk = out / "pickapic" / "world_pickapic.json"
+    pairs = out / "pairs" / "summary.json"
+    extra = {"pickapic": json.loads(pk.read_text())["labels"] if pk.exists() else None,
+             "pairs": json.loads(pairs.read_text()) if pairs.exists() else None}
+    if extra["pickapic"]:
+        lab = extra["pickapic"]
+        notes.append(f"World Pick-a-Pic labels: image 0 wins {lab['wins_image_0']}, image 1 wins "
+                     f"{lab['wins_image_1']}, ties {lab['ties']} (tie tolerance {lab['tie_tolerance']}).")
+    return _write_files(out, f"World t2i results table ({b['name']} budget)", intro, notes, fallbacks, missing,
+                        job, tables, [(f"Scorer `{k}` ({dict(T2I_SCORERS)[k]})", f"Scorer {k}",
+                                       _md_table_t2i(t, head), _html_table_t2i(t, head)) for k, t in tables.items()],
+                        extra)
+
+
 # ---- the job ------------------------------------------------------------------------------------------------------
 def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods: Sequence[str] | None = None,
-                  seed: int = 0, base_model: str | Path | None = None, **budget_overrides: Any) -> dict[str, Path]:
-    """Run (or resume) the world job into ``out_dir``; return the table paths (``markdown``, ``json``, ``html``)."""
+                  seed: int = 0, base_model: str | Path | None = None, task: str = "compositional",
+                  **budget_overrides: Any) -> dict[str, Path]:
+    """Run (or resume) the world job into ``out_dir``; return the table paths (``markdown``, ``json``, ``html``).
+    ``task``: "compositional" (SG-IoU table) or "t2i" (win-rates vs base on world Pick-a-Pic pairs)."""
     import torch
 
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     b = resolve_budget(budget, **budget_overrides)
     methods = list(methods or (DEMO_METHODS if b.name == "demo" else ALL_METHODS))
     unknown = [m for m in methods if m not in METHOD_SPECS]
@@ -361,22 +559,30 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(b.torch_threads)
     t0 = time.perf_counter()
-    _log(f"budget {b.name}, methods {', '.join(methods)}, seed {seed}, out {out}")
+    _log(f"budget {b.name}, methods {', '.join(methods)}, seed {seed}, out {out}"
+         + ("" if task == "compositional" else f", task {task}"))
     base = stage_base(out, base_model)
     job = {"budget": asdict(b), "methods": methods, "seed": seed,
            "base": json.loads((base / "snapshot.json").read_text())}
+    if task != "compositional":  # the compositional job.json stays as it was
+        job["task"] = task
     job_file = out / "job.json"
     if job_file.exists():
         old = json.loads(job_file.read_text())
+        if old.get("task", "compositional") != task:
+            raise ValueError(f"{out} holds a {old.get('task', 'compositional')} job; use a new out_dir for the "
+                             f"{task} task")
         if old["budget"] != job["budget"] or old["seed"] != seed:
             raise ValueError(f"{out} holds a job with another budget/seed ({old['budget']['name']}, seed "
                              f"{old['seed']}); use a new out_dir or delete it")
     job_file.write_text(json.dumps(job, indent=2) + "\n")
-    pairs = stage_pairs(out, base, b, seed)
+    if task == "t2i":
+        base = stage_t2i_base(out, base)
+    pairs = stage_pairs(out, base, b, seed, task)
     for mid in methods:
-        run = stage_train(out, mid, base, pairs, b, seed)
-        stage_eval(out, mid, run / "final", base, b, seed)
-    paths = write_table(out, job, methods)
+        run = stage_train(out, mid, base, pairs, b, seed, task)
+        stage_eval(out, mid, run / "final", base, b, seed, task)
+    paths = (write_table if task == "compositional" else write_table_t2i)(out, job, methods)
     _log(f"finished in {time.perf_counter() - t0:.0f} s")
     _log(f"results table: {paths['markdown']} (JSON {paths['json'].name}); index with per-method reports: "
          f"{paths['html']}")
