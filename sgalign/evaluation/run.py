@@ -99,7 +99,8 @@ def load_model(path: str | Path, task: str) -> LoadedModel:
                                 "e.g. a training run's final/ or scripts/make_tiny.py output")
     index = json.loads(index_file.read_text(encoding="utf-8"))
     cls_name = index.get("_class_name", "")
-    wanted = _SG_CLASSES if task == "compositional" else _T2I_CLASSES
+    # t2i also takes an SG folder (e.g. train.py --task t2i from the world SD1.5-SG): its text path, SG encoder unused
+    wanted = _SG_CLASSES if task == "compositional" else {**_T2I_CLASSES, **_SG_CLASSES}
     if cls_name not in wanted:
         raise ValueError(f"{index_file}: _class_name {cls_name!r} cannot run the {task} task; expected one of "
                          f"{sorted(wanted)} ({'scene-graph' if task == 'compositional' else 'text'}-conditioned)")
@@ -108,6 +109,10 @@ def load_model(path: str | Path, task: str) -> LoadedModel:
 
         cls = StableDiffusionSGPipeline if cls_name == "StableDiffusionSGPipeline" else StableDiffusionXLSGPipeline
         pipe = cls.from_pretrained(path)
+    elif cls_name in _SG_CLASSES:
+        from ..pipelines.text_only import text_only_pipeline
+
+        pipe, _ = text_only_pipeline(path)
     else:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -127,7 +132,8 @@ def load_model(path: str | Path, task: str) -> LoadedModel:
                                                       "random_init_base", "ema") if k in rec}
     random_init = "_sgalign_random_init" in index or any(r.get("random_init_base") for r in records.values())
     info = {"path_name": path.name, "class": cls_name, "arch": wanted[cls_name], "sha256": folder_sha256(path),
-            "random_init": bool(random_init), "lora": lora.is_dir(), "records": records}
+            "random_init": bool(random_init), "lora": lora.is_dir(), "records": records,
+            "text_path_of_sg_model": task == "t2i" and cls_name in _SG_CLASSES}
     return LoadedModel(pipe, info)
 
 

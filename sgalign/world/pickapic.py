@@ -109,22 +109,19 @@ def model_identity(path: Path) -> dict[str, Any]:
 def text_pipeline(path: str | Path):
     """A ``StableDiffusionPipeline`` on an SD1.5-layout folder (an SD1.5-SG folder's sg_encoder is not used), DDIM
     from the folder's scheduler config, as ``evaluate --task t2i`` samples."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
-    from ..models.loading import detect_arch, load_components
+    from ..pipelines.text_only import text_only_pipeline
 
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {path}: no model_index.json; pass an SD1.5(-SG) model folder (default: "
                                 "the world SD1.5-SG, trained by scripts/pretrain_sg.py)")
-    if detect_arch(path) != "sd15":
+    pipe, arch = text_only_pipeline(path)
+    if arch != "sd15":
         raise ValueError(f"--model {path}: an SDXL folder; the world Pick-a-Pic file is made with an SD1.5-layout "
                          "model (the world SD1.5-SG)")
-    c = load_components(path, "sd15")
-    pipe = StableDiffusionPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
-                                   unet=c["unet"], scheduler=DDIMScheduler.from_config(c["scheduler"].config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
