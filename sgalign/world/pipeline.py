@@ -349,30 +349,39 @@ def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalize
     return {"key": key, "base": base, "rows": rows}
 
 
-def _md_table(t: dict[str, Any], head: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+Row = tuple[str, "str | None", list[str]]  # (method, its report link or None, the other cells)
+
+
+def _rows(t: dict[str, Any]) -> list[Row]:
+    """Compositional table rows: base, then each method with its metric, delta, FID and cost cells."""
+    rows: list[Row] = []
     if t["base"] is not None:
         bb = t["base"]
-        lines.append("| base | " + " | ".join(_ci(bb[n]) for n, _ in METRICS) + " | - | - | - | "
-                     + _ci(bb["fid"], 2) + " | - | - |")
+        rows.append(("base", None, [_ci(bb[n]) for n, _ in METRICS] + ["-"] * len(METRICS)
+                     + [_ci(bb["fid"], 2), "-", "-"]))
     for r in t["rows"]:
-        lines.append(f"| [{r['method']}]({r['report']}) | " + " | ".join(_ci(r[n]) for n, _ in METRICS) + " | "
-                     + " | ".join(_delta(r[f"delta_{n}"]) for n, _ in METRICS) + f" | {_ci(r['fid'], 2)} | "
-                     f"{r['train_seconds']:.0f} | {r['unet_forwards_per_pair']:.1f} |")
+        rows.append((r["method"], r["report"], [_ci(r[n]) for n, _ in METRICS]
+                     + [_delta(r[f"delta_{n}"]) for n, _ in METRICS]
+                     + [_ci(r["fid"], 2), f"{r['train_seconds']:.0f}", f"{r['unet_forwards_per_pair']:.1f}"]))
+    return rows
+
+
+def _md_table(head: list[str], rows: list[Row]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, report, cells in rows:
+        name = f"[{method}]({report})" if report else method
+        lines.append("| " + " | ".join([name, *cells]) + " |")
     return lines
 
 
-def _html_table(t: dict[str, Any], head: list[str]) -> str:
-    cells = lambda xs, tag="td": "".join(f"<{tag}>{x}</{tag}>" for x in xs)  # noqa: E731
+def _html_table(head: list[str], rows: list[Row]) -> str:
+    def cells(xs: Sequence[str], tag: str = "td") -> str:
+        return "".join(f"<{tag}>{x}</{tag}>" for x in xs)
+
     body = [f"<tr>{cells(head, 'th')}</tr>"]
-    if t["base"] is not None:
-        body.append("<tr>" + cells(["base", *[_ci(t["base"][n]) for n, _ in METRICS], "-", "-", "-",
-                                    _ci(t["base"]["fid"], 2), "-", "-"]) + "</tr>")
-    for r in t["rows"]:
-        link = f'<a href="{html.escape(r["report"])}">{html.escape(r["method"])}</a>'
-        body.append("<tr>" + cells([link, *[_ci(r[n]) for n, _ in METRICS],
-                                    *[_delta(r[f"delta_{n}"]) for n, _ in METRICS], _ci(r["fid"], 2),
-                                    f"{r['train_seconds']:.0f}", f"{r['unet_forwards_per_pair']:.1f}"]) + "</tr>")
+    for method, report, rest in rows:
+        name = f'<a href="{html.escape(report)}">{html.escape(method)}</a>' if report else html.escape(method)
+        body.append("<tr>" + cells([name, *rest]) + "</tr>")
     return f"<table>{''.join(body)}</table>"
 
 
@@ -392,8 +401,8 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")
     notes, fallbacks, missing = _job_notes(job, rows, methods)
     return _write_files(out, f"World results table ({b['name']} budget)", intro, notes, fallbacks, missing, job,
-                        tables, [(f"IoU granularity `{k}`", f"IoU granularity {k}", _md_table(t, head),
-                                  _html_table(t, head)) for k, t in tables.items()])
+                        tables, [(f"IoU granularity `{k}`", f"IoU granularity {k}", _md_table(head, _rows(t)),
+                                  _html_table(head, _rows(t))) for k, t in tables.items()])
 
 
 def _job_notes(job: dict[str, Any], rows: list[dict[str, Any]], methods: Sequence[str]):
@@ -482,29 +491,16 @@ def collect_rows_t2i(out: Path, methods: Sequence[str], scorer: str) -> dict[str
     return {"scorer": scorer, "base": base, "rows": rows}
 
 
-def _md_table_t2i(t: dict[str, Any], head: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _rows_t2i(t: dict[str, Any]) -> list[Row]:
+    """t2i table rows: base, then each method's win-rate, mean difference, mean, median and cost cells."""
+    rows: list[Row] = []
     if t["base"] is not None:
-        lines.append(f"| base | - | - | {_ci(t['base']['mean'])} | {_ci(t['base']['median'])} | - | - |")
+        rows.append(("base", None, ["-", "-", _ci(t["base"]["mean"]), _ci(t["base"]["median"]), "-", "-"]))
     for r in t["rows"]:
-        lines.append(f"| [{r['method']}]({r['report']}) | {_win(r['win_rate'])} | {_delta(r['mean_difference'])} | "
-                     f"{_ci(r['mean'])} | {_ci(r['median'])} | {r['train_seconds']:.0f} | "
-                     f"{r['unet_forwards_per_pair']:.1f} |")
-    return lines
-
-
-def _html_table_t2i(t: dict[str, Any], head: list[str]) -> str:
-    cells = lambda xs, tag="td": "".join(f"<{tag}>{x}</{tag}>" for x in xs)  # noqa: E731
-    body = [f"<tr>{cells(head, 'th')}</tr>"]
-    if t["base"] is not None:
-        body.append("<tr>" + cells(["base", "-", "-", _ci(t["base"]["mean"]), _ci(t["base"]["median"]), "-", "-"])
-                    + "</tr>")
-    for r in t["rows"]:
-        link = f'<a href="{html.escape(r["report"])}">{html.escape(r["method"])}</a>'
-        body.append("<tr>" + cells([link, _win(r["win_rate"]), _delta(r["mean_difference"]), _ci(r["mean"]),
-                                    _ci(r["median"]), f"{r['train_seconds']:.0f}",
-                                    f"{r['unet_forwards_per_pair']:.1f}"]) + "</tr>")
-    return f"<table>{''.join(body)}</table>"
+        rows.append((r["method"], r["report"], [_win(r["win_rate"]), _delta(r["mean_difference"]), _ci(r["mean"]),
+                                                _ci(r["median"]), f"{r['train_seconds']:.0f}",
+                                                f"{r['unet_forwards_per_pair']:.1f}"]))
+    return rows
 
 
 def write_table_t2i(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[str, Path]:
@@ -536,7 +532,8 @@ def write_table_t2i(out: Path, job: dict[str, Any], methods: Sequence[str]) -> d
                      f"{lab['wins_image_1']}, ties {lab['ties']} (tie tolerance {lab['tie_tolerance']}).")
     return _write_files(out, f"World t2i results table ({b['name']} budget)", intro, notes, fallbacks, missing,
                         job, tables, [(f"Scorer `{k}` ({dict(T2I_SCORERS)[k]})", f"Scorer {k}",
-                                       _md_table_t2i(t, head), _html_table_t2i(t, head)) for k, t in tables.items()],
+                                       _md_table(head, _rows_t2i(t)), _html_table(head, _rows_t2i(t)))
+                                      for k, t in tables.items()],
                         extra)
 
 
