@@ -18,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgalign.world.pipeline import ALL_METHODS, BUDGETS, TASKS, run_world_job  # noqa: E402
+import yaml  # noqa: E402
+
+from sgalign.world.pipeline import ALL_METHODS, BUDGETS, TASKS, JobBudget, run_world_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method ids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base-model", default=None, help="base SG model folder (default: the world SD1.5-SG)")
+    ap.add_argument("--budget-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one JobBudget field (e.g. lr=5e-5, train_steps=400); recorded in job.json")
     args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.budget_set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in JobBudget.__dataclass_fields__ or key == "name":
+            ap.error(f"--budget-set {item!r}: expected KEY=VALUE with KEY one of "
+                     f"{', '.join(k for k in JobBudget.__dataclass_fields__ if k != 'name')}")
+        overrides[key] = yaml.safe_load(value)
     default_out = f"runs/world-{args.budget}" if args.task == "compositional" else f"runs/world-t2i-{args.budget}"
     run_world_job(args.out or default_out, budget=args.budget, methods=[m for m in args.methods.split(",") if m],
-                  seed=args.seed, base_model=args.base_model, task=args.task)
+                  seed=args.seed, base_model=args.base_model, task=args.task, **overrides)
     return 0
 
 
