@@ -101,8 +101,10 @@ BUDGETS: dict[str, JobBudget] = {
                        fid_resamples=10, grid_graphs=1),
     "demo": JobBudget("demo", annotations=96, k=4, gen_steps=15, train_steps=150, batch_size=4, lr=1e-5,
                       warmup_steps=10, eval_graphs=64, eval_seeds=[0, 1], eval_steps=20),
-    "table": JobBudget("table", annotations=256, k=4, gen_steps=20, train_steps=200, batch_size=4, lr=1e-5,
-                       warmup_steps=10, eval_graphs=64, eval_seeds=[0, 1, 2], eval_steps=20),
+    # table: ~1 pass over the 1536 same-graph pairs of 256 graphs x 4; lr 1e-5 per pair (5e-5 blew Diffusion-DPO up
+    # in a demo-budget probe: FID 55 -> 106); 128 test graphs x 3 seeds so paired intervals resolve ~0.01 effects
+    "table": JobBudget("table", annotations=256, k=4, gen_steps=20, train_steps=400, batch_size=4, lr=1e-5,
+                       warmup_steps=10, eval_graphs=128, eval_seeds=[0, 1, 2], eval_steps=20),
 }
 DEMO_METHODS = ("diffusion-dpo", "smpo")
 
