@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": command, "model": Path(args.model).name, "model_steps": train_rec.get("steps"),
         "model_complete": train_rec.get("complete"),
         "model_training": {k: train_rec.get(k) for k in ("recipe", "steps", "wall_seconds", "effective_batch",
-                                                          "all_stages", "initialised_from")},
+                                                          "all_stages", "initialised_from", "launcher")},
         "protocol": {"graphs": f"first {args.n_graphs} {args.split}-split graphs, "
                                f"sample_split('{args.split}', n, seed=0)", "split": args.split,
                      "n_graphs": args.n_graphs, "seeds": args.seeds, "n_images": int(len(gen)),
@@ -158,9 +158,16 @@ def write_results_md(path: Path, r: dict) -> None:
                     f"{_fmt(d['mean']['sg_iou'], d['ci']['sg_iou'])} |")
     fid, floor = r["fid_world_clip"], r["fid_renders_vs_renders"]
     mt = r.get("model_training") or {}
-    stages = [mt.get("initialised_from") or {}, mt] if mt.get("initialised_from") else [mt]
-    recipe = "; then ".join(f"`{st.get('recipe')}` ({st.get('steps')} steps, {st.get('wall_seconds', 0):.0f} s)"
-                            for st in stages)
+    stages, st = [], mt
+    while st:  # each stage records the one it started from: oldest first
+        stages.insert(0, st)
+        st = st.get("initialised_from")
+    def command(st: dict) -> str:
+        launcher = st.get("launcher", "").split(" (")[0]
+        return f"{launcher} {st.get('recipe', '').removeprefix('python ')}" if launcher else st.get("recipe")
+
+    recipe = "; then ".join(f"`{command(st)}` ({st.get('steps')} steps x batch {st.get('effective_batch')}, "
+                            f"{st.get('wall_seconds', 0):.0f} s)" for st in stages)
     total = mt.get("all_stages") or {"steps": mt.get("steps"), "wall_seconds": mt.get("wall_seconds") or 0}
     ent = r["iou"]["phrase"]["mean"]["entity_iou"]
     sg = r["iou"]["phrase"]["mean"]["sg_iou"]
@@ -191,8 +198,7 @@ renders of the same graphs: **{fid['fid']:.2f}** [{fid['ci']['low']:.2f}, {fid['
 
 {target}
 
-Model training: {recipe}; in all {total['steps']} optimiser steps x effective batch {mt.get('effective_batch')},
-{total['wall_seconds']:.0f} s wall.
+Model training: {recipe}; in all {total['steps']} optimiser steps, {total['wall_seconds']:.0f} s wall.
 
 Command: `{r['command']}` ({r['total_seconds']:.0f} s, generation {r['generation_seconds']:.0f} s).
 Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['device']}), {m['torch_threads']}
