@@ -237,8 +237,8 @@ def test_protocol_and_model_errors(models, tmp_path):
         load_protocol(None, ["compositional.extractor=chat"])
     p = load_protocol(str(REPO / "configs/evaluate/world_t2i.yaml"), ["inputs.n=5"], task="t2i")
     assert p.task == "t2i" and p.inputs.n == 5 and p.sampling.guidance_scale == 3.0
-    with pytest.raises(ValueError, match="StableDiffusionSGPipeline"):
-        load_model(models["sg_base"], "t2i")
+    with pytest.raises(ValueError, match="StableDiffusionPipeline"):  # a text-only folder has no SG path
+        load_model(models["t2i_base"], "compositional")
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_model(tmp_path, "compositional")
 
