@@ -315,15 +315,19 @@ def _delta(ci: dict[str, Any] | None, d: int = 4) -> str:
     return f"{sign}{_fmt(ci['estimate'], d)} [{_fmt(ci['low'], d)}, {_fmt(ci['high'], d)}]{mark}"
 
 
+def _evaluated(out: Path, methods: Sequence[str]):
+    """(method id, its evaluation results, its training summary) for every method evaluated so far, in order."""
+    for mid in methods:
+        res_path = out / "eval" / mid / "results.json"
+        if res_path.exists():
+            yield (mid, json.loads(res_path.read_text()),
+                   json.loads((out / "train" / mid / "summary.json").read_text()))
+
+
 def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalized") -> dict[str, Any]:
     """One row per evaluated method (and the base, from the first evaluation's baseline role)."""
     rows, base, base_ids = [], None, None
-    for mid in methods:
-        res_path = out / "eval" / mid / "results.json"
-        if not res_path.exists():
-            continue
-        r = json.loads(res_path.read_text())
-        s = json.loads((out / "train" / mid / "summary.json").read_text())
+    for mid, r, s in _evaluated(out, methods):
         m = r["metrics"]
         if key not in m["iou"]["model"]:
             key = next(iter(m["iou"]["model"]))
@@ -465,12 +469,7 @@ def collect_rows_t2i(out: Path, methods: Sequence[str], scorer: str) -> dict[str
     """Per evaluated method: ``scorer``'s win-rate / mean difference vs the base (paired, bootstrapped by prompt),
     the method's and the base's mean and median, training wall time and UNet forwards per pair."""
     rows, base, base_scores = [], None, None
-    for mid in methods:
-        res_path = out / "eval" / mid / "results.json"
-        if not res_path.exists():
-            continue
-        r = json.loads(res_path.read_text())
-        s = json.loads((out / "train" / mid / "summary.json").read_text())
+    for mid, r, s in _evaluated(out, methods):
         vs = r["metrics"]["vs_baseline"].get(scorer)
         if vs is None:  # the scorer was skipped (e.g. no world-CLIP folder); provenance says why
             continue
