@@ -158,3 +158,29 @@ def test_bad_inputs():
         evaluate_sg_iou([desert_house()] * 2, [ExtractedGraph()])
     with pytest.raises(ValueError, match="status must be one of"):
         ExtractedGraph(status="weird")
+
+
+def test_graph_resampling_keeps_seeds_together_and_is_recorded():
+    # 30 graphs x 3 seeds: a graph's seeds are all perfect or all empty, so the seeds carry no extra information
+    gts, preds, groups = [], [], []
+    perfect = ExtractedGraph(triples=desert_house().label_triples(), object_list=OBJECTS)
+    for g in range(30):
+        for _ in range(3):
+            gts.append(desert_house())
+            preds.append(perfect if g % 3 else ExtractedGraph())
+            groups.append(g)
+    by_image = evaluate_sg_iou(gts, preds, n_resamples=1000, seed=0)
+    by_graph = evaluate_sg_iou(gts, preds, n_resamples=1000, seed=0, groups=groups)
+    assert by_graph.mean == by_image.mean
+    w_img = by_image.ci["sg_iou"].high - by_image.ci["sg_iou"].low
+    w_graph = by_graph.ci["sg_iou"].high - by_graph.ci["sg_iou"].low
+    assert w_graph / w_img == pytest.approx(3 ** 0.5, rel=0.2)
+    d = by_graph.to_dict()
+    assert d["resampling_unit"] == "graph (all seeds together)" and d["ci"]["sg_iou"]["n"] == 30
+    assert by_image.to_dict()["resampling_unit"] == "image" and by_image.ci["sg_iou"].n == 90
+    # the paired difference resamples the same graphs on both sides
+    base = evaluate_sg_iou(gts, [ExtractedGraph()] * 90, n_resamples=1000, seed=0, groups=groups)
+    diff = compare_sg_iou(by_graph, base, n_resamples=1000, seed=0)
+    assert diff["sg_iou"].n == 30 and diff["sg_iou"].unit == "graph (all seeds together)"
+    with pytest.raises(ValueError, match="group their images differently"):
+        compare_sg_iou(by_image, base)

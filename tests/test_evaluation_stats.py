@@ -68,3 +68,34 @@ def test_bad_input():
         paired_bootstrap_ci([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="groups has 1 entries for 2 values"):
         bootstrap_ci([1.0, 2.0], groups=["a"])
+
+
+def test_perfectly_correlated_seeds_widen_the_graph_clustered_interval_by_sqrt_k():
+    # 400 graphs x K=4 seeds, every seed of a graph scoring the same: only 400 independent values. Image-level
+    # resampling treats them as 1600 and narrows the interval by sqrt(K) = 2; graph-level resampling does not.
+    rng = np.random.default_rng(0)
+    G, K = 400, 4
+    per_graph = rng.uniform(0, 1, size=G)
+    values, groups = np.repeat(per_graph, K), np.repeat(np.arange(G), K)
+    by_image = bootstrap_ci(values, n_resamples=2000, seed=0)
+    by_graph = bootstrap_ci(values, n_resamples=2000, seed=0, groups=groups, unit="graph")
+    ratio = (by_graph.high - by_graph.low) / (by_image.high - by_image.low)
+    assert ratio == pytest.approx(np.sqrt(K), rel=0.12)
+    # the graph-level interval equals the one of the 400 per-graph values themselves
+    direct = bootstrap_ci(per_graph, n_resamples=2000, seed=0)
+    assert (by_graph.high - by_graph.low) == pytest.approx(direct.high - direct.low, rel=0.12)
+    assert (by_graph.n, by_graph.unit, by_image.n, by_image.unit) == (G, "graph", G * K, "item")
+
+
+def test_recentred_interval_always_contains_the_estimate_and_keeps_asymmetry():
+    from sgalign.evaluation.stats import recentred_interval
+
+    boot = np.array([20.5, 21.0, 21.5, 22.0, 24.5] * 40)  # an upward-biased bootstrap, all above the estimate
+    pct = np.quantile(boot, [0.025, 0.975])
+    assert pct[0] > 12.2  # the percentile interval would exclude the estimate 12.2
+    ci = recentred_interval(12.2, boot, 0.95, 200, 0, 50, lower_bound=0.0)
+    assert ci.low <= ci.estimate <= ci.high
+    assert ci.estimate - ci.low == pytest.approx(np.median(boot) - pct[0])
+    assert ci.high - ci.estimate == pytest.approx(pct[1] - np.median(boot))
+    assert ci.high - ci.estimate > ci.estimate - ci.low  # asymmetric, as the bootstrap distribution
+    assert recentred_interval(0.1, boot, 0.95, 200, 0, 50, lower_bound=0.0).low == 0.0  # FID >= 0

@@ -84,7 +84,7 @@ class PreferenceSummary:
 def summarize_preference(scores_a: Scores, scores_b: Scores, *, metric: str = "score",
                          higher_is_better: bool = True, tie_tolerance: float = 0.0,
                          groups: Sequence[Hashable] | str | None = None, n_resamples: int = 1000, level: float = 0.95,
-                         seed: int = 0) -> PreferenceSummary:
+                         seed: int = 0, unit: str | None = None) -> PreferenceSummary:
     """Means, medians, paired mean difference and win-rate of A over B, with bootstrap intervals.
 
     ``groups``: one group id per item for a cluster bootstrap, or "prompt" with mapping inputs keyed by
@@ -96,7 +96,8 @@ def summarize_preference(scores_a: Scores, scores_b: Scores, *, metric: str = "s
         groups = [k[0] for k in keys]
     if tie_tolerance < 0:
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
-    kw = dict(n_resamples=n_resamples, level=level, seed=seed, groups=groups)
+    kw = dict(n_resamples=n_resamples, level=level, seed=seed, groups=groups,
+              unit=unit if unit is not None or groups is None else "prompt")
     o = outcomes(a, b, tie_tolerance, higher_is_better)
     return PreferenceSummary(
         metric=metric, n=int(a.size), higher_is_better=higher_is_better, tie_tolerance=tie_tolerance,

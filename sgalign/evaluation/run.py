@@ -35,7 +35,9 @@ from .protocol import EvalProtocol
 from .stats import bootstrap_ci
 
 RESULTS_NAME = "results.json"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: intervals resample graphs/prompts (all seeds together); FID intervals re-centred
+GRAPH_UNIT = "graph (all seeds together)"
+PROMPT_UNIT = "prompt (all seeds together)"
 
 
 # ---- files --------------------------------------------------------------------------------------------------------
@@ -376,8 +378,9 @@ def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.
     K = len(protocol.sampling.seeds)
     st = protocol.stats
     per_gt = [g for g in inputs.graphs for _ in range(K)]
+    graph_of_image = [g for g in range(len(inputs.graphs)) for _ in range(K)]  # resampling unit: the graph
     keys = [f"{i}/seed{s}" for i in inputs.ids for s in protocol.sampling.seeds]
-    metrics: dict[str, Any] = {"iou": {}, "fid": {}, "vs_baseline": {}}
+    metrics: dict[str, Any] = {"iou": {}, "fid": {}, "vs_baseline": {}, "resampling_unit": GRAPH_UNIT}
     reports: dict[str, dict[str, Any]] = {}
     prov["extractor"] = {}
     for role, imgs in images.items():
@@ -392,7 +395,7 @@ def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.
             for mode in protocol.compositional.iou_modes:
                 rep = evaluate_sg_iou(per_gt, preds, mode=mode, granularity=gran,
                                       failures=protocol.compositional.failures, n_resamples=st.n_resamples,
-                                      level=st.level, seed=st.seed)
+                                      level=st.level, seed=st.seed, groups=graph_of_image, unit=GRAPH_UNIT)
                 reports[role][f"{gran}/{mode}"] = rep
                 metrics["iou"][role][f"{gran}/{mode}"] = rep.to_dict()
     if "baseline" in images:
@@ -477,8 +480,9 @@ def _t2i(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarray], 
                                        "folder": path.name, "trained": trained}
             if not trained:
                 prov["fallbacks"].append(f"world_clip scorer: {path.name} has no training_record.json (untrained)")
-    metrics: dict[str, Any] = {"scores": {}, "vs_baseline": {}}
-    kw = dict(n_resamples=st.n_resamples, level=st.level, seed=st.seed, groups=groups)
+    metrics: dict[str, Any] = {"scores": {}, "vs_baseline": {}, "resampling_unit": kw["unit"]}
+    kw = dict(n_resamples=st.n_resamples, level=st.level, seed=st.seed, groups=groups,
+              unit=PROMPT_UNIT if groups is not None else "image")
     for role in images:
         metrics["scores"][role] = {}
         for name, v in scores[role].items():

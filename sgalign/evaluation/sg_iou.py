@@ -23,6 +23,9 @@ Two modes, recorded in every report:
     extracted relations = predicates of the extracted triples (``predicate_list`` is not used);
   * strings that normalise to "" are dropped (and triples containing one).
 
+Intervals resample *graphs*: pass ``groups`` (the graph of each image) so all seeds of a graph are drawn
+together; without it every image is its own unit. The unit is recorded with every interval.
+
 A failed extraction (``status != "ok"``) is scored as an empty extraction (``failures="zero"``, default) or left
 out of the averages (``failures="skip"``); either way the number of failures is reported.
 """
@@ -129,6 +132,8 @@ class SGIoUReport:
     statuses: list[str]
     mean: dict[str, float]
     ci: dict[str, ConfidenceInterval]
+    groups: list[Any] | None = None  # resampling unit of each image (its graph); None: every image on its own
+    unit: str = "image"
 
     @property
     def n_images(self) -> int:
@@ -146,14 +151,17 @@ class SGIoUReport:
         counts = {st: self.statuses.count(st) for st in sorted(set(self.statuses))}
         return {"mode": self.mode, "granularity": self.granularity, "failures": self.failures,
                 "n_images": self.n_images, "n_failed": self.n_failed, "status_counts": counts,
+                "resampling_unit": self.unit,
                 "mean": dict(self.mean), "ci": {k: v.to_dict() for k, v in self.ci.items()},
                 "per_image": [None if s is None else s.to_dict() for s in self.per_image]}
 
 
 def evaluate_sg_iou(gts: Sequence[SceneGraph], preds: Sequence[ExtractedGraph], *, mode: Mode = "normalized",
                     granularity: Granularity = "label", failures: FailurePolicy = "zero", n_resamples: int = 1000,
-                    level: float = 0.95, seed: int = 0) -> SGIoUReport:
-    """Per-image scores, their means and percentile-bootstrap intervals over images."""
+                    level: float = 0.95, seed: int = 0, groups: Sequence[Any] | None = None,
+                    unit: str = "graph (all seeds together)") -> SGIoUReport:
+    """Per-image scores, their means and percentile-bootstrap intervals; ``groups`` (one id per image, e.g. the
+    graph index) makes the interval resample whole groups -- pass it whenever a graph has several seeds."""
     _check_mode(mode)
     if failures not in ("zero", "skip"):
         raise ValueError(f"failures must be 'zero' or 'skip', got {failures!r}")
@@ -161,31 +169,41 @@ def evaluate_sg_iou(gts: Sequence[SceneGraph], preds: Sequence[ExtractedGraph], 
         raise ValueError(f"evaluate_sg_iou: {len(gts)} ground-truth graphs but {len(preds)} extractions")
     if not gts:
         raise ValueError("evaluate_sg_iou: no images")
+    if groups is not None and len(groups) != len(gts):
+        raise ValueError(f"evaluate_sg_iou: {len(groups)} groups for {len(gts)} images")
+    unit = unit if groups is not None else "image"
     per_image = [None if (failures == "skip" and not p.ok) else sg_iou_scores(g, p, mode, granularity)
                  for g, p in zip(gts, preds)]
     counted = [s for s in per_image if s is not None]
     if not counted:
         raise ValueError(f"evaluate_sg_iou: all {len(preds)} extractions failed; nothing to average")
+    kept = None if groups is None else [g for g, s in zip(groups, per_image) if s is not None]
     mean, ci = {}, {}
     for m in METRICS:
         vals = [getattr(s, m) for s in counted]
-        ci[m] = bootstrap_ci(vals, n_resamples=n_resamples, level=level, seed=seed)
+        ci[m] = bootstrap_ci(vals, n_resamples=n_resamples, level=level, seed=seed, groups=kept, unit=unit)
         mean[m] = ci[m].estimate
-    return SGIoUReport(mode, granularity, failures, per_image, [p.status for p in preds], mean, ci)
+    return SGIoUReport(mode, granularity, failures, per_image, [p.status for p in preds], mean, ci,
+                       None if groups is None else list(groups), unit)
 
 
 def compare_sg_iou(a: SGIoUReport, b: SGIoUReport, *, n_resamples: int = 1000, level: float = 0.95,
                    seed: int = 0) -> dict[str, ConfidenceInterval]:
     """Paired-bootstrap intervals of mean(a) - mean(b) per metric; ``a`` and ``b`` must score the same graphs in
-    the same order (e.g. aligned model vs base). Images skipped in either report are left out of both."""
+    the same order (e.g. aligned model vs base). Images skipped in either report are left out of both. Resamples
+    the reports' groups (graphs) when they have them, with the same draw on both sides."""
     if (a.mode, a.granularity) != (b.mode, b.granularity):
         raise ValueError(f"compare_sg_iou: reports use different modes ({a.mode!r}/{a.granularity!r} vs "
                          f"{b.mode!r}/{b.granularity!r})")
     if a.n_images != b.n_images:
         raise ValueError(f"compare_sg_iou: reports cover {a.n_images} and {b.n_images} images; need the same items")
+    if a.groups != b.groups:
+        raise ValueError("compare_sg_iou: the reports group their images differently; pass the same groups to both")
     out = {}
     for m in METRICS:
         va, vb = a.values(m), b.values(m)
         keep = ~(np.isnan(va) | np.isnan(vb))
-        out[m] = paired_bootstrap_ci(va[keep], vb[keep], n_resamples=n_resamples, level=level, seed=seed)
+        groups = None if a.groups is None else [g for g, k in zip(a.groups, keep) if k]
+        out[m] = paired_bootstrap_ci(va[keep], vb[keep], n_resamples=n_resamples, level=level, seed=seed,
+                                     groups=groups, unit=a.unit)
     return out
