@@ -49,13 +49,22 @@ def test_attribute_score_product_and_rounding():
         attribute_score([(0.0, 0.0)], round_attribute=False)
 
 
+def test_attribute_score_official_rounds_each_answer_then_multiplies_in_float32():
+    # BLIP_vqa.py: answers "0.5000" and "0.3333" -> float32 product 0.16664999... -> "0.1666" (rounding only the
+    # exact product 1/6 would give 0.1667)
+    assert attribute_score([(1.0, 1.0), (1.0, 2.0)], round_attribute=True) == 0.1666
+    # "0.5000" x "0.6667" = 0.33335 -> float32 0.33335000 -> "0.3334" (exact product 1/3 -> 0.3333)
+    assert attribute_score([(1.0, 1.0), (2.0, 1.0)], round_attribute=True) == 0.3334
+    assert attribute_score([(1.0, 1.0), (1.0, 2.0)], round_attribute=False) == pytest.approx(1 / 6)
+
+
 # ---- S: objects and locality --------------------------------------------------------------------------------------
 def test_extract_objects_official_rules():
     p = parsed("The/DET red/ADJ hat/NOUN was/AUX on/ADP top/NOUN of/ADP the/DET brown/ADJ coat/NOUN rack/NOUN ./PUNCT")
     assert extract_objects(p) == ("hat", "coat")  # compound noun -> its first token
     p = parsed("A/DET man/NOUN next/ADV to/ADP a/DET woman/NOUN")
     assert extract_objects(p) == ("person", "person")
-    p = parsed("A/DET dog/NOUN near/ADP Paris/PROPN")  # no NOUN after -> PROPN fallback
+    p = parsed("A/DET dog/NOUN near/ADP Paris/PROPN ./PUNCT")  # no NOUN after -> PROPN fallback
     assert extract_objects(p) == ("dog", "Paris")
     p = parsed("Anna/PROPN near/ADP the/DET tree/NOUN")  # PROPN before counts
     assert extract_objects(p) == ("Anna", "tree")
@@ -65,6 +74,18 @@ def test_extract_objects_official_rules():
     assert extract_objects(p) == (None, None)
     p = parsed("A/DET cup/NOUN on/ADP the/DET left/NOUN of/ADP a/DET plate/NOUN")
     assert extract_objects(p) == ("cup", "plate")
+
+
+def test_extract_objects_proper_noun_fallback_is_official():
+    # official: the PROPN must end a proper-noun run and must not be the prompt's last token
+    p = parsed("A/DET dog/NOUN next/ADV to/ADP Mickey/PROPN Mouse/PROPN ./PUNCT")
+    assert extract_objects(p) == ("dog", "Mouse")
+    p = parsed("A/DET dog/NOUN near/ADP Paris/PROPN")  # no period: Paris is the last token -> no pair
+    assert extract_objects(p) == (None, None)
+    p = parsed("A/DET dog/NOUN near/ADP Mickey/PROPN Mouse/PROPN")  # the run ends the prompt -> no pair
+    assert extract_objects(p) == (None, None)
+    p = parsed("A/DET dog/NOUN near/ADP New/PROPN York/PROPN and/CCONJ Paris/PROPN ./PUNCT")
+    assert extract_objects(p) == ("dog", "York")  # the first run's last token
 
 
 def test_find_locality_order():
