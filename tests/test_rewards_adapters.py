@@ -145,6 +145,38 @@ def test_clip_similarity_is_raw_cosine(folders):
         CLIPSimilarity.from_pretrained(folders / "blip")
 
 
+def test_clip_similarity_accepts_plain_tensor_features(folders, monkeypatch):
+    # transformers 4.46 (allowed by pyproject) returns a tensor from get_*_features, 5.x a model output
+    from sgalign.rewards.backends import CLIPSimilarity
+    sim = CLIPSimilarity.from_pretrained(folders / "clip")
+    texts, images = ["a red circle"], [IMG]
+    expected = sim.similarity(images, texts)
+    for name in ("get_image_features", "get_text_features"):
+        original = getattr(sim.model, name)
+        monkeypatch.setattr(sim.model, name, lambda *a, _f=original, **k: _f(*a, **k).pooler_output)
+    assert sim.similarity(images, texts) == pytest.approx(expected, abs=1e-7)
+
+
+def test_owl_detector_uses_the_older_post_processing_name(folders):
+    # transformers < 4.51 has only post_process_object_detection (same boxes, scores, query-index labels)
+    from sgalign.rewards.backends import OwlDetector
+    det = OwlDetector.from_pretrained(folders / "owlvit", threshold=0.0)
+    img = Image.new("RGB", (64, 48), (255, 0, 0))
+    expected = det.detect(img, ["circle", "square"])
+    new = det.processor
+
+    class OldProcessor:
+        def __call__(self, *a, **k):
+            return new(*a, **k)
+
+        def post_process_object_detection(self, outputs, threshold, target_sizes):
+            return new.post_process_grounded_object_detection(outputs=outputs, threshold=threshold,
+                                                              target_sizes=target_sizes)
+
+    det.processor = OldProcessor()
+    assert det.detect(img, ["circle", "square"]) == expected
+
+
 def test_clip_missing_bpe_file(tmp_path):
     from sgalign.rewards.backends import CLIPSimilarity
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json"):

@@ -49,3 +49,11 @@ def pick_device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pooled_features(out: Any) -> Any:
+    """The tensor of ``get_image_features`` / ``get_text_features``: transformers 4.x returns it directly, 5.x a
+    model output whose ``pooler_output`` holds it (pyproject allows both)."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -13,8 +13,8 @@ from typing import Sequence
 from PIL import Image
 
 from ..provenance import BackendInfo
-from ._hf import CONFIG, PREPROCESSOR, WEIGHTS, fingerprint, is_random_init, pick_device, require_transformers, \
-    version_string
+from ._hf import CONFIG, PREPROCESSOR, WEIGHTS, fingerprint, is_random_init, pick_device, pooled_features, \
+    require_transformers, version_string
 from .manifest import Manifest, RequiredFile
 
 MANIFEST = Manifest("clip-similarity", (
@@ -72,9 +72,9 @@ class CLIPSimilarity:
         pv = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
         dev = self.model.device
         with torch.no_grad():
-            img = self.model.get_image_features(pixel_values=pv.to(dev, self.model.dtype)).pooler_output
-            txt = self.model.get_text_features(input_ids=enc.input_ids.to(dev),
-                                               attention_mask=enc.attention_mask.to(dev)).pooler_output
+            img = pooled_features(self.model.get_image_features(pixel_values=pv.to(dev, self.model.dtype)))
+            txt = pooled_features(self.model.get_text_features(input_ids=enc.input_ids.to(dev),
+                                                               attention_mask=enc.attention_mask.to(dev)))
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
             cos = (img * txt).sum(-1).float()

@@ -70,8 +70,12 @@ class OwlDetector:
             outputs = self.model(**inputs)
         w, h = image.size
         target = (max(w, h), max(w, h)) if self.pads_to_square else (h, w)
-        res = self.processor.post_process_grounded_object_detection(
-            outputs=outputs, threshold=self.threshold, target_sizes=[target], text_labels=[queries])[0]
+        post = getattr(self.processor, "post_process_grounded_object_detection", None)
+        if post is not None:
+            res = post(outputs=outputs, threshold=self.threshold, target_sizes=[target], text_labels=[queries])[0]
+        else:  # transformers < 4.51: same boxes/scores/labels (labels index the queries), older name
+            res = self.processor.post_process_object_detection(outputs=outputs, threshold=self.threshold,
+                                                               target_sizes=[target])[0]
         dets = [Detection(queries[int(lab)], float(s), tuple(float(v) for v in box.tolist()))
                 for s, lab, box in zip(res["scores"], res["labels"], res["boxes"])]
         return sorted(dets, key=lambda d: -d.score)
