@@ -128,10 +128,14 @@ def test_per_image_scores_and_paired_differences_equal_direct_computation(comp):
     for m in ("sg_iou", "entity_iou", "relation_iou"):
         a = [d[m] for d in vals["model"]]
         b = [d[m] for d in vals["baseline"]]
-        ci = paired_bootstrap_ci(a, b, n_resamples=200, level=0.95, seed=0).to_dict()
+        # graphs are the resampling unit: image g*K + k belongs to graph g
+        ci = paired_bootstrap_ci(a, b, n_resamples=200, level=0.95, seed=0, groups=[i // 2 for i in range(len(a))],
+                                 unit="graph (all seeds together)").to_dict()
         got = r["metrics"]["vs_baseline"]["phrase/normalized"][m]
-        assert got == ci
+        assert got == ci and got["n"] == 3
         assert got["estimate"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert r["metrics"]["resampling_unit"] == "graph (all seeds together)"
+    assert r["metrics"]["iou"]["model"]["phrase/normalized"]["resampling_unit"] == "graph (all seeds together)"
 
 
 def test_fid_equals_direct_feature_computation(comp):
@@ -146,6 +150,16 @@ def test_fid_equals_direct_feature_computation(comp):
     real = extract_features(torch.from_numpy(render_array(sample_split("test", 3, seed=0))).permute(0, 3, 1, 2), feats)
     fake = extract_features(torch.from_numpy(np.load(out / "images/model.npz")["images"]).permute(0, 3, 1, 2), feats)
     assert r["metrics"]["fid"]["model"]["fid"] == pytest.approx(fid_from_features(real, fake), rel=1e-9)
+    fid = r["metrics"]["fid"]
+    for role in ("model", "baseline", "floor"):  # every FID interval contains its estimate
+        assert fid[role]["ci"]["low"] <= fid[role]["fid"] <= fid[role]["ci"]["high"]
+    assert fid["model"]["ci"]["unit"].startswith("graph") and fid["floor"]["n_fake"] == 6
+    base = extract_features(torch.from_numpy(np.load(out / "images/baseline.npz")["images"]).permute(0, 3, 1, 2),
+                            feats)
+    d = fid["vs_baseline"]["difference"]
+    assert d["estimate"] == pytest.approx(fid_from_features(real, fake) - fid_from_features(real, base), rel=1e-9)
+    assert d["low"] <= d["estimate"] <= d["high"] and 0 < fid["vs_baseline"]["p_value"] <= 1
+    assert "permutation p" in (out / "report.md").read_text()
 
 
 def test_report_has_tables_plots_and_grids(comp):
@@ -181,7 +195,8 @@ def test_t2i_scores_win_rates_and_fallbacks(t2i):
         assert s["mean_difference"]["estimate"] == pytest.approx(a.mean() - b.mean())
         groups = [i for i in range(3) for _ in range(2)]  # a prompt's seeds resampled together
         assert r["metrics"]["scores"]["model"][name]["median"] == bootstrap_ci(
-            a, np.median, n_resamples=200, seed=0, groups=groups).to_dict()
+            a, np.median, n_resamples=200, seed=0, groups=groups, unit="prompt (all seeds together)").to_dict()
+    assert r["metrics"]["resampling_unit"] == "prompt (all seeds together)"
     html = (out / "report.html").read_text()
     assert "win-rate of model" in html and html.count("data:image/png;base64,") == 4
 

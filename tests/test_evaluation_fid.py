@@ -178,3 +178,43 @@ def test_inception_loader_errors(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a pytorch-fid Inception state dict"):
         InceptionV3Features.from_pretrained(bad)
+
+
+def test_fid_interval_contains_its_estimate_and_resamples_graphs():
+    # small N, same distribution: the FID estimate is small and the bootstrap sits far above it, so a percentile
+    # interval excluded the estimate; the reported interval never does
+    from sgalign.evaluation.fid import fid_paired
+
+    rng = np.random.default_rng(0)
+    G, K, D = 20, 3, 6
+    real = torch.from_numpy(rng.normal(size=(G, D)))
+    for s in range(5):
+        fake = torch.from_numpy(rng.normal(size=(G * K, D)))
+        res = fid_bootstrap(real, fake, n_resamples=40, seed=s, fake_per_real=K)
+        ci = res.ci
+        assert 0.0 <= ci.low <= res.fid <= ci.high and ci.low < ci.high
+        assert ci.n == G and ci.unit.startswith("graph") and "re-centred" in ci.method
+    with pytest.raises(ValueError, match="not 4 per each of 20"):
+        fid_bootstrap(real, fake, fake_per_real=4)
+    # paired: a model against itself differs by exactly 0 and is never significant; a shifted model is
+    same = fid_paired(real, fake, fake.clone(), fake_per_real=K, n_resamples=30, seed=0)
+    assert same.difference.estimate == same.difference.low == same.difference.high == 0.0 and same.p_value == 1.0
+    worse = fid_paired(real, fake + 0.8, fake, fake_per_real=K, n_resamples=30, seed=0)
+    d = worse.difference
+    assert d.low <= d.estimate <= d.high and d.low > 0 and worse.p_value == pytest.approx(1 / 31)
+    assert worse.to_dict()["difference"]["unit"].startswith("graph")
+
+
+def test_fid_plot_bars_are_asymmetric_and_never_show_an_interval_excluding_the_estimate(tmp_path):
+    from sgalign.evaluation.report import _bar_plot, interval_error_bars
+
+    rng = np.random.default_rng(1)
+    real, fake = torch.from_numpy(rng.normal(size=(20, 6))), torch.from_numpy(rng.normal(size=(60, 6)) + 0.3)
+    ci = fid_bootstrap(real, fake, n_resamples=40, seed=0, fake_per_real=3).ci.to_dict()
+    old = {"estimate": 12.2, "low": 20.5, "high": 24.5}  # a percentile interval from before the fix
+    err = interval_error_bars([ci, old])
+    lower, upper = err[:, 0]
+    assert lower >= 0 and upper >= 0 and abs(upper - lower) > 1e-3 * (upper + lower)
+    assert (lower, upper) == pytest.approx((ci["estimate"] - ci["low"], ci["high"] - ci["estimate"]))
+    assert np.isnan(err[:, 1]).all()  # no bar at all, not a clipped one
+    assert _bar_plot(tmp_path / "fid.png", "FID", ["FID"], {"model": [ci], "old": [old]}, "FID").stat().st_size > 0

@@ -184,3 +184,49 @@ def test_graph_resampling_keeps_seeds_together_and_is_recorded():
     assert diff["sg_iou"].n == 30 and diff["sg_iou"].unit == "graph (all seeds together)"
     with pytest.raises(ValueError, match="group their images differently"):
         compare_sg_iou(by_image, base)
+
+
+def test_paper_mode_is_exactly_one_on_ground_truth_world_renders():
+    # LAION-SG's GPT could only name the GT triples' items, so isolated items never reach its object_list; the
+    # oracle in paper mode follows the same rule and perfect images score exactly 1.0 (not 0.87-0.95)
+    from sgalign.evaluation import GraphParserExtractor
+    from sgalign.evaluation.run import _ParsedImages
+    from sgalign.world import WorldOracle, render_array, sample_split
+
+    scenes = sample_split("test", 8, seed=0)
+    gts = [s.graph() for s in scenes]
+    in_triples = [{x for s, _, o in g.triples() for x in (s, o)} for g in gts]
+    assert all(g.label_triples() for g in gts)  # every graph has a relation (else every IoU is 0 by definition)
+    assert any(len(g.items) > len(t) for g, t in zip(gts, in_triples))  # some have isolated items
+    parsed = _ParsedImages(WorldOracle(), render_array(scenes))
+    for gran in ("phrase", "label"):
+        preds = [GraphParserExtractor(parsed, gran, paper=True).extract(i, g) for i, g in enumerate(gts)]
+        rep = evaluate_sg_iou(gts, preds, mode="paper", granularity=gran, n_resamples=10)
+        assert rep.mean == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+        everything = [GraphParserExtractor(parsed, gran).extract(i, g) for i, g in enumerate(gts)]
+        assert evaluate_sg_iou(gts, everything, mode="paper", granularity=gran, n_resamples=10).mean[
+            "entity_iou"] < 1.0  # the old behaviour: isolated items reported
+        assert evaluate_sg_iou(gts, everything, granularity=gran, n_resamples=10).mean == rep.mean  # normalized
+
+
+def test_paper_mode_keeps_malformed_entries_in_the_union():
+    # test_iou.py builds set(tuple(t) for t in scene_graph) and set(object_list): a 2-item triple or a number is
+    # kept, matches nothing and enlarges the union; normalized mode drops them
+    gt = SceneGraph.from_triples([("house", []), ("water", [])], [(0, "near", 1)])
+    pred = parse_reply(json.dumps({"scene_graph": [["house", "near", "water"], ["house", "near"], ["house", "near"]],
+                                   "object_list": ["house", "water", 7], "predicate_list": ["near", None]}))
+    assert pred.ok and pred.n_dropped == 4
+    paper = sg_iou_scores(gt, pred, mode="paper")
+    assert (paper.sg_iou, paper.entity_iou, paper.relation_iou) == (1 / 2, 2 / 3, 1 / 2)
+    assert sg_iou_scores(gt, pred).to_dict() == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+    assert ExtractedGraph.from_dict(pred.to_dict()).malformed == pred.malformed  # survives the cache
+
+
+def test_chat_paper_mode_needs_the_paper_vocabulary():
+    from sgalign.config import ConfigError
+    from sgalign.evaluation.protocol import load_protocol
+
+    base = ["compositional.extractor=chat", "compositional.granularities=[label]", "compositional.iou_modes=[paper]"]
+    with pytest.raises(ConfigError, match="chat.paper=true"):
+        load_protocol(None, base)
+    assert load_protocol(None, [*base, "compositional.chat.paper=true"]).compositional.chat.paper

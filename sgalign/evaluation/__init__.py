@@ -7,18 +7,20 @@ from typing import Any
 
 from .extracted import ExtractedGraph, parse_reply, strip_json_fences
 from .extractors import (ChatCompletionsExtractor, ExtractorConfigError, GraphParserExtractor, SceneGraphExtractor,
-                         Vocabulary, build_prompt, encode_image, extract_all)
+                         TooManyExtractionFailures, Vocabulary, build_prompt, encode_image, extract_all)
 from .protocol import EvalProtocol, load_protocol
 from .preference import PreferenceSummary, align_scores, summarize_preference, win_rate
 from .sg_iou import (GraphSets, IoUScores, SGIoUReport, compare_sg_iou, evaluate_sg_iou, extracted_sets,
                      ground_truth_sets, jaccard, normalize_text, sg_iou_scores)
 from .stats import ConfidenceInterval, bootstrap_ci, paired_bootstrap_ci
 
-_FID_NAMES = ("FIDFeatures", "FIDResult", "ImageEncoderFeatures", "InceptionV3Features", "compute_fid",
-              "extract_features", "fid_bootstrap", "fid_from_features", "fid_metric", "inception_fid_features")
+_FID_NAMES = ("FIDFeatures", "FIDResult", "ImageEncoderFeatures", "InceptionV3Features", "PairedFID", "compute_fid",
+              "extract_features", "fid_bootstrap", "fid_from_features", "fid_metric", "fid_paired",
+              "inception_fid_features")
 
 __all__ = [
     "ExtractedGraph", "parse_reply", "strip_json_fences", "ChatCompletionsExtractor", "ExtractorConfigError",
+    "TooManyExtractionFailures",
     "GraphParserExtractor", "SceneGraphExtractor", "Vocabulary", "build_prompt", "encode_image", "extract_all", "PreferenceSummary", "align_scores",
     "summarize_preference", "win_rate", "GraphSets", "IoUScores", "SGIoUReport", "compare_sg_iou", "evaluate_sg_iou",
     "extracted_sets", "ground_truth_sets", "jaccard", "normalize_text", "sg_iou_scores", "ConfidenceInterval",

@@ -33,6 +33,9 @@ class ExtractedGraph:
     error: str | None = None
     n_dropped: int = 0  # malformed entries dropped while parsing
     attempts: int = 0  # HTTP requests made (0 for extractors that make none)
+    # distinct malformed entries (JSON text) per key: test_iou.py keeps them in its sets, so paper-mode IoU counts
+    # them in the union (they can never match a GT string); normalized mode ignores them
+    malformed: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -92,19 +95,24 @@ def parse_reply(text: str) -> ExtractedGraph:
     dropped = 0
     triples: list[tuple[str, str, str]] = []
     lists: dict[str, list[str]] = {}
+    malformed: dict[str, list[str]] = {}
     raw_sg = obj.get("scene_graph", [])
     for t in raw_sg if isinstance(raw_sg, list) else []:
         if isinstance(t, (list, tuple)) and len(t) == 3 and all(isinstance(x, str) for x in t):
             triples.append((t[0], t[1], t[2]))
         else:
             dropped += 1
+            malformed.setdefault("scene_graph", []).append(json.dumps(t, sort_keys=True))
     if not isinstance(raw_sg, list):
         dropped += 1
     for key in ("object_list", "predicate_list"):
         raw = obj.get(key, [])
         entries = raw if isinstance(raw, list) else []
         lists[key] = [x for x in entries if isinstance(x, str)]
+        bad = [json.dumps(x, sort_keys=True) for x in entries if not isinstance(x, str)]
+        if bad:
+            malformed[key] = bad
         dropped += len(entries) - len(lists[key]) + (0 if isinstance(raw, list) else 1)
     return ExtractedGraph(triples=_unique(triples), object_list=_unique(lists["object_list"]),
                           predicate_list=_unique(lists["predicate_list"]), raw_text=text, status="ok",
-                          n_dropped=dropped)
+                          n_dropped=dropped, malformed={k: _unique(v) for k, v in malformed.items()})

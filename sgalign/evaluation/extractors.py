@@ -24,6 +24,7 @@ The API key and base URL come from environment variables (names configurable) an
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import io
 import json
@@ -101,10 +102,11 @@ class GraphParserExtractor:
     predicates of its triples as ``predicate_list`` -- as labels (``granularity="label"``) or as phrases
     "attrs label" (``"phrase"``; score with the same granularity)."""
 
-    def __init__(self, parser: Any, granularity: str = "label", name: str | None = None) -> None:
+    def __init__(self, parser: Any, granularity: str = "label", name: str | None = None,
+                 paper: bool = False) -> None:
         if granularity not in ("label", "phrase"):
             raise ValueError(f"granularity must be 'label' or 'phrase', got {granularity!r}")
-        self.parser, self.granularity = parser, granularity
+        self.parser, self.granularity, self.paper = parser, granularity, paper
         self.name = name or getattr(parser, "name", type(parser).__name__)
 
     def extract(self, image: ImageInput, reference: SceneGraph | Vocabulary) -> ExtractedGraph:
@@ -114,12 +116,19 @@ class GraphParserExtractor:
         phrase = self.granularity == "phrase"
         triples = sg.triples() if phrase else sg.label_triples()
         objects = [sg.phrase(it) if phrase else it.label for it in sg.items]
+        if self.paper:
+            # LAION-SG's GPT could only answer with names from the GT triples' item and relation lists, so an
+            # object it saw but the list lacks (an isolated item) cannot be reported
+            gt = reference.triples() if phrase else reference.label_triples()
+            items, rels = {x for s_, _, o in gt for x in (s_, o)}, {r for _, r, _ in gt}
+            triples = [t for t in triples if t[0] in items and t[2] in items and t[1] in rels]
+            objects = [o for o in objects if o in items]
         return ExtractedGraph(triples=list(dict.fromkeys(triples)), object_list=list(dict.fromkeys(objects)),
                               predicate_list=list(dict.fromkeys(p for _, p, _ in triples)))
 
     def provenance(self) -> dict[str, Any]:
         config = self.parser.config() if hasattr(self.parser, "config") else {}
-        return {"extractor": self.name, "granularity": self.granularity, "parser": config}
+        return {"extractor": self.name, "granularity": self.granularity, "paper": self.paper, "parser": config}
 
 
 def encode_image(image: ImageInput, image_format: str = "png") -> str:
@@ -149,6 +158,19 @@ def encode_image(image: ImageInput, image_format: str = "png") -> str:
         pil.convert("RGB").save(buf, format="JPEG" if fmt in ("jpg", "jpeg") else fmt.upper())
         data, mime = buf.getvalue(), "image/jpeg" if fmt in ("jpg", "jpeg") else f"image/{fmt}"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """The bytes that identify an image: a file's or encoded image's bytes as they are; an array's or PIL image's
+    pixels with their shape and dtype (so equal pixels give equal bytes whatever the encoder version)."""
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    import numpy as np
+
+    arr = np.ascontiguousarray(np.asarray(image))
+    return f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()
 
 
 class _Fatal(Exception):
@@ -208,6 +230,19 @@ class ChatCompletionsExtractor:
             "endpoint_from_env": self.base_url_env, "api_key_from_env": self.api_key_env,
             "status_counts": dict(self.counts), "retries": self.retries,
         }
+
+    def cache_key(self, image: ImageInput, reference: SceneGraph | Vocabulary) -> str:
+        """sha256 of the image bytes and of everything that shapes the answer: model, sampling settings, prompt
+        mode and the prompt text with its vocabulary. Another model's images, or the same images asked
+        differently, never hit each other's cache rows."""
+        vocabulary = reference if isinstance(reference, Vocabulary) else Vocabulary.from_scene_graph(reference,
+                                                                                                     self.paper)
+        settings = {"model": self.model, "temperature": self.temperature, "seed": self.seed,
+                    "max_tokens": self.max_tokens, "paper": self.paper, "image_format": self.image_format,
+                    "prompt": build_prompt(vocabulary)}
+        h = hashlib.sha256(image_bytes(image))
+        h.update(json.dumps(settings, sort_keys=True).encode("utf-8"))
+        return h.hexdigest()
 
     def request_body(self, image: ImageInput, vocabulary: Vocabulary) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -306,14 +341,33 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+class TooManyExtractionFailures(RuntimeError):
+    """More extractions failed than the failure budget allows: the run has no trustworthy headline number."""
+
+    exit_code = 1
+
+    def __init__(self, failed: int, done: int, total: int, limit: int, statuses: dict[str, int]) -> None:
+        self.failed, self.done, self.total, self.limit, self.statuses = failed, done, total, limit, statuses
+        super().__init__(f"{failed} of {done} scene-graph extractions failed so far ({total} to do; at most {limit} "
+                         f"allowed by compositional.max_failure_rate); statuses {statuses}; check the extractor "
+                         "endpoint, model name and key, then rerun (successful extractions are cached)")
+
+
 def extract_all(extractor: SceneGraphExtractor, images: Sequence[ImageInput], references: Sequence[SceneGraph],
-                *, keys: Sequence[str] | None = None, cache_path: str | Path | None = None) -> list[ExtractedGraph]:
-    """Extract every (image, reference) pair in order. With ``cache_path`` (JSON lines ``{"key": ..., **graph}``,
-    appended as results arrive) a re-run reuses cached results -- except ``request_error`` / ``empty_reply``,
-    which are tried again -- so an interrupted or rate-limited benchmark resumes without paying twice."""
+                *, keys: Sequence[str] | None = None, cache_path: str | Path | None = None,
+                max_failures: int | None = None) -> list[ExtractedGraph]:
+    """Extract every (image, reference) pair in order.
+
+    With ``cache_path`` (JSON lines ``{"key": ..., "label": ..., **graph}``, appended as results arrive) a re-run
+    reuses cached results -- except ``request_error`` / ``empty_reply``, which are tried again -- so an interrupted
+    or rate-limited benchmark resumes without paying twice. The cache key is the extractor's ``cache_key(image,
+    reference)`` (image bytes + settings) when it has one, else ``keys`` (then required); ``keys`` are also kept
+    as readable labels. ``max_failures``: raise ``TooManyExtractionFailures`` as soon as more extractions than
+    that have failed (an unreachable endpoint stops the run early instead of scoring zeros)."""
     if len(images) != len(references):
         raise ValueError(f"extract_all: {len(images)} images but {len(references)} reference graphs")
-    if cache_path is not None and keys is None:
+    content_keys = hasattr(extractor, "cache_key")
+    if cache_path is not None and keys is None and not content_keys:
         raise ValueError("extract_all: a cache needs one key per image (e.g. the img_id)")
     if keys is not None and (len(keys) != len(images) or len(set(keys)) != len(keys)):
         raise ValueError("extract_all: keys must be unique, one per image")
@@ -325,20 +379,27 @@ def extract_all(extractor: SceneGraphExtractor, images: Sequence[ImageInput], re
             try:
                 row = json.loads(line)
                 key = row.pop("key")
+                row.pop("label", None)
                 cached[key] = ExtractedGraph.from_dict(row)
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{cache_path}, line {n}: not an extraction cache row ({e}); delete the file "
                                  "to start over") from None
-    out = []
+    out: list[ExtractedGraph] = []
+    statuses: Counter[str] = Counter()
     for k, (image, ref) in enumerate(zip(images, references)):
-        key = None if keys is None else keys[k]
+        label = None if keys is None else keys[k]
+        key = extractor.cache_key(image, ref) if content_keys and cache_path is not None else label
         hit = cached.get(key) if key is not None else None
         if hit is not None and hit.status not in ("request_error", "empty_reply"):
-            out.append(hit)
-            continue
-        g = extractor.extract(image, ref)
-        if cache_path is not None:
-            with open(cache_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, **g.to_dict()}) + "\n")
+            g = hit
+        else:
+            g = extractor.extract(image, ref)
+            if cache_path is not None:
+                with open(cache_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "label": label, **g.to_dict()}) + "\n")
         out.append(g)
+        statuses[g.status] += 1
+        failed = len(out) - statuses["ok"]
+        if max_failures is not None and failed > max_failures:
+            raise TooManyExtractionFailures(failed, len(out), len(images), max_failures, dict(statuses))
     return out

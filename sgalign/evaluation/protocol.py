@@ -85,19 +85,26 @@ class CompositionalProtocol(ConfigModel):
     granularities: list[Literal["phrase", "label"]] = Field(default_factory=lambda: ["phrase", "label"],
                                                              min_length=1)
     failures: Literal["zero", "skip"] = "zero"
+    # more failed extractions than this share of a role's images: evaluate stops, exits non-zero, no results.json
+    max_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
     fid: bool = True
     # auto: world-CLIP image tower when the shipped world-CLIP has a training_record.json, else random-init
     fid_features: Literal["auto", "world-clip", "inception", "random-init"] = "auto"
     fid_preprocess: Literal["standard", "paper"] = "standard"
     world_clip_path: str | None = None  # None: sgalign/world/weights/world-clip
     inception_path: str | None = None  # pytorch-fid pt_inception-2015-12-05-6726825d.pth (fid_features=inception)
-    fid_resamples: int = Field(200, ge=1)
+    fid_resamples: int = Field(200, ge=1)  # bootstrap resamples (and permutations of the paired test)
+    fid_floor: bool = True  # world inputs: FID of the renders vs renders of other graphs at the same N
 
     @model_validator(mode="after")
     def _chat_granularity(self) -> "CompositionalProtocol":
         if self.extractor == "chat" and self.granularities != ["label"]:
             raise ValueError("the chat extractor answers with item labels (LAION-SG's vocabulary): set "
                              "compositional.granularities=[label]")
+        if self.extractor == "chat" and "paper" in self.iou_modes and not self.chat.paper:
+            raise ValueError("compositional.iou_modes=[paper] with the chat extractor needs "
+                             "compositional.chat.paper=true (LAION-SG offered only the GT triples' item names; "
+                             "chat.paper=false also offers isolated items)")
         if self.fid and self.fid_features == "inception" and not self.inception_path:
             raise ValueError("compositional.fid_features=inception needs compositional.inception_path (a local "
                              "pytorch-fid weights file)")

@@ -113,6 +113,15 @@ def _inline(text: str) -> str:
 
 
 # ---- plots --------------------------------------------------------------------------------------------------------
+def interval_error_bars(cis: list[dict[str, Any]]) -> np.ndarray:
+    """matplotlib ``yerr`` (2, n): [estimate - low, high - estimate] per interval, asymmetric as the interval is.
+    An interval that excludes its estimate (an old results.json's percentile FID interval) gets NaN: no bar is
+    drawn rather than a clipped, misleading one."""
+    err = np.array([[c["estimate"] - c["low"] for c in cis], [c["high"] - c["estimate"] for c in cis]], dtype=float)
+    err[:, (err < 0).any(axis=0)] = np.nan
+    return err
+
+
 def _bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[dict[str, Any]]], ylabel: str,
               hline: float | None = None) -> Path:
     """Grouped bars of estimates with [low, high] error bars; ``series`` maps a legend name to one CI per group."""
@@ -122,8 +131,7 @@ def _bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[
     x = np.arange(len(groups))
     for k, (name, cis) in enumerate(series.items()):
         est = np.array([c["estimate"] for c in cis])
-        err = np.array([[c["estimate"] - c["low"] for c in cis], [c["high"] - c["estimate"] for c in cis]])
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, est, width, yerr=np.clip(err, 0, None), capsize=4,
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, est, width, yerr=interval_error_bars(cis), capsize=4,
                label=name)
     if hline is not None:
         ax.axhline(hline, color="k", lw=0.8, ls="--")
@@ -230,6 +238,9 @@ def _compositional(doc: _Doc, r: dict[str, Any], files: Path) -> None:
     doc.h(2, "Scene-graph fidelity (SG-IoU family)")
     ex = r["provenance"].get("extractor", {})
     doc.p("Extractor: " + "; ".join(f"{g}: `{json.dumps(v, sort_keys=True)}`" for g, v in ex.items()))
+    failed = "; ".join(f"{role} {rep['n_failed']}/{rep['n_images']} ({key})" for role in roles
+                       for key, rep in list(m["iou"][role].items())[:1])
+    doc.p(f"**Failed extractions:** {failed} (policy `{r['protocol']['compositional']['failures']}`)")
     header = ["granularity / mode", "role"] + [METRIC_NAMES[k] for k in METRIC_NAMES] + ["failed extractions"]
     rows = []
     for key in m["iou"][roles[0]]:
@@ -262,12 +273,31 @@ def _compositional(doc: _Doc, r: dict[str, Any], files: Path) -> None:
         feat = r["provenance"]["fid_features"]
         doc.p(f"Features: {feat.get('backbone')} ({feat.get('num_features')}-d, {feat.get('preprocess')} "
               f"preprocessing; choice `{feat.get('choice')}`). Reference: {fid[roles[0]]['reference']}.")
+        shown = roles + (["floor"] if "floor" in fid else [])
         doc.table(["role", "FID [95% CI]", "real", "generated"],
-                  [[role, _ci(fid[role]["ci"], 2), str(fid[role]["n_real"]), str(fid[role]["n_fake"])]
-                   for role in roles])
+                  [[role if role != "floor" else "floor (renders of other graphs)", _fid_ci(fid[role]),
+                    str(fid[role]["n_real"]), str(fid[role]["n_fake"])] for role in shown])
+        unit = fid[roles[0]]["ci"].get("unit", "image")
+        doc.p(f"Intervals: bootstrap over {unit}, spread re-centred on the estimate (FID is biased upward at small "
+              "N, so a plain percentile interval can exclude the estimate). Read a FID against the floor: the FID "
+              "of perfect renders of other graphs at the same N.")
+        if "vs_baseline" in fid:
+            v = fid["vs_baseline"]
+            d = v["difference"]
+            doc.table(["FID model - baseline [95% paired CI]", "permutation p"],
+                      [[_ci(d, 2) + (" *" if (d["low"] > 0 or d["high"] < 0) else ""), f"{v['p_value']:.3f}"]])
+            doc.p("Paired: the same resampled graphs on both sides; the p-value swaps each graph's model and "
+                  f"baseline images ({v['n_permutations']} permutations). * the interval excludes 0.")
         png = _bar_plot(files / "fid.png", "FID [95% bootstrap CI]", ["FID"],
-                        {role: [fid[role]["ci"]] for role in roles}, "FID (lower is better)")
-        doc.image(png, "FID with bootstrap intervals")
+                        {role: [fid[role]["ci"]] for role in shown}, "FID (lower is better)")
+        doc.image(png, "FID with bootstrap intervals (asymmetric)")
+
+
+def _fid_ci(d: dict[str, Any]) -> str:
+    ci = d["ci"]
+    if not ci["low"] <= d["fid"] <= ci["high"]:  # results.json from before the re-centred interval
+        return f"{d['fid']:.2f} (interval excludes the estimate: not shown)"
+    return _ci(ci, 2)
 
 
 def _t2i(doc: _Doc, r: dict[str, Any], files: Path) -> None:
@@ -335,7 +365,11 @@ def write_report(out_dir: str | Path, results: dict[str, Any] | None = None) -> 
             raise FileNotFoundError(f"{path}: no results.json; run scripts/evaluate.py first")
         results = json.loads(path.read_text(encoding="utf-8"))
     files = root / FILES_DIR
-    files.mkdir(parents=True, exist_ok=True)
+    if files.is_dir():  # the report owns this folder: no plot or grid of an earlier report may linger
+        import shutil
+
+        shutil.rmtree(files)
+    files.mkdir(parents=True)
     doc = _Doc()
     _header(doc, results)
     (_compositional if results["task"] == "compositional" else _t2i)(doc, results, files)

@@ -12,7 +12,10 @@ other; per-image scores are paired by position (image ``g * K + k`` = input ``g`
 
 Output folder: ``results.json`` (metrics, protocol, provenance; written atomically), ``images/<role>.npz`` (uint8
 NHWC, for the report). Every fallback used (random-init encoder, untrained world-CLIP, random-init model folder)
-is listed in ``provenance.fallbacks``.
+is listed in ``provenance.fallbacks``. A run is staged in a fresh folder and replaces what the previous run owned
+(``OWNED``) only at its end; more failed extractions than ``compositional.max_failure_rate`` allows end it with
+``failure.json`` and no results.json. Intervals resample graphs/prompts with all their seeds
+(``metrics.resampling_unit``).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -35,6 +39,7 @@ from .protocol import EvalProtocol
 from .stats import bootstrap_ci
 
 RESULTS_NAME = "results.json"
+FAILURE_NAME = "failure.json"  # written instead of results.json when too many extractions failed
 RESULTS_VERSION = 2  # 2: intervals resample graphs/prompts (all seeds together); FID intervals re-centred
 GRAPH_UNIT = "graph (all seeds together)"
 PROMPT_UNIT = "prompt (all seeds together)"
@@ -345,23 +350,30 @@ class _ParsedImages:
 
 
 def extract_graphs(protocol: EvalProtocol, images: np.ndarray, refs: Sequence[SceneGraph], keys: Sequence[str],
-                   granularity: str, cache_dir: Path, role: str) -> tuple[list[Any], dict[str, Any]]:
-    from .extractors import ChatCompletionsExtractor, GraphParserExtractor, extract_all
+                   granularity: str, cache_dir: Path, role: str, paper: bool = False,
+                   parsed: Any = None) -> tuple[list[Any], dict[str, Any]]:
+    """The extractions of one role at one granularity. ``paper``: the world oracle answers only with the GT
+    triples' names, as LAION-SG's GPT (the chat extractor follows ``chat.paper``). ``parsed``: the oracle's
+    readings of ``images`` (parsed once per role). More failures than ``max_failure_rate`` allows raise
+    ``TooManyExtractionFailures``."""
+    from .extractors import ChatCompletionsExtractor, GraphParserExtractor, TooManyExtractionFailures, extract_all
 
     c = protocol.compositional
+    limit = int(np.floor(c.max_failure_rate * len(images)))
     if c.extractor == "world-oracle":
-        from ..world import WorldOracle
-
-        parsed = _ParsedImages(WorldOracle(), images)
-        ex = GraphParserExtractor(parsed, granularity=granularity, name="world-oracle")
+        ex = GraphParserExtractor(parsed, granularity=granularity, name="world-oracle", paper=paper)
         preds = [ex.extract(i, ref) for i, ref in enumerate(refs)]
+        failed = sum(not p.ok for p in preds)
+        if failed > limit:
+            counts = {st: sum(p.status == st for p in preds) for st in sorted({p.status for p in preds})}
+            raise TooManyExtractionFailures(failed, len(preds), len(preds), limit, counts)
         return preds, ex.provenance()
     o = c.chat
     ex = ChatCompletionsExtractor(o.model, temperature=o.temperature, seed=o.seed, timeout=o.timeout,
                                   max_retries=o.max_retries, paper=o.paper, api_key_env=o.api_key_env,
                                   base_url_env=o.base_url_env, require_api_key=o.require_api_key)
     cache = cache_dir / f"extractions_{role}.jsonl" if o.cache else None
-    preds = extract_all(ex, list(images), list(refs), keys=list(keys), cache_path=cache)
+    preds = extract_all(ex, list(images), list(refs), keys=list(keys), cache_path=cache, max_failures=limit)
     return preds, ex.provenance()
 
 
@@ -372,7 +384,7 @@ def _ci_dict(ci: Any) -> dict[str, Any]:
 # ---- tasks --------------------------------------------------------------------------------------------------------
 def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarray], out: Path,
                    prov: dict[str, Any]) -> dict[str, Any]:
-    from .fid import extract_features, fid_bootstrap
+    from .fid import extract_features, fid_bootstrap, fid_paired
     from .sg_iou import compare_sg_iou, evaluate_sg_iou
 
     K = len(protocol.sampling.seeds)
@@ -380,19 +392,33 @@ def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.
     per_gt = [g for g in inputs.graphs for _ in range(K)]
     graph_of_image = [g for g in range(len(inputs.graphs)) for _ in range(K)]  # resampling unit: the graph
     keys = [f"{i}/seed{s}" for i in inputs.ids for s in protocol.sampling.seeds]
+    c = protocol.compositional
     metrics: dict[str, Any] = {"iou": {}, "fid": {}, "vs_baseline": {}, "resampling_unit": GRAPH_UNIT}
     reports: dict[str, dict[str, Any]] = {}
     prov["extractor"] = {}
     for role, imgs in images.items():
         reports[role] = {}
         metrics["iou"][role] = {}
-        for gran in protocol.compositional.granularities:
-            preds, ex_prov = extract_graphs(protocol, imgs, per_gt, keys, gran, out, f"{role}_{gran}")
-            calls = {k: ex_prov.pop(k) for k in ("status_counts", "retries") if k in ex_prov}
-            prov["extractor"][gran] = ex_prov
-            if calls:  # chat extractor: requests made in this run (cached extractions make none)
-                prov.setdefault("extractor_calls", {})[f"{role}/{gran}"] = calls
-            for mode in protocol.compositional.iou_modes:
+        parsed = None
+        if c.extractor == "world-oracle":  # parse each image once for every granularity and mode
+            from ..world import WorldOracle
+
+            parsed = _ParsedImages(WorldOracle(), imgs)
+        for gran in c.granularities:
+            extractions: dict[bool, list[Any]] = {}
+            for mode in c.iou_modes:
+                # paper mode needs LAION-SG's closed vocabulary (GT triple names only); the chat extractor's
+                # vocabulary is fixed by chat.paper (the protocol requires it for paper mode)
+                paper = c.chat.paper if c.extractor == "chat" else mode == "paper"
+                if paper not in extractions:
+                    preds, ex_prov = extract_graphs(protocol, imgs, per_gt, keys, gran, out, f"{role}_{gran}",
+                                                    paper=paper, parsed=parsed)
+                    calls = {k: ex_prov.pop(k) for k in ("status_counts", "retries") if k in ex_prov}
+                    prov["extractor"][gran if not extractions else f"{gran}/paper"] = ex_prov
+                    if calls:  # chat extractor: requests made in this run (cached extractions make none)
+                        prov.setdefault("extractor_calls", {})[f"{role}/{gran}"] = calls
+                    extractions[paper] = preds
+                preds = extractions[paper]
                 rep = evaluate_sg_iou(per_gt, preds, mode=mode, granularity=gran,
                                       failures=protocol.compositional.failures, n_resamples=st.n_resamples,
                                       level=st.level, seed=st.seed, groups=graph_of_image, unit=GRAPH_UNIT)
@@ -404,7 +430,6 @@ def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.
                                   seed=st.seed)
             metrics["vs_baseline"][key] = {m: _ci_dict(ci) for m, ci in diff.items()}
     # FID: generated images vs the renders of the same graphs
-    c = protocol.compositional
     if not c.fid:
         metrics["fid"] = {"skipped": "compositional.fid is false"}
     elif inputs.reference_images is None:
@@ -414,12 +439,38 @@ def _compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.
         prov["fid_features"] = feat_prov
         prov["fallbacks"] += fallbacks
         real = extract_features(torch.from_numpy(inputs.reference_images).permute(0, 3, 1, 2), feats)
+        fakes = {}
         for role, imgs in images.items():
-            fake = extract_features(torch.from_numpy(imgs).permute(0, 3, 1, 2), feats)
-            res = fid_bootstrap(real, fake, feat_prov, n_resamples=c.fid_resamples, level=st.level, seed=st.seed)
+            fakes[role] = extract_features(torch.from_numpy(imgs).permute(0, 3, 1, 2), feats)
+            res = fid_bootstrap(real, fakes[role], feat_prov, n_resamples=c.fid_resamples, level=st.level,
+                                seed=st.seed, fake_per_real=K)
             metrics["fid"][role] = {"fid": res.fid, "ci": _ci_dict(res.ci), "n_real": res.n_real,
                                     "n_fake": res.n_fake, "reference": "renders of the same graphs (one per graph)"}
+        if "baseline" in fakes:  # FIDs of two models are compared paired, never by their separate intervals
+            metrics["fid"]["vs_baseline"] = fid_paired(real, fakes["model"], fakes["baseline"], fake_per_real=K,
+                                                       n_resamples=c.fid_resamples, level=st.level,
+                                                       seed=st.seed).to_dict()
+        if c.fid_floor and protocol.inputs.source == "world":
+            metrics["fid"]["floor"] = _fid_floor(protocol, real, feats, len(images["model"]), feat_prov)
     return metrics
+
+
+def _fid_floor(protocol: EvalProtocol, real: torch.Tensor, feats: Any, n_fake: int,
+               feat_prov: dict[str, Any]) -> dict[str, Any]:
+    """FID of the reference renders against renders of ``n_fake`` OTHER graphs of the split: what a perfect
+    renderer scores at this N (FID's small-N bias and graph-to-graph spread), the number a model's FID is read
+    against."""
+    from ..world import render_array, sample_split
+    from .fid import extract_features, fid_bootstrap
+
+    src = protocol.inputs
+    others = sample_split(src.split, src.n + n_fake, seed=src.seed)[src.n:]  # the first n are the inputs
+    fo = extract_features(torch.from_numpy(render_array(others)).permute(0, 3, 1, 2), feats)
+    res = fid_bootstrap(real, fo, feat_prov, n_resamples=protocol.compositional.fid_resamples,
+                        level=protocol.stats.level, seed=protocol.stats.seed)
+    return {"fid": res.fid, "ci": _ci_dict(res.ci), "n_real": res.n_real, "n_fake": res.n_fake,
+            "reference": f"renders of {n_fake} other {src.split} graphs (sample_split({src.split!r}, "
+                         f"{src.n + n_fake}, seed={src.seed})[{src.n}:])"}
 
 
 def _world_clip_scores(path: Path, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
@@ -480,9 +531,9 @@ def _t2i(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarray], 
                                        "folder": path.name, "trained": trained}
             if not trained:
                 prov["fallbacks"].append(f"world_clip scorer: {path.name} has no training_record.json (untrained)")
-    metrics: dict[str, Any] = {"scores": {}, "vs_baseline": {}, "resampling_unit": kw["unit"]}
     kw = dict(n_resamples=st.n_resamples, level=st.level, seed=st.seed, groups=groups,
               unit=PROMPT_UNIT if groups is not None else "image")
+    metrics: dict[str, Any] = {"scores": {}, "vs_baseline": {}, "resampling_unit": kw["unit"]}
     for role in images:
         metrics["scores"][role] = {}
         for name, v in scores[role].items():
@@ -498,6 +549,19 @@ def _t2i(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarray], 
 
 
 # ---- entry point --------------------------------------------------------------------------------------------------
+def failure_summary(results: dict[str, Any]) -> str:
+    """"extraction failures: model 0/256, baseline 3/256" (compositional; the worst granularity/mode of a role),
+    for the one-line summary a command prints; "" for t2i."""
+    iou = results.get("metrics", {}).get("iou")
+    if not iou:
+        return ""
+    parts = []
+    for role, reps in iou.items():
+        worst = max(reps.values(), key=lambda rep: rep["n_failed"])
+        parts.append(f"{role} {worst['n_failed']}/{worst['n_images']}")
+    return "extraction failures: " + ", ".join(parts)
+
+
 def _git_commit() -> str | None:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -514,16 +578,73 @@ def _machine() -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "device": "cpu", "platform": f"{platform.system()} {platform.machine()}"}
 
 
+# What one evaluate run owns in its --out folder: replaced as a whole by the next run, so a reused folder never
+# keeps a previous run's images, grids or plots (other files there are left alone). Extraction caches are carried
+# over: they are keyed by image bytes + extractor settings, so another model's run cannot reuse their rows.
+OWNED = ("results.json", FAILURE_NAME, "images", "report.md", "report.html", "report_files")
+CACHE_GLOB = "extractions_*.jsonl"
+
+
+def _owned(folder: Path) -> list[Path]:
+    return [folder / n for n in OWNED if (folder / n).exists()] + sorted(folder.glob(CACHE_GLOB))
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _publish(stage: Path, out: Path, only_caches: bool = False) -> None:
+    """Move the staged run into ``out``: first what the previous run owned goes, then the staged entries are
+    renamed in (each rename atomic; same file system). ``only_caches``: a crashed run hands back only its
+    extraction caches (paid requests are kept; the previous results stay as they were)."""
+    out.mkdir(parents=True, exist_ok=True)
+    moving = sorted(stage.glob(CACHE_GLOB)) if only_caches else list(stage.iterdir())
+    for old in (_owned(out) if not only_caches else [out / m.name for m in moving if (out / m.name).exists()]):
+        _remove(old)
+    for entry in moving:
+        os.replace(entry, out / entry.name)
+    shutil.rmtree(stage)
+
+
 def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None = None,
              baseline: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
-    """Run the protocol on ``model`` (and ``baseline``); write ``out/results.json`` and ``out/images/*.npz``."""
+    """Run the protocol on ``model`` (and ``baseline``); write ``out/results.json`` and ``out/images/*.npz``.
+
+    The run writes into a fresh staging folder next to ``out`` and replaces what the previous run owned in
+    ``out`` only when it finishes. Too many failed extractions (``TooManyExtractionFailures``) still replace it,
+    with ``failure.json`` and no results.json: a failed run never leaves an older headline number behind."""
+    from .extractors import TooManyExtractionFailures
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    for cache in sorted(out.glob(CACHE_GLOB)) if out.is_dir() else []:
+        shutil.copy2(cache, stage / cache.name)
+    try:
+        results = _evaluate_in(model, stage, protocol, baseline, command)
+    except TooManyExtractionFailures as e:
+        shutil.rmtree(stage / "images", ignore_errors=True)
+        write_json_atomic(stage / FAILURE_NAME, {
+            "version": RESULTS_VERSION, "error": str(e), "failed": e.failed, "done": e.done, "total": e.total,
+            "allowed": e.limit, "status_counts": e.statuses, "command": command})
+        _publish(stage, out)
+        raise
+    except BaseException:
+        _publish(stage, out, only_caches=True)
+        raise
+    _publish(stage, out)
+    return results
+
+
+def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, baseline: str | Path | None,
+                 command: str | None) -> dict[str, Any]:
+    """``evaluate``'s work, every file written into ``out`` (the staging folder)."""
     import diffusers
     import transformers
 
     protocol = protocol or EvalProtocol()
     if protocol.sampling.torch_threads:
         torch.set_num_threads(protocol.sampling.torch_threads)
-    out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     inputs = load_inputs(protocol)

@@ -14,7 +14,12 @@ Two modes, recorded in every report:
   * GT entities = subject and object labels of the GT triples only -- isolated GT items do NOT count (the demo
     graph has none, and the code takes the items from the triples);
   * extracted entities = the extractor's self-reported ``object_list``; extracted relations = its self-reported
-    ``predicate_list`` (neither is checked against the triples it returned).
+    ``predicate_list`` (neither is checked against the triples it returned);
+  * malformed reply entries (a 2-item triple, a number in object_list) stay in the extracted sets, as test_iou's
+    ``set(...)`` keeps them: they never match and enlarge the union;
+  * the extractor may only answer with the GT triples' item and relation names (LAION-SG's prompt): use
+    ``GraphParserExtractor(paper=True)`` / ``ChatCompletionsExtractor(paper=True)``. Then ground-truth images
+    score exactly 1.0 (graphs with at least one relation).
 
 ``normalized`` (default):
   * every string passes through ``normalize_text`` (lower-case, strip, collapse whitespace runs);
@@ -98,7 +103,12 @@ def extracted_sets(pred: ExtractedGraph, mode: Mode = "normalized") -> GraphSets
     """The extracted triple / entity / relation sets under ``mode`` (see module docstring)."""
     _check_mode(mode)
     if mode == "paper":
-        return GraphSets(frozenset(pred.triples), frozenset(pred.object_list), frozenset(pred.predicate_list))
+        def bad(key: str) -> set[Any]:  # tagged so a malformed entry can never equal a GT string
+            return {("malformed", key, m) for m in pred.malformed.get(key, [])}
+
+        return GraphSets(frozenset(pred.triples) | bad("scene_graph"),
+                         frozenset(pred.object_list) | bad("object_list"),
+                         frozenset(pred.predicate_list) | bad("predicate_list"))
     triples = _norm_triples(pred.triples)
     entities = {x for s, _, o in triples for x in (s, o)} | _norm_strings(pred.object_list)
     return GraphSets(triples, frozenset(entities), frozenset(p for _, p, _ in triples))
