@@ -1,5 +1,7 @@
 """``scripts/build_pairs.py``: candidate datasets (LAION-SG annotations or the shapes world) and Pick-a-Pic import.
 
+    python scripts/build_pairs.py --source laion-sg          # embedded world train split (LAION-SG JSON) ->
+                                                             # runs/pairs/laion-sg, what train.py reads by default
     python scripts/build_pairs.py --source shapes --out data/world-candidates [--n 200] [--model FOLDER]
     python scripts/build_pairs.py --source laion-sg --annotations train.json --out data/laion-candidates \\
         --config configs/build_pairs/laion_sg_sdxl.yaml [--set generation.num_inference_steps=50]
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from sgalign.config import ConfigError, load_config
+from sgalign.config import load_config
+from sgalign.errors import UserError, run_main
 
-from .config import BuildPairsConfig
+from .config import DEFAULT_OUT, WORLD_ANNOTATIONS, BuildPairsConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,54 +33,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=("laion-sg", "shapes", "pickapic"), default=None,
                     help="overrides the config's source (default: shapes)")
-    ap.add_argument("--annotations", help="--source laion-sg: a LAION-SG split file (one JSON array of records)")
+    ap.add_argument("--annotations", help="--source laion-sg: a LAION-SG split file (one JSON array of records; "
+                                          "default: the embedded world train split, data_builders/data/)")
     ap.add_argument("--input", help="--source pickapic: parquet file(s) folder, save_to_disk folder or shard folder")
-    ap.add_argument("--out", required=True, help="output folder (resumed when it exists)")
+    ap.add_argument("--out", help="output folder, resumed when it exists (default: runs/pairs/<source>)")
     ap.add_argument("--config", help="YAML (configs/build_pairs/); keys as data_builders.config.BuildPairsConfig")
     ap.add_argument("--model", help="base SG model folder (default: the world SD1.5-SG when it exists)")
-    ap.add_argument("--n", type=int, help="--source shapes: number of world annotations (world.n)")
+    ap.add_argument("--n", type=int, help="annotations to build: world.n (--source shapes) or annotations.limit "
+                                          "(--source laion-sg, the first N valid records)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. --set generation.k=4 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_main(lambda: run(args), debug=args.debug, prog="build_pairs")
+
+
+def next_command(source: str, out: str | Path) -> str:
+    """The train command that reads ``out`` (no --set when it is the default folder train.py reads)."""
+    task = "t2i" if source == "pickapic" else "compositional"
+    cmd = f"python scripts/train.py --task {task}"
+    default = DEFAULT_OUT["pickapic" if task == "t2i" else "laion-sg"]
+    return cmd if Path(out) == Path(default) else f"{cmd} --set data.path={out}"
+
+
+def load(args: argparse.Namespace) -> BuildPairsConfig:
     overrides = list(args.overrides)
     if args.source:
         overrides.append(f"source={args.source}")
     if args.model:
         overrides.append(f"model.path={args.model}")
-    if args.n is not None:
-        overrides.append(f"world.n={args.n}")
-    try:
-        cfg = load_config(BuildPairsConfig, args.config, overrides)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    if args.annotations:
+        overrides.append(f"annotations.path={args.annotations}")
+    cfg = load_config(BuildPairsConfig, args.config, overrides)
+    if args.n is not None:  # after loading: which key --n sets depends on the resolved source
+        key = "world.n" if cfg.source == "shapes" else "annotations.limit"
+        cfg = load_config(BuildPairsConfig, args.config, [*overrides, f"{key}={args.n}"])
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args)
     progress = not args.no_progress
+    out = args.out or DEFAULT_OUT[cfg.source]
     if cfg.source == "pickapic":
         if not args.input:
-            print("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard folder)",
-                  file=sys.stderr)
-            return 2
+            raise UserError("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard "
+                            "folder; the world's: python -m sgalign.world pickapic --n 2000 --out runs/world-pickapic)")
         from .pickapic import import_pickapic
-        import_pickapic(args.input, cfg.pickapic, args.out, progress=progress)
-        return 0
-    from .laion_sg import build_candidates, plan_annotations
-    if cfg.source == "laion-sg":
-        if not args.annotations:
-            print("--source laion-sg needs --annotations FILE (a LAION-SG split: one JSON array of records)",
-                  file=sys.stderr)
-            return 2
-        plan = plan_annotations(args.annotations)
+        summary = import_pickapic(args.input, cfg.pickapic, out, progress=progress)
     else:
-        from .shapes import plan_world
-        plan = plan_world(cfg.world)
-    try:
-        build_candidates(plan, cfg, args.out, progress=progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"build_pairs: {e}", file=sys.stderr)
-        return 2
+        from .laion_sg import build_candidates, plan_annotations
+        if cfg.source == "laion-sg":
+            plan = plan_annotations(cfg.annotations.path or WORLD_ANNOTATIONS, limit=cfg.annotations.limit)
+        else:
+            from .shapes import plan_world
+            plan = plan_world(cfg.world)
+        summary = build_candidates(plan, cfg, out, progress=progress)
+    if summary is None:  # other processes' shards still running: the last one to finish prints the summary
+        return 0
+    print(f"data: {out} (dataset_id {summary['dataset_id']})")
+    print(f"next: {next_command(cfg.source, out)}")
     return 0

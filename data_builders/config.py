@@ -14,6 +14,10 @@ from pydantic import Field
 from sgalign.config import ConfigModel
 
 WORLD_MODEL = Path(__file__).resolve().parent.parent / "sgalign" / "world" / "weights" / "world-sd15-sg"
+# --source laion-sg without --annotations: the world's train split in LAION-SG JSON (data/README.md)
+WORLD_ANNOTATIONS = Path(__file__).resolve().parent / "data" / "world_train_laion_sg.json"
+# where each source writes without --out (relative to the working directory; train.py reads the same folders)
+DEFAULT_OUT = {"laion-sg": "runs/pairs/laion-sg", "shapes": "runs/pairs/shapes", "pickapic": "runs/pairs/pickapic"}
 
 
 class ModelSection(ConfigModel):
@@ -69,6 +73,13 @@ class WorldSection(ConfigModel):
     holdout: list[str] = []  # colour:shape pairs never drawn in train/validation
 
 
+class AnnotationsSection(ConfigModel):
+    """``--source laion-sg``: the split file (None: the embedded world train split, ``WORLD_ANNOTATIONS``) and how
+    many of its valid annotations to build (None: all; the first ``limit`` in file order)."""
+    path: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
 class PickapicSection(ConfigModel):
     """``--source pickapic``: relabel (SmPO) scores both images with an image-text similarity backend."""
     relabel: BackendSpec | None = None
@@ -85,6 +96,7 @@ class BuildPairsConfig(ConfigModel):
     rewards: RewardsSection = RewardsSection()
     shards: ShardSection = ShardSection()
     world: WorldSection = WorldSection()
+    annotations: AnnotationsSection = AnnotationsSection()
     pickapic: PickapicSection = PickapicSection()
     torch_threads: int | None = None  # None: leave torch's default
 
@@ -97,4 +109,5 @@ class BuildPairsConfig(ConfigModel):
         d["rewards"].pop("margin")
         if self.source != "shapes":
             d.pop("world")
+        d.pop("annotations")  # the input is identified by its content (plan.input: file sha256, limit)
         return d

@@ -31,7 +31,10 @@ from sgalign.scene_graph import LaionSGRecord, SceneGraph, load_split
 
 from . import shards as sh
 from .config import WORLD_MODEL, BuildPairsConfig, ModelSection
-from .scoring import build_reward, score_batch, score_columns
+from sgalign.errors import UserError
+from sgalign.hashing import identity_hash
+
+from .scoring import build_reward, check_vocabulary, score_batch, score_columns
 
 BUILDER_VERSION = "1"
 SEED_RULE = "int.from_bytes(blake2b(f'{seed}:{img_id}:{k}', digest_size=8), 'big') & (2**63 - 1)"
@@ -50,16 +53,25 @@ class AnnotationPlan:
     input: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_annotations(path: str | os.PathLike[str]) -> AnnotationPlan:
-    """A LAION-SG split file -> valid records (file order) + rejects (invalid records, repeated img_ids)."""
+def plan_annotations(path: str | os.PathLike[str], limit: int | None = None) -> AnnotationPlan:
+    """A LAION-SG split file -> valid records (file order) + rejects (invalid records, repeated img_ids);
+    ``limit``: only the first ``limit`` valid annotations."""
+    if not Path(path).is_file():
+        raise UserError(f"annotations file {path} does not exist (a LAION-SG split: one JSON array of records)")
     split = load_split(path)
     rejects = [{"kind": "invalid-record", **r.to_json_dict()} for r in split.rejects]
-    return _dedupe(split.records, split.indices, rejects,
-                   {"kind": "laion-sg", "file": Path(path).name, "sha256": sh.file_sha256(Path(path))})
+    info = {"kind": "laion-sg", "file": Path(path).name, "sha256": sh.file_sha256(Path(path))}
+    if limit is not None:
+        info["limit"] = limit
+    return _dedupe(split.records, split.indices, rejects, info, limit)
+
+
+class NoValidAnnotations(UserError, ValueError):
+    pass
 
 
 def _dedupe(records: Sequence[LaionSGRecord], indices: Sequence[int], rejects: list[dict[str, Any]],
-            info: dict[str, Any]) -> AnnotationPlan:
+            info: dict[str, Any], limit: int | None = None) -> AnnotationPlan:
     first: dict[str, int] = {}
     keep = []
     for rec, idx in zip(records, indices):
@@ -72,21 +84,27 @@ def _dedupe(records: Sequence[LaionSGRecord], indices: Sequence[int], rejects: l
             keep.append(rec)
     rejects.sort(key=lambda r: r["index"])
     if not keep:
-        raise ValueError(f"{info}: no valid annotation to build from ({len(rejects)} rejected)")
+        raise NoValidAnnotations(f"{info.get('file', info['kind'])}: no valid annotation to build from "
+                                 f"({len(rejects)} rejected; scripts/validate_sg.py lists why)")
+    keep = keep[:limit] if limit is not None else keep
     return AnnotationPlan(keep, rejects, {**info, "valid": len(keep), "rejected": len(rejects)})
 
 
 # ---- model ------------------------------------------------------------------------------------------------------
+class ModelNotFound(UserError, FileNotFoundError):
+    pass
+
+
 def resolve_model_path(model: ModelSection) -> Path:
     if model.path is not None:
         p = Path(model.path)
         if not (p / "model_index.json").is_file():
-            raise FileNotFoundError(f"model.path {p}: no model_index.json (a local SD1.5-SG / SDXL-SG folder, e.g. "
+            raise ModelNotFound(f"model.path {p}: no model_index.json (a local SD1.5-SG / SDXL-SG folder, e.g. "
                                     "made by scripts/make_tiny.py or scripts/pretrain_sg.py)")
         return p
     if (WORLD_MODEL / "model_index.json").is_file():
         return WORLD_MODEL
-    raise FileNotFoundError("no base model: the world SD1.5-SG (sgalign/world/weights/world-sd15-sg/) does not exist "
+    raise ModelNotFound("no base model: the world SD1.5-SG (sgalign/world/weights/world-sd15-sg/) does not exist "
                             "yet; pass --model FOLDER (an SD1.5-SG / SDXL-SG folder, e.g. from scripts/make_tiny.py)")
 
 
@@ -239,6 +257,7 @@ def build_candidates(plan: AnnotationPlan, cfg: BuildPairsConfig, out: str | os.
         rank, world_size = sh.rank_and_world()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    check_vocabulary(plan.records, cfg.rewards)  # before any model load or image
     per = cfg.shards.annotations_per_shard
     num_shards = -(-len(plan.records) // per)
     todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
@@ -254,9 +273,8 @@ def build_candidates(plan: AnnotationPlan, cfg: BuildPairsConfig, out: str | os.
                                   "num_shards": num_shards})
     n_todo = sum(len(plan.records[i * per:(i + 1) * per]) for i in todo)
     if todo:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_todo, unit="ann", desc=f"build_pairs rank {rank}/{world_size}",
-                   disable=None if progress else True)
+        from sgalign.progress import progress as progress_bar
+        bar = progress_bar(n_todo, desc=f"build_pairs rank {rank}/{world_size}", unit="ann", enabled=progress)
         for i in todo:
             if sh.is_done(out, i):  # another run finished it meanwhile
                 bar.update(len(plan.records[i * per:(i + 1) * per]))
@@ -278,6 +296,7 @@ def finalize(out: Path, plan: AnnotationPlan, cfg: BuildPairsConfig, wall_second
     import pyarrow.parquet as pq
 
     build = json.loads((out / sh.BUILD_FILE).read_text())
+    dataset_id = identity_hash(build)  # what train.py and evaluate.py record to chain their outputs to this data
     manifests = [sh.read_manifest(out, i) for i in range(build["num_shards"])]
     built = [x for m in manifests for x in m["img_ids"]]
     failures = [f for m in manifests for f in m["failures"]]
@@ -307,12 +326,13 @@ def finalize(out: Path, plan: AnnotationPlan, cfg: BuildPairsConfig, wall_second
                                                      for j in range(i + 1, len(r))) for r in rewards)},
         "shards": build["num_shards"], "wall_seconds_this_run": round(wall_seconds, 2),
         "shard_seconds_total": round(sum(m["seconds"] for m in manifests), 2), "input": plan.input,
+        "dataset_id": dataset_id,
     }
     summary["stale_temp_files_removed"] = sh.remove_stale_temps(out)  # left by killed runs
     sh.write_jsonl_atomic(out / sh.REJECTS_FILE, plan.rejects + failures)
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
     sh.write_json_atomic(out / sh.INDEX_FILE, {
-        "complete": True, "format": build["format"], "num_shards": build["num_shards"], "rows": len(built),
+        "complete": True, "dataset_id": dataset_id, "format": build["format"], "num_shards": build["num_shards"], "rows": len(built),
         "shards": [{k: m[k] for k in ("shard", "file", "rows", "sha256")} for m in manifests]})
     return summary
 

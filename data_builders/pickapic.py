@@ -18,6 +18,7 @@ input rows per shard, process ``RANK`` of ``WORLD_SIZE`` builds shards ``i % WOR
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -146,9 +147,9 @@ def import_pickapic(path: str | os.PathLike[str], cfg: PickapicSection, out: str
     if todo and similarity is None and cfg.relabel is not None:
         similarity = build_similarity(cfg)
     features = output_features(ds.features, cfg)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=sum(min(per, len(ds) - i * per) for i in todo), unit="row",
-               desc=f"pickapic rank {rank}/{world_size}", disable=None if progress else True)
+    from sgalign.progress import progress as progress_bar
+    bar = progress_bar(sum(min(per, len(ds) - i * per) for i in todo), desc=f"pickapic rank {rank}/{world_size}",
+                       unit="row", enabled=progress)
     for i in todo:
         t1 = time.perf_counter()
         lo, hi = i * per, min(len(ds), (i + 1) * per)
@@ -176,8 +177,11 @@ def import_pickapic(path: str | os.PathLike[str], cfg: PickapicSection, out: str
                "score_columns": [f"{cfg.score_prefix}_0", f"{cfg.score_prefix}_1"] if cfg.relabel else None,
                "shards": num_shards, "wall_seconds_this_run": round(time.perf_counter() - t0, 2)}
     sh.write_jsonl_atomic(out / sh.REJECTS_FILE, rejects)
+    from sgalign.hashing import identity_hash
+    summary["dataset_id"] = identity_hash(json.loads((out / sh.BUILD_FILE).read_text()))
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
     sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": "sgalign-pickapic-pairs",
+                                               "dataset_id": summary["dataset_id"],
                                                "num_shards": num_shards, "rows": summary["pairs"],
                                                "shards": [{k: m[k] for k in ("shard", "file", "rows", "sha256")}
                                                           for m in ms]})

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from sgalign.errors import UserError
 from sgalign.rewards import COMBINED_KEY, CombinedReward
 
 from .config import BackendSpec, RewardsSection
 
 PARTS = {"compbench_3in1": ("A", "S", "C", "T")}
+
+
+class RewardConfigError(UserError, ValueError):
+    """The rewards section does not describe a buildable reward."""
 
 
 def build_reward(cfg: RewardsSection) -> CombinedReward:
@@ -21,10 +26,10 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
     dpg_cfg, cb_cfg = DPGConfig(**cfg.dpg), CompBenchConfig(**cfg.compbench_3in1)
     if cfg.preset == "world":
         if cfg.backends:
-            raise ValueError("rewards.backends is only read with rewards.preset: custom (the world preset uses the "
+            raise RewardConfigError("rewards.backends is only read with rewards.preset: custom (the world preset uses the "
                              "world backends; rewards.world_similarity picks 3-in-1's C)")
         if cfg.world_clip_path is not None and cfg.world_similarity != "world-clip":
-            raise ValueError("rewards.world_clip_path is only read with rewards.world_similarity: world-clip")
+            raise RewardConfigError("rewards.world_clip_path is only read with rewards.world_similarity: world-clip")
         from sgalign.rewards import world_reward
         # C is 3-in-1's: without that member no C backend is built (no world-CLIP load, nothing in provenance)
         sim = cfg.world_similarity if "compbench_3in1" in cfg.members else "oracle"
@@ -33,13 +38,13 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
         members = [r for r in full.rewards if r.name in cfg.members]
         return CombinedReward(members)
     if cfg.world_similarity != "world-clip" or cfg.world_clip_path is not None:
-        raise ValueError("rewards.world_similarity / world_clip_path are only read with rewards.preset: world "
+        raise RewardConfigError("rewards.world_similarity / world_clip_path are only read with rewards.preset: world "
                          "(preset custom: set rewards.backends.similarity, e.g. {name: world-clip, path: DIR})")
     need = {"dpg": ("vqa",), "compbench_3in1": ("vqa", "detector", "similarity", "parser")}
     roles = sorted({r for m in cfg.members for r in need[m]})
     missing = [r for r in roles if r not in cfg.backends]
     if missing:
-        raise ValueError(f"rewards.backends: no backend for role(s) {missing} needed by members {cfg.members} "
+        raise RewardConfigError(f"rewards.backends: no backend for role(s) {missing} needed by members {cfg.members} "
                          "(e.g. rewards.backends.vqa: {name: blip-vqa, path: <local folder>})")
     b = {r: _backend(r, cfg.backends[r], cfg.policy) for r in roles}
     members: list[Any] = []
@@ -76,3 +81,35 @@ def score_batch(reward: CombinedReward, images: Sequence[Any], graphs: Sequence[
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+class UnscorableAnnotations(UserError):
+    """The configured reward cannot score the annotations' vocabulary (raised before any image is generated)."""
+
+
+REAL_BACKEND_KEYS = ("rewards.preset=custom", "rewards.backends.vqa.path (BLIP-VQA)",
+                     "rewards.backends.detector.path (OWL-ViT)", "rewards.backends.similarity.path (CLIP)",
+                     "rewards.backends.parser.path (spaCy)")
+
+
+def check_vocabulary(records: Sequence[Any], cfg: RewardsSection) -> None:
+    """Refuse annotations the reward cannot score. The world preset reads images with the shapes-world oracle,
+    which knows only the world's colours, sizes, shapes and six predicates: any other word (real LAION-SG's
+    "adjacent to", "snow") would fail every annotation after all its images were generated."""
+    if cfg.preset != "world":
+        return
+    from sgalign.world import rules
+    from sgalign.world.oracle import Phrase
+    bad = []
+    for rec in records:
+        words = [w for it in rec.items for w in Phrase.of_item(it.label, it.attributes).unknown]
+        words += [r.relation for r in rec.relations if r.relation not in rules.PREDICATES]
+        if words:
+            bad.append((rec.img_id, words))
+    if bad:
+        img_id, words = bad[0]
+        raise UnscorableAnnotations(
+            f"{len(bad)} of {len(records)} annotations use words the world reward (rewards.preset=world) cannot "
+            f"score, e.g. img_id {img_id}: {', '.join(repr(w) for w in dict.fromkeys(words))}; for real LAION-SG "
+            f"set {', '.join(REAL_BACKEND_KEYS)} to local weight folders (configs/build_pairs/laion_sg_sdxl.yaml "
+            "shows all of them)")

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from sgalign.errors import UserError
+
 BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
 
 
@@ -92,6 +94,10 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+class BuildMismatch(UserError, ValueError):
+    """An output folder holds a build with other settings."""
+
+
 def check_or_write_build(out: Path, build: dict[str, Any]) -> None:
     """First run: record ``build``; later runs (resume, other ranks): it must be identical."""
     p = out / BUILD_FILE
@@ -99,7 +105,7 @@ def check_or_write_build(out: Path, build: dict[str, Any]) -> None:
         old = json.loads(p.read_text(encoding="utf-8"))
         if old != json.loads(json.dumps(build)):
             diff = sorted(k for k in set(old) | set(build) if old.get(k) != json.loads(json.dumps(build)).get(k))
-            raise ValueError(f"{out} was started with other settings (differ: {diff}; see {p}); resume with the "
+            raise BuildMismatch(f"{out} was started with other settings (differ: {diff}; see {p}); resume with the "
                              "same config/input/model, or choose a new --out folder")
         return
     write_json_atomic(p, build)

@@ -13,6 +13,8 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .errors import UserError
+
 
 class ConfigModel(BaseModel):
     """Base of every config section: unknown or misspelt keys are rejected, values validated on assignment."""
@@ -20,8 +22,8 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config that does not validate (exit code 2 in every command)."""
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -64,10 +64,10 @@ def test_latent_cache_refused_with_random_flip():
 def test_cli_maps_arguments():
     _, cfg = parse(["--task", "t2i", "--method", "sft", "--set", "optimizer.lr=2e-6", "--resume", "latest"])
     assert (cfg.task, cfg.method.name, cfg.optimizer.lr, cfg.checkpointing.resume) == ("t2i", "sft", 2e-6, "latest")
-    assert cfg.model.path == "auto" and cfg.data.path == "auto"
+    assert cfg.model.path == "auto" and cfg.data.path is None  # None: build_pairs' default output
 
 
-def test_world_default_runs_with_only_task_and_labels_fallbacks(tmp_path, monkeypatch):
+def test_world_default_with_explicit_synthetic_data_labels_fallbacks(tmp_path, monkeypatch):
     import json
 
     import yaml
@@ -78,7 +78,7 @@ def test_world_default_runs_with_only_task_and_labels_fallbacks(tmp_path, monkey
     # as on a checkout without the shipped world SD1.5-SG: model.path=auto must fall back to a labelled random init
     monkeypatch.setattr(trainer_module, "world_model_path", lambda: tmp_path / "no-world-model")
     assert main(["--task", "t2i", "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.max_steps=2",
-                 "--set", "logging.tqdm=false"]) == 0
+                 "--set", "logging.tqdm=false", "--set", "data.path=synthetic"]) == 0
     resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
     assert resolved["model"]["random_init"] is True and "base-model-random-init" in resolved["model"]["path"]
     summary = json.loads((tmp_path / "summary.json").read_text())

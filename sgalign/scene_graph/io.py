@@ -16,10 +16,11 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
+from ..errors import UserError
 from .schema import LaionSGRecord
 
 
-class SplitFileError(ValueError):
+class SplitFileError(UserError, ValueError):
     """The file as a whole cannot be read as a LAION-SG split (not JSON, not an array)."""
 
 

@@ -24,6 +24,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set optimizer.lr=1e-6 (repeatable)")
     ap.add_argument("--resume", help="'latest' or a checkpoint folder (= checkpointing.resume)")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = ap.parse_args(argv)
     extra = [f"task={args.task}"]
     if args.method:
@@ -34,12 +35,27 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     return args, cfg
 
 
-def main(argv=None) -> int:
-    from .trainer import TrainingDiverged, train
+def next_command(task: str, run_dir: Path) -> str:
+    """The evaluate command for a finished run (evaluate.py picks the latest finished run under runs/train)."""
+    from .runs import TRAIN_ROOT, latest_finished_run
+    cmd = f"python scripts/evaluate.py --task {task}"
+    latest = latest_finished_run(task, TRAIN_ROOT)
+    same = latest is not None and latest.resolve() == run_dir.resolve()
+    return cmd if same else f"{cmd} --model {run_dir / 'final'}"
+
+
+def run(argv=None) -> int:
+    from .trainer import train
     _, cfg = parse(argv)
-    try:
-        train(cfg)
-    except TrainingDiverged as e:
-        print(f"error: training diverged: {e}", file=sys.stderr)
-        return 3
+    res = train(cfg)
+    final = res.run_dir / "final"
+    print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
+    if final.is_dir():
+        print(f"next: {next_command(cfg.task, res.run_dir)}")
     return 0
+
+
+def main(argv=None) -> int:
+    from ..errors import run_main
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: run(argv), debug=debug, prog="train")

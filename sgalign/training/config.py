@@ -40,8 +40,9 @@ class ModelConfig(ConfigModel):
 
 class DataConfig(ConfigModel):
     # candidate dataset (compositional) or Pick-a-Pic-format pairs (t2i): a save_to_disk folder, a .parquet file
-    # or a folder of .parquet/.arrow shards. "auto": a SYNTHETIC placeholder dataset written into the run dir.
-    path: str = "auto"
+    # or a folder of .parquet/.arrow shards. None: build_pairs' default output of the task (runs/pairs/laion-sg,
+    # runs/pairs/pickapic; refused when missing). "synthetic": a SYNTHETIC placeholder dataset in the run dir.
+    path: str | None = None
     batch_size: int = 1  # pairs per process per micro-batch
     resolution: int | None = None  # pixels; None: the UNet's sample_size x VAE factor
     center_crop: bool = True  # official default (random crop with --random_crop)
@@ -53,7 +54,15 @@ class DataConfig(ConfigModel):
     margin: float = 0.0  # compositional: reward gap a pair needs
     pair_mode: Literal["one-per-annotation", "all-pairs"] = "one-per-annotation"
     score_columns: list[str] | None = None  # t2i: [score_0, score_1] columns (e.g. PickScore), else none
-    synthetic_rows: int = 8  # size of the "auto" placeholder dataset
+    synthetic_rows: int = 8  # size of the "synthetic" placeholder dataset
+
+    @field_validator("path")
+    @classmethod
+    def _no_auto(cls, v: str | None) -> str | None:
+        if v == "auto":  # it used to mean silent synthetic data
+            raise ValueError("data.path=auto is gone: leave it unset (null) for build_pairs' default output, or set "
+                             "data.path=synthetic for random placeholder data")
+        return v
 
     @model_validator(mode="after")
     def _caching(self) -> "DataConfig":
@@ -122,7 +131,7 @@ class OptimizerConfig(ConfigModel):
 
 
 class TrainerConfig(ConfigModel):
-    output_dir: str = "runs/train"
+    output_dir: str | None = None  # None: runs/train/<task>-<method> (sgalign.training.runs.default_output_dir)
     seed: int = 0
     max_steps: int = 2000  # optimizer steps
     gradient_accumulation_steps: int = 1

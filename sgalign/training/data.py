@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..scene_graph import LaionSGRecord, SceneGraph
 from .pair_sampler import DynamicPairSampler
 
@@ -51,22 +52,30 @@ def candidate_features(score_components: list[str]):
                      "reward": List(Value("float64")), "provenance": Value("string")})
 
 
+class DatasetNotFound(UserError, FileNotFoundError):
+    pass
+
+
+class DatasetNotFinished(UserError, ValueError):
+    pass
+
+
 def load_table(path: str | Path):
     """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards."""
     import datasets
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"dataset not found: {p} (a save_to_disk folder, a .parquet file or a folder of "
+        raise DatasetNotFound(f"dataset not found: {p} (a save_to_disk folder, a .parquet file or a folder of "
                                 ".parquet/.arrow shards)")
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
         return datasets.load_from_disk(str(p))
     if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
         # a build_pairs folder whose build has not finished: training on it would silently use part of the data
-        raise ValueError(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
+        raise DatasetNotFinished(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
                          "build_pairs command to complete it")
     files = [p] if p.is_file() else sorted([*p.glob("*.parquet"), *p.glob("*.arrow")])
     if not files:
-        raise FileNotFoundError(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
+        raise DatasetNotFound(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
     kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
     return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
 

@@ -28,10 +28,13 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, world_model_path
+from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+
+    exit_code = 3  # sgalign.errors.EXIT_DIVERGED
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         self.cfg = cfg
+        if cfg.data.path != SYNTHETIC:  # before any folder or model exists: a missing dataset leaves no trace
+            cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
+        if cfg.trainer.output_dir is None:
+            cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
         self.run_dir = Path(cfg.trainer.output_dir)
         tb = cfg.logging.tensorboard
         if tb == "auto":
@@ -74,6 +81,9 @@ class Trainer:
         self.notes: list[str] = []
         self._resolve_model_path()
         self._resolve_data_path()
+        self.finished = self._claim_run()
+        if self.finished is not None:  # the same run already finished here: nothing to do
+            return
         self._build_models()
         self._build_data()
         self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
@@ -113,9 +123,34 @@ class Trainer:
         self.notes.append(note)
         self._log(f"[sgalign] {note}")
 
+    def _claim_run(self) -> dict[str, Any] | None:
+        """Record this run's identity in run.json; the stored summary when the same run already finished here,
+        else None (a same-run folder with checkpoints resumes from the latest one)."""
+        from ..hashing import folder_sha256
+        base_sha = folder_sha256(self.cfg.model.path)
+        data_id = None if self.cfg.data.path is None else dataset_id(self.cfg.data.path)
+        run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha, data_id)
+        old = read_run(self.run_dir)
+        if old is not None and old.get("run_id") == run_id and old.get("finished") \
+                and (self.run_dir / "summary.json").is_file():
+            self._log(f"[sgalign] {self.run_dir}: this run already finished (run_id {run_id}); skipped")
+            return json.loads((self.run_dir / "summary.json").read_text())
+        if old is not None and old.get("run_id") == run_id and not self.cfg.checkpointing.resume \
+                and latest_checkpoint(self.run_dir) is not None:
+            self.cfg.checkpointing.resume = "latest"  # a rerun continues where the killed one stopped
+            self._log(f"[sgalign] {self.run_dir}: unfinished run {run_id}; resuming from its latest checkpoint")
+        self.record = {"run_id": run_id, "task": self.cfg.task, "method": self.cfg.method.name,
+                       "base_model": {"path": str(self.cfg.model.path), "sha256": base_sha,
+                                      "random_init": self.cfg.model.random_init},
+                       "dataset": {"path": str(self.cfg.data.path), "dataset_id": data_id},
+                       "finished": False}
+        if self.acc.is_main_process:
+            write_run(self.run_dir, self.record)
+        return None
+
     def _resolve_data_path(self) -> None:
         d = self.cfg.data
-        if d.path != "auto":
+        if d.path != SYNTHETIC:
             return
         from .synthetic import write_candidate_dataset, write_pickapic
         res = d.resolution or 16
@@ -129,7 +164,7 @@ class Trainer:
                 write_pickapic(out, rows=d.synthetic_rows, size=res, seed=self.cfg.trainer.seed, scores=True)
         self.acc.wait_for_everyone()
         d.path = str(out)
-        note = f"SYNTHETIC placeholder data (random images and rewards) written to {out}: no dataset configured"
+        note = f"SYNTHETIC placeholder data (random images and rewards) written to {out}: data.path=synthetic"
         self.notes.append(note)
         self._log(f"[sgalign] {note}")
 
@@ -377,9 +412,10 @@ class Trainer:
             self.resume(cfg.checkpointing.resume)
         A = cfg.trainer.gradient_accumulation_steps
         bar = None
-        if cfg.logging.tqdm and acc.is_main_process:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.trainer.max_steps, initial=self.step, desc=f"{cfg.method.name}/{cfg.task}")
+        if acc.is_main_process:
+            from ..progress import progress
+            bar = progress(cfg.trainer.max_steps, desc=f"{cfg.method.name}/{cfg.task}", unit="step",
+                           initial=self.step, enabled=cfg.logging.tqdm)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0, pairs0, last = time.perf_counter(), self.pairs, None
@@ -429,6 +465,11 @@ class Trainer:
         if bar is not None:
             bar.close()
         summary = self._summary(hist, prov, time.perf_counter() - t0)
+        if acc.is_main_process:
+            self.record.update(finished=True, finished_at=time.time(), steps=self.step)
+            write_run(self.run_dir, self.record)
+            if cfg.checkpointing.final_pipeline:
+                write_run(self.run_dir / "final", self.record)  # final/ chains to its run when moved alone
         acc.end_training()
         return TrainResult(self.run_dir, self.step, last, summary)
 
@@ -453,4 +494,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    return Trainer(cfg).train()
+    t = Trainer(cfg)
+    if t.finished is not None:
+        return TrainResult(t.run_dir, t.finished.get("steps", 0), latest_checkpoint(t.run_dir), t.finished)
+    return t.train()

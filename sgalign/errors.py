@@ -1,0 +1,39 @@
+"""One exit-code scheme for every command: ``UserError`` (bad input or config: exit 2) is raised by the library
+with a one-line message naming the file, field or component and what to do; scripts map it (and ``ConfigError``,
+a ``UserError``) to exit 2, a diverged run to 3, anything else to 1 (a failure during work)."""
+from __future__ import annotations
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+class UserError(Exception):
+    """Bad input or configuration: the message says what is wrong and what to do (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def run_main(fn, debug: bool = False, prog: str = "") -> int:
+    """Call ``fn()`` (returns an exit code or None) under the scheme: a ``UserError`` prints one line and returns
+    2, an exception with an ``exit_code`` attribute (a diverged run: 3) prints one line and returns that code, any
+    other exception prints one line and returns 1. ``debug``: exceptions propagate (tracebacks are for bugs)."""
+    import sys
+
+    from .progress import quiet_library_bars
+    quiet_library_bars()
+    head = f"{prog}: " if prog else ""
+    try:
+        rc = fn()
+        return EXIT_OK if rc is None else int(rc)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        code = getattr(e, "exit_code", None)
+        if isinstance(e, UserError) or code is not None:
+            print(f"{head}error: {e}", file=sys.stderr)
+            return int(code if code is not None else EXIT_USAGE)
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"{head}error: {type(e).__name__}: {msg} (failed during the work; rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_FAILURE
