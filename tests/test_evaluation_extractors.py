@@ -352,3 +352,20 @@ def test_encode_image_inputs(tmp_path):
         encode_image(b"GIF89a....")
     with pytest.raises(FileNotFoundError, match="extractor image not found"):
         encode_image(tmp_path / "missing.png")
+
+
+def test_cache_key_is_image_bytes_plus_extractor_settings(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    img = np.zeros((8, 8, 3), np.uint8)
+    other = img.copy()
+    other[0, 0, 0] = 1
+    ex = ChatCompletionsExtractor("gpt-4o")
+    key = ex.cache_key(img, desert_house())
+    assert key == ChatCompletionsExtractor("gpt-4o").cache_key(img.copy(), desert_house())  # content, not identity
+    assert KEY not in key
+    differing = [ex.cache_key(other, desert_house()),  # one pixel
+                 ChatCompletionsExtractor("gpt-4o-mini").cache_key(img, desert_house()),  # model
+                 ChatCompletionsExtractor("gpt-4o", paper=True).cache_key(img, desert_house()),  # prompt mode
+                 ChatCompletionsExtractor("gpt-4o", temperature=0.0).cache_key(img, desert_house()),
+                 ex.cache_key(img, Vocabulary(("house",), ("near",)))]  # vocabulary
+    assert len({key, *differing}) == 6
