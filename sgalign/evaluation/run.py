@@ -607,8 +607,10 @@ def _publish(stage: Path, out: Path, only_caches: bool = False) -> None:
 
 
 def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None = None,
-             baseline: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
+             baseline: str | Path | None = None, command: str | None = None,
+             chain: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the protocol on ``model`` (and ``baseline``); write ``out/results.json`` and ``out/images/*.npz``.
+    ``chain``: the training run's ids (run, dataset, base model hash), recorded as ``provenance.chain``.
 
     The run writes into a fresh staging folder next to ``out`` and replaces what the previous run owned in
     ``out`` only when it finishes. Too many failed extractions (``TooManyExtractionFailures``) still replace it,
@@ -623,7 +625,7 @@ def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None =
     for cache in sorted(out.glob(CACHE_GLOB)) if out.is_dir() else []:
         shutil.copy2(cache, stage / cache.name)
     try:
-        results = _evaluate_in(model, stage, protocol, baseline, command)
+        results = _evaluate_in(model, stage, protocol, baseline, command, chain)
     except TooManyExtractionFailures as e:
         shutil.rmtree(stage / "images", ignore_errors=True)
         write_json_atomic(stage / FAILURE_NAME, {
@@ -639,7 +641,7 @@ def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None =
 
 
 def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, baseline: str | Path | None,
-                 command: str | None) -> dict[str, Any]:
+                 command: str | None, chain: dict[str, Any] | None) -> dict[str, Any]:
     """``evaluate``'s work, every file written into ``out`` (the staging folder)."""
     import diffusers
     import transformers
@@ -690,6 +692,9 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
                  "transformers": transformers.__version__, "machine": _machine(), "timing": timing,
                  "command": command})
     prov["fallbacks"] = list(dict.fromkeys(prov["fallbacks"]))
+    if chain is not None:
+        base = prov["models"].get("baseline", {}).get("sha256")
+        prov["chain"] = {**chain, "baseline_is_base_model": base == chain.get("base_model_sha256")}
     results = {
         "version": RESULTS_VERSION, "task": protocol.task,
         "protocol": protocol.model_dump(mode="json"), "resolved": resolved,
