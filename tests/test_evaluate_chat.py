@@ -115,10 +115,12 @@ def test_unreachable_endpoint_fails_the_run_without_a_headline_number(tmp_path, 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import evaluate as cli
 
-    args = ["--task", "compositional", "--model", str(model), "--out", str(out)]
+    fresh = tmp_path / "out2"
+    args = ["--task", "compositional", "--model", str(model), "--out", str(fresh)]
     for kv in _sets("SGALIGN_DEAD_URL"):
         args += ["--set", kv]
-    assert cli.main(args) != 0 and not (out / "results.json").exists()
+    assert cli.main(args) != 0
+    assert (fresh / "failure.json").is_file() and not (fresh / "results.json").exists()
 
 
 def test_reused_out_folder_keeps_no_stale_files(server, tmp_path):
