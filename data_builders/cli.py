@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sgalign.config import load_config
 from sgalign.errors import UserError, run_main
+from sgalign.outdir import refuse_inputs
 
 from .config import DEFAULT_OUT, WORLD_ANNOTATIONS, BuildPairsConfig
 
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. --set generation.k=4 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="--out holds another build: delete its contents and start clean (one process only)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap.parse_args(argv)
 
@@ -85,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard "
                             "folder; the world's: python -m sgalign.world pickapic --n 2000 --out runs/world-pickapic)")
         from .pickapic import import_pickapic
-        summary = import_pickapic(args.input, cfg.pickapic, out, progress=progress)
+        refuse_inputs({"--out": out}, {"--input": args.input}, emptied=args.overwrite)
+        summary = import_pickapic(args.input, cfg.pickapic, out, progress=progress, overwrite=args.overwrite)
     else:
         from .laion_sg import build_candidates, plan_annotations
+        annotations = cfg.annotations.path or WORLD_ANNOTATIONS if cfg.source == "laion-sg" else None
+        refuse_inputs({"--out": out}, {"--annotations": annotations, "--model": cfg.model.path,
+                                       "model.sg_encoder": cfg.model.sg_encoder}, emptied=args.overwrite)
         if cfg.source == "laion-sg":
-            plan = plan_annotations(cfg.annotations.path or WORLD_ANNOTATIONS, limit=cfg.annotations.limit)
+            plan = plan_annotations(annotations, limit=cfg.annotations.limit)
         else:
             from .shapes import plan_world
             plan = plan_world(cfg.world)
-        summary = build_candidates(plan, cfg, out, progress=progress)
+        summary = build_candidates(plan, cfg, out, progress=progress, overwrite=args.overwrite)
     if summary is None:  # other processes' shards still running: the last one to finish prints the summary
         return 0
     print(f"data: {out} (dataset_id {summary['dataset_id']})")

@@ -108,8 +108,8 @@ def resolve_model_path(model: ModelSection) -> Path:
                             "yet; pass --model FOLDER (an SD1.5-SG / SDXL-SG folder, e.g. from scripts/make_tiny.py)")
 
 
-def load_pipeline(model: ModelSection):
-    """The base SG pipeline and what identifies it (content hash, random-init flag)."""
+def load_pipeline(model: ModelSection, sha256: str | None = None):
+    """The base SG pipeline and what identifies it (content hash, random-init flag; ``sha256``: already known)."""
     import torch
 
     from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
@@ -125,7 +125,7 @@ def load_pipeline(model: ModelSection):
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     index = json.loads((path / "model_index.json").read_text())
-    info = {"name": path.name, "arch": model.arch, "sha256": sh.folder_sha256(path),
+    info = {"name": path.name, "arch": model.arch, "sha256": sha256 or sh.folder_sha256(path),
             "random_init": "_sgalign_random_init" in index, "sg_encoder": model.sg_encoder,
             "torch_dtype": model.torch_dtype}
     return pipe, info
@@ -141,10 +141,11 @@ def _png(image) -> bytes:
 class CandidateBuilder:
     """Generates and scores the rows of shards. ``pipe`` / ``reward`` may be passed in (tests, benchmarks)."""
 
-    def __init__(self, cfg: BuildPairsConfig, pipe=None, model_info: dict[str, Any] | None = None, reward=None):
+    def __init__(self, cfg: BuildPairsConfig, pipe=None, model_info: dict[str, Any] | None = None, reward=None,
+                 model_sha256: str | None = None):
         self.cfg = cfg
         if pipe is None:
-            pipe, model_info = load_pipeline(cfg.model)
+            pipe, model_info = load_pipeline(cfg.model, model_sha256)
         self.pipe, self.model_info = pipe, model_info or {"name": type(pipe).__name__, "sha256": None}
         self.reward = reward if reward is not None else build_reward(cfg.rewards)
         self.columns = score_columns(self.reward)
@@ -245,32 +246,38 @@ def _staged(stage: str, fn, *args):
 
 def build_candidates(plan: AnnotationPlan, cfg: BuildPairsConfig, out: str | os.PathLike[str], *,
                      builder: CandidateBuilder | None = None, rank: int | None = None, world_size: int | None = None,
-                     progress: bool = True, log=print) -> dict[str, Any] | None:
+                     progress: bool = True, log=print, overwrite: bool = False) -> dict[str, Any] | None:
     """Build this process's unfinished shards of ``plan`` into ``out``; when every shard is finished, write the
-    index, summary and rejects and return the summary (else None)."""
+    index, summary and rejects and return the summary (else None). ``out`` holds one build (``build.json``):
+    another build's folder is refused unless ``overwrite`` (then emptied); each rank holds a lock on it while it
+    works, so a second process of the same rank stops at once. Raises ``BuildFailed`` (after writing the summary
+    and rejects, without an index) when nothing was built or more than ``max_failed_share`` failed."""
     import torch
 
-    t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if rank is None or world_size is None:
         rank, world_size = sh.rank_and_world()
+    check_vocabulary(plan.records, cfg.rewards)  # before any model load or image
+    with sh.owned(out, "build_pairs", rank, world_size):
+        return _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, torch)
+
+
+def _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, torch) -> dict[str, Any] | None:
+    t0 = time.perf_counter()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    check_vocabulary(plan.records, cfg.rewards)  # before any model load or image
     per = cfg.shards.annotations_per_shard
     num_shards = -(-len(plan.records) // per)
-    todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
     model_hash = builder.model_info.get("sha256") if builder else None
-    if todo and builder is None:
-        builder = CandidateBuilder(cfg)
-        model_hash = builder.model_info["sha256"]
-    if model_hash is None:  # nothing to build here: identify the model by hash without loading it
+    if model_hash is None:
         model_hash = sh.folder_sha256(resolve_model_path(cfg.model))
     sh.check_or_write_build(out, {"format": "sgalign-candidate-dataset", "builder_version": BUILDER_VERSION,
                                   "input": plan.input, "config": cfg.fingerprint(), "model_sha256": model_hash,
                                   "num_annotations": len(plan.records), "annotations_per_shard": per,
-                                  "num_shards": num_shards})
+                                  "num_shards": num_shards}, overwrite=overwrite, world_size=world_size)
+    todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
+    if todo and builder is None:
+        builder = CandidateBuilder(cfg, model_sha256=model_hash)
     n_todo = sum(len(plan.records[i * per:(i + 1) * per]) for i in todo)
     if todo:
         from sgalign.progress import progress as progress_bar

@@ -127,14 +127,18 @@ def output_features(input_features, cfg: PickapicSection):
 
 def import_pickapic(path: str | os.PathLike[str], cfg: PickapicSection, out: str | os.PathLike[str], *,
                     similarity=None, rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                    log=print) -> dict[str, Any] | None:
+                    log=print, overwrite: bool = False) -> dict[str, Any] | None:
     """Convert this process's unfinished shards; when all are finished write index/summary/rejects and return the
-    summary (else None)."""
-    t0 = time.perf_counter()
+    summary (else None). One build per folder, one process per rank at a time (``build_candidates``)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if rank is None or world_size is None:
         rank, world_size = sh.rank_and_world()
+    with sh.owned(out, "build_pairs", rank, world_size):
+        return _import(path, cfg, out, similarity, rank, world_size, progress, log, overwrite)
+
+
+def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwrite) -> dict[str, Any] | None:
+    t0 = time.perf_counter()
     ds = read_pickapic(path)
     per = cfg.rows_per_shard
     num_shards = -(-len(ds) // per)
@@ -142,7 +146,7 @@ def import_pickapic(path: str | os.PathLike[str], cfg: PickapicSection, out: str
     sh.check_or_write_build(out, {"format": "sgalign-pickapic-pairs", "builder_version": BUILDER_VERSION,
                                   "input": {"name": Path(path).name, "rows": len(ds),
                                             "fingerprint": getattr(ds, "_fingerprint", None)},
-                                  "config": fp, "num_shards": num_shards})
+                                  "config": fp, "num_shards": num_shards}, overwrite=overwrite, world_size=world_size)
     todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
     if todo and similarity is None and cfg.relabel is not None:
         similarity = build_similarity(cfg)

@@ -10,12 +10,13 @@ absent or complete. A shard is finished when its parquet file AND its manifest e
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sgalign.errors import UserError
 
@@ -98,17 +99,40 @@ class BuildMismatch(UserError, ValueError):
     """An output folder holds a build with other settings."""
 
 
-def check_or_write_build(out: Path, build: dict[str, Any]) -> None:
-    """First run: record ``build``; later runs (resume, other ranks): it must be identical."""
+def check_or_write_build(out: Path, build: dict[str, Any], overwrite: bool = False, world_size: int = 1) -> None:
+    """First run: record ``build``; later runs (resume, other ranks): it must be identical. A folder of another
+    build, or with other files and no ``build.json``, is refused unless ``overwrite`` (one process only), which
+    empties it first."""
+    from sgalign.outdir import empty
     p = out / BUILD_FILE
+    want = json.loads(json.dumps(build))
     if p.is_file():
         old = json.loads(p.read_text(encoding="utf-8"))
-        if old != json.loads(json.dumps(build)):
-            diff = sorted(k for k in set(old) | set(build) if old.get(k) != json.loads(json.dumps(build)).get(k))
-            raise BuildMismatch(f"{out} was started with other settings (differ: {diff}; see {p}); resume with the "
-                             "same config/input/model, or choose a new --out folder")
+        if old == want:
+            return
+        diff = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))
+        problem = f"{out} holds a build with other settings (differ: {diff}; see {p})"
+    elif [c for c in out.iterdir() if not c.name.startswith(".lock")]:
+        problem = f"{out} holds files that are not a build_pairs build (no {BUILD_FILE})"
+    else:
+        write_json_atomic(p, build)
         return
+    if not overwrite:
+        raise BuildMismatch(f"{problem}: rerun with the same config/input/model to resume it, choose another --out, "
+                            "or pass --overwrite to delete its contents and start clean")
+    if world_size > 1:
+        raise BuildMismatch(f"{problem}: --overwrite empties the folder, which is only safe with one process; "
+                            "delete it by hand or choose another --out")
+    empty(out)
     write_json_atomic(p, build)
+
+
+@contextlib.contextmanager
+def owned(out: Path, what: str, rank: int, world_size: int) -> Iterator[None]:
+    """This rank's exclusive lock on ``out`` (ranks of one launch build disjoint shards side by side)."""
+    from sgalign.outdir import locked
+    with locked(out, what, suffix=f"-rank{rank}-of-{world_size}"):
+        yield
 
 
 def remove_stale_temps(out: Path) -> int:

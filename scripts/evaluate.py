@@ -31,25 +31,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="protocol override, e.g. --set sampling.steps=25 (repeatable)")
     ap.add_argument("--out", default=None, help="output folder (default: runs/eval/<run folder name>)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="--out holds another evaluation: delete its contents and start clean")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap.parse_args(argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from sgalign.evaluation.protocol import load_protocol
-    from sgalign.evaluation.report import write_report
-    from sgalign.evaluation.run import evaluate, failure_summary
-    from sgalign.training.runs import evaluation_plan, evaluation_summary
+    from sgalign.commands import evaluate_command
+    from sgalign.evaluation.run import failure_summary
+    from sgalign.training.runs import evaluation_summary
 
-    plan = evaluation_plan(args.task, args.model, args.baseline, args.out, args.config)
-    protocol = load_protocol(plan["config"], args.overrides, task=args.task)
     command = "python scripts/evaluate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                   else sys.argv[1:]))
-    print(f"evaluating {plan['model']} vs {plan['baseline'] or 'no baseline'} ({Path(plan['config']).name}) "
-          f"-> {plan['out']}")
-    results = evaluate(plan["model"], plan["out"], protocol, baseline=plan["baseline"], command=command,
-                       chain=plan["chain"])
-    paths = write_report(plan["out"], results)
+    r = evaluate_command(args.task, args.model, args.baseline, args.out, args.config, args.overrides,
+                         overwrite=args.overwrite, command=command)
+    plan, results, paths = r["plan"], r["results"], r["paths"]
+    print(f"{'skipped (already evaluated)' if r['skipped'] else 'evaluated'}: {plan['model']} vs "
+          f"{plan['baseline'] or 'no baseline'} ({Path(plan['config']).name}) -> {plan['out']}")
     for f in results["provenance"]["fallbacks"]:
         print(f"FALLBACK: {f}")
     print("; ".join(x for x in (evaluation_summary(results), failure_summary(results)) if x))

@@ -24,6 +24,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set optimizer.lr=1e-6 (repeatable)")
     ap.add_argument("--resume", help="'latest' or a checkpoint folder (= checkpointing.resume)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="trainer.output_dir holds another run: delete its contents and start clean")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = ap.parse_args(argv)
     extra = [f"task={args.task}"]
@@ -46,8 +48,8 @@ def next_command(task: str, run_dir: Path) -> str:
 
 def run(argv=None) -> int:
     from .trainer import train
-    _, cfg = parse(argv)
-    res = train(cfg)
+    args, cfg = parse(argv)
+    res = train(cfg, overwrite=args.overwrite)
     final = res.run_dir / "final"
     print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
     if final.is_dir():

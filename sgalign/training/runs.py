@@ -8,7 +8,6 @@ hash and the dataset's id in place of their paths), ``task``, ``method``, ``base
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +82,13 @@ def run_identity(config: dict[str, Any], base_sha256: str, data_id: str | None) 
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(run_dir) / RUN_FILE
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    from ..outdir import read_record
+    return read_record(run_dir)
 
 
 def write_run(run_dir: str | Path, record: dict[str, Any]) -> None:
-    p = Path(run_dir) / RUN_FILE
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    from ..outdir import write_record
+    write_record(run_dir, record)
 
 
 def latest_finished_run(task: str, root: str | Path = TRAIN_ROOT) -> Path | None:
@@ -100,7 +97,7 @@ def latest_finished_run(task: str, root: str | Path = TRAIN_ROOT) -> Path | None
     for rec_path in Path(root).glob(f"*/{RUN_FILE}"):
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
         run = rec_path.parent
-        if rec.get("task") == task and rec.get("finished") and (run / "final" / "model_index.json").is_file():
+        if rec.get("kind", "train") == "train" and rec.get("task") == task and rec.get("finished") and (run / "final" / "model_index.json").is_file():
             key = rec.get("finished_at", 0.0)
             if best is None or key > best[0]:
                 best = (key, run)

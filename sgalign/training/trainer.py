@@ -28,6 +28,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, world_model_path
+from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
 from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
 
 
@@ -58,7 +59,7 @@ def _micro_seed(seed: int, index: int) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, overwrite: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -77,13 +78,21 @@ class Trainer:
                                log_with="tensorboard" if tb == "on" else None,
                                project_config=ProjectConfiguration(project_dir=str(self.run_dir),
                                                                    logging_dir=str(self.run_dir / "logs")))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.notes: list[str] = []
-        self._resolve_model_path()
-        self._resolve_data_path()
-        self.finished = self._claim_run()
+        self.finished = self._claim_run(overwrite)  # before anything is written into the run folder
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.finished is not None:  # the same run already finished here: nothing to do
             return
+        self._resolve_model_path()
+        self._resolve_data_path()
+        self.record["base_model"].update(path=str(cfg.model.path), random_init=cfg.model.random_init)
+        if self.record["base_model"]["sha256"] is None:  # the random-init fallback exists only now
+            from ..hashing import folder_sha256
+            self.record["base_model"]["sha256"] = folder_sha256(cfg.model.path)
+        self.record["dataset"]["path"] = str(cfg.data.path)
+        if self.acc.is_main_process:
+            write_run(self.run_dir, self.record)
+        self.acc.wait_for_everyone()
         self._build_models()
         self._build_data()
         self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
@@ -123,29 +132,39 @@ class Trainer:
         self.notes.append(note)
         self._log(f"[sgalign] {note}")
 
-    def _claim_run(self) -> dict[str, Any] | None:
-        """Record this run's identity in run.json; the stored summary when the same run already finished here,
-        else None (a same-run folder with checkpoints resumes from the latest one)."""
+    def _claim_run(self, overwrite: bool) -> dict[str, Any] | None:
+        """One folder, one run: identify this run (resolved config minus resume-neutral keys, base model and data
+        by content); the stored summary when the same run already finished here, else None after claiming the
+        folder (same unfinished run with checkpoints: resume from the latest; another run's folder: refused, or
+        emptied with ``overwrite``)."""
         from ..hashing import folder_sha256
-        base_sha = folder_sha256(self.cfg.model.path)
-        data_id = None if self.cfg.data.path is None else dataset_id(self.cfg.data.path)
-        run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha, data_id)
+        m, d = self.cfg.model, self.cfg.data
+        base = m.path if m.path != "auto" else (world_model_path() if (world_model_path() / "model_index.json")
+                                                 .exists() else None)
+        base_sha = folder_sha256(base) if base is not None else None  # None: random-init fallback (by config)
+        data_id = None if d.path == SYNTHETIC else dataset_id(d.path)
+        run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha or "random-init", data_id)
+        refuse_inputs({"trainer.output_dir": self.run_dir}, {"model.path": base, "data.path": d.path,
+                                                              "model.unet_init": m.unet_init},
+                      emptied=True)  # final/ is replaced and --overwrite empties the folder
+        state = check_claim(self.run_dir, "train", run_id, "trainer.output_dir", overwrite)
         old = read_run(self.run_dir)
-        if old is not None and old.get("run_id") == run_id and old.get("finished") \
-                and (self.run_dir / "summary.json").is_file():
+        if state == "same" and old.get("finished") and (self.run_dir / "summary.json").is_file():
             self._log(f"[sgalign] {self.run_dir}: this run already finished (run_id {run_id}); skipped")
             return json.loads((self.run_dir / "summary.json").read_text())
-        if old is not None and old.get("run_id") == run_id and not self.cfg.checkpointing.resume \
-                and latest_checkpoint(self.run_dir) is not None:
+        if state == "same" and not self.cfg.checkpointing.resume and latest_checkpoint(self.run_dir) is not None:
             self.cfg.checkpointing.resume = "latest"  # a rerun continues where the killed one stopped
             self._log(f"[sgalign] {self.run_dir}: unfinished run {run_id}; resuming from its latest checkpoint")
-        self.record = {"run_id": run_id, "task": self.cfg.task, "method": self.cfg.method.name,
-                       "base_model": {"path": str(self.cfg.model.path), "sha256": base_sha,
-                                      "random_init": self.cfg.model.random_init},
-                       "dataset": {"path": str(self.cfg.data.path), "dataset_id": data_id},
-                       "finished": False}
+        self.acc.wait_for_everyone()  # every process decided on the folder as it was
+        if state == "overwrite" and self.acc.is_main_process:
+            self._log(f"[sgalign] --overwrite: emptying {self.run_dir} (it held another run)")
+            empty(self.run_dir)
+        self.record = {"kind": "train", "run_id": run_id, "task": self.cfg.task, "method": self.cfg.method.name,
+                       "base_model": {"path": str(base), "sha256": base_sha, "random_init": base is None},
+                       "dataset": {"path": str(d.path), "dataset_id": data_id}, "finished": False}
         if self.acc.is_main_process:
-            write_run(self.run_dir, self.record)
+            write_record(self.run_dir, self.record)
+        self.acc.wait_for_everyone()
         return None
 
     def _resolve_data_path(self) -> None:
@@ -384,9 +403,13 @@ class Trainer:
     # ---- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "micro": self.micro, "pairs": self.pairs, "stream": self.stream.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "method": self.cfg.method.name}
+                "scheduler": self.scheduler.state_dict(), "method": self.cfg.method.name,
+                "run_id": self.record["run_id"]}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
+        if s.get("run_id", self.record["run_id"]) != self.record["run_id"]:
+            raise RunMismatch(f"checkpoint of run {s['run_id']}, not of this run ({self.record['run_id']}): resume "
+                              "only with the settings it was saved with")
         self.step, self.micro, self.pairs = s["step"], s["micro"], s["pairs"]
         self.stream.load_state_dict(s["stream"])
         self.scheduler.load_state_dict(s["scheduler"])
@@ -493,8 +516,25 @@ class Trainer:
         return s
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    t = Trainer(cfg)
+def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` (``overwrite``: empty an output folder that holds another run). The main process holds the
+    run folder's lock throughout, so a second trainer into the same folder stops at once."""
+    import contextlib
+    import os
+
+    from ..outdir import locked
+    if cfg.data.path != SYNTHETIC:  # a missing dataset is refused before the run folder exists
+        cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
+    if cfg.trainer.output_dir is None:
+        cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
+    lock = locked(cfg.trainer.output_dir, "train.py") if int(os.environ.get("RANK", "0")) == 0 \
+        else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, overwrite)
+
+
+def _train(cfg: TrainConfig, overwrite: bool) -> TrainResult:
+    t = Trainer(cfg, overwrite)
     if t.finished is not None:
         return TrainResult(t.run_dir, t.finished.get("steps", 0), latest_checkpoint(t.run_dir), t.finished)
     return t.train()
