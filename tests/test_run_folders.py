@@ -96,3 +96,26 @@ def test_evaluate_refuses_another_evaluations_folder(tmp_path):
     (out / "results.json").write_text("{}")
     rc = evaluate_main()(["--task", "compositional", "--model", str(WORLD_MODEL), "--out", str(out)])
     assert rc == 2 and (out / "results.json").read_text() == "{}"
+
+
+def test_resume_after_a_kill_leaves_one_row_per_step_and_summarises_the_run(tmp_path):
+    """Issue 16 item 2: killed after logging step 3 with the last checkpoint at step 2, then rerun."""
+    import shutil
+    run = tmp_path / "run"
+    args = [*TRAIN, "--set", f"trainer.output_dir={run}", "--set", "trainer.max_steps=3",
+            "--set", "checkpointing.every=2"]
+    assert train_cli.main(args) == 0
+    whole = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # as the kill left it: step 3 logged, its checkpoint, summary and the finished mark not yet written
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    (run / "summary.json").unlink()
+    rec = json.loads((run / "run.json").read_text())
+    write_record(run, {**rec, "finished": False})
+    with open(run / "metrics.jsonl", "a") as f:  # and a row of a step the killed process got no further than
+        f.write(json.dumps({**whole[-1], "step": 4, "loss": 123.0}) + "\n")
+    assert train_cli.main(args) == 0  # resumes from step 2 by itself
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == whole[:2] and rows[2]["loss"] == pytest.approx(whole[2]["loss"], abs=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["final_loss"] == pytest.approx(rows[-1]["loss"])  # tail of the run

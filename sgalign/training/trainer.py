@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,6 +421,21 @@ class Trainer:
             prune_checkpoints(self.run_dir, self.cfg.checkpointing.keep, self.acc)
         return path
 
+    def _metrics_up_to(self, step: int) -> list[dict[str, float]]:
+        """Cut ``metrics.jsonl`` back to the rows of steps <= ``step`` (rows a killed process logged after its last
+        checkpoint are redone by this one and would appear twice) and return them."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = []
+        if path.is_file():
+            rows = [r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())
+                    if r["step"] <= step]
+        if self.acc.is_main_process and path.is_file():
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+        self.acc.wait_for_everyone()
+        return [{k: v for k, v in r.items() if k != "step"} for r in rows]
+
     def resume(self, spec: str) -> None:
         path = latest_checkpoint(self.run_dir) if spec == "latest" else Path(spec)
         if path is None:
@@ -442,7 +458,7 @@ class Trainer:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0, pairs0, last = time.perf_counter(), self.pairs, None
-        hist: list[dict[str, float]] = []
+        hist = self._metrics_up_to(self.step)  # the run so far: summaries cover it, not just this process
         prov: dict[str, Any] = {}
         while self.step < cfg.trainer.max_steps:
             logs: dict[str, float] = {}
