@@ -590,7 +590,10 @@ def _owned(folder: Path) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _publish(stage: Path, out: Path, only_caches: bool = False) -> None:
