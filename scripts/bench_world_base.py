@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/bench_world_base")
     ap.add_argument("--results-md", default=str(REPO / "docs" / "RESULTS.md"), help="'' to skip")
+    ap.add_argument("--section", default="World base model", help="the RESULTS.md section this run (re)writes")
     ap.add_argument("--machine-shared", action="store_true", help="record that other jobs shared the machine")
+    ap.add_argument("--gap-graphs", type=int, default=512,
+                    help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled eps-MSE); 0 skips")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,13 +121,21 @@ def main(argv: list[str] | None = None) -> None:
     fo = extract_features(torch.from_numpy(render_array(other)).permute(0, 3, 1, 2), feats, 128)
     fid_floor = fid_bootstrap(fr, fo, feats.describe(), n_resamples=50, seed=0).to_dict()
 
+    # ---- does the model use its conditioning? (same noise and timesteps for every conditioning) ----
+    gap = None
+    if args.gap_graphs:
+        from sgalign.evaluation.conditioning_gap import conditioning_gap
+
+        gap = conditioning_gap(pipe, sample_split(args.split, args.gap_graphs, seed=0), seed=0)
+
     train_rec = json.loads((Path(args.model) / "training_record.json").read_text())
     command = "python scripts/bench_world_base.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {
         "command": command, "model": Path(args.model).name, "model_steps": train_rec.get("steps"),
         "model_complete": train_rec.get("complete"),
         "model_training": {k: train_rec.get(k) for k in ("recipe", "steps", "wall_seconds", "effective_batch",
-                                                          "all_stages", "initialised_from", "launcher")},
+                                                          "all_stages", "initialised_from", "launcher",
+                                                          "stages", "cpu_minutes_from_scratch")},
         "protocol": {"graphs": f"first {args.n_graphs} {args.split}-split graphs, "
                                f"sample_split('{args.split}', n, seed=0)", "split": args.split,
                      "n_graphs": args.n_graphs, "seeds": args.seeds, "n_images": int(len(gen)),
@@ -134,13 +145,13 @@ def main(argv: list[str] | None = None) -> None:
                      "ci": "95% percentile bootstrap over images, 1000 resamples"},
         "iou": iou, "mean_detected_objects": float(np.mean(n_objects)),
         "mean_gt_objects": float(np.mean([len(g.items) for g in gts])),
-        "fid_world_clip": fid, "fid_renders_vs_renders": fid_floor,
+        "fid_world_clip": fid, "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap,
         "generation_seconds": round(gen_seconds, 1), "total_seconds": round(time.time() - t0, 1),
         "machine": machine_info(args.machine_shared or None),
     }
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.results_md:
-        write_results_md(Path(args.results_md), result)
+        write_results_md(Path(args.results_md), result, args.section)
     print(json.dumps({"iou": {g: iou[g]["mean"] for g in iou}, "fid": fid["fid"]}, indent=1))
 
 
@@ -148,7 +159,17 @@ def _fmt(mean: float, ci: dict) -> str:
     return f"{mean:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
-def write_results_md(path: Path, r: dict) -> None:
+def _gap_text(gap: dict | None) -> str:
+    if not gap:
+        return ""
+    e = gap["eps_mse"]
+    return (f"Conditioning gap ({gap['n_graphs']} graphs, one seeded noise and timestep each, the same for every "
+            f"conditioning): eps-MSE true {e['true']:.4f}, text only (no SG residual) {e['text_only']:.4f}, "
+            f"empty text {e['empty']:.4f}, shuffled graphs {e['shuffled']:.4f}; the conditioning explains "
+            f"{100 * gap['share_of_loss_explained']:.0f} % of the empty-text loss.\n")
+
+
+def write_results_md(path: Path, r: dict, title: str = "World base model") -> None:
     p, m = r["protocol"], r["machine"]
     rows = []
     for gran in ("phrase", "label"):
@@ -158,22 +179,30 @@ def write_results_md(path: Path, r: dict) -> None:
                     f"{_fmt(d['mean']['sg_iou'], d['ci']['sg_iou'])} |")
     fid, floor = r["fid_world_clip"], r["fid_renders_vs_renders"]
     mt = r.get("model_training") or {}
-    stages, st = [], mt
-    while st:  # each stage records the one it started from: oldest first
-        stages.insert(0, st)
-        st = st.get("initialised_from")
-    def command(st: dict) -> str:
-        launcher = st.get("launcher", "").split(" (")[0]
-        return f"{launcher} {st.get('recipe', '').removeprefix('python ')}" if launcher else st.get("recipe")
+    if mt.get("stages"):  # one-command recipe (sgalign.jobs.world_base): every stage in one record
+        recipe = f"`{mt['recipe']}`: " + "; ".join(
+            f"{name} {st.get('steps_done', st.get('steps', st.get('graphs', '')))}"
+            f"{' steps' if name != 'cache' else ' graphs'} ({st.get('wall_seconds', 0):.0f} s)"
+            for name, st in mt["stages"].items())
+        total = {"steps": mt.get("steps"), "wall_seconds": mt.get("wall_seconds") or 0}
+    else:
+        stages, st = [], mt
+        while st:  # each stage records the one it started from: oldest first
+            stages.insert(0, st)
+            st = st.get("initialised_from")
 
-    recipe = "; then ".join(f"`{command(st)}` ({st.get('steps')} steps x batch {st.get('effective_batch')}, "
-                            f"{st.get('wall_seconds', 0):.0f} s)" for st in stages)
-    total = mt.get("all_stages") or {"steps": mt.get("steps"), "wall_seconds": mt.get("wall_seconds") or 0}
+        def command(st: dict) -> str:
+            launcher = st.get("launcher", "").split(" (")[0]
+            return f"{launcher} {st.get('recipe', '').removeprefix('python ')}" if launcher else st.get("recipe")
+
+        recipe = "; then ".join(f"`{command(st)}` ({st.get('steps')} steps x batch {st.get('effective_batch')}, "
+                                f"{st.get('wall_seconds', 0):.0f} s)" for st in stages)
+        total = mt.get("all_stages") or {"steps": mt.get("steps"), "wall_seconds": mt.get("wall_seconds") or 0}
     ent = r["iou"]["phrase"]["mean"]["entity_iou"]
     sg = r["iou"]["phrase"]["mean"]["sg_iou"]
     target = (f"Target (Entity-IoU >= 0.6, SG-IoU clearly below 1) at phrase granularity: Entity-IoU {ent:.3f} -> "
               f"{'met' if ent >= 0.6 else 'NOT met'}; SG-IoU {sg:.3f}.")
-    section = f"""## World base model
+    section = f"""## {title}
 
 World SD1.5-SG (`{r['model']}`, {total['steps']} training steps in all) on {p['n_graphs']} {p['split']}-split graphs
 x {len(p['seeds'])} seeds ({p['n_images']} images,
@@ -196,6 +225,7 @@ renders of the same graphs: **{fid['fid']:.2f}** [{fid['ci']['low']:.2f}, {fid['
 ({fid['n_real']} renders vs {fid['n_fake']} images). Floor at this N (renders vs renders of other test graphs):
 {floor['fid']:.2f}.
 
+{_gap_text(r.get("conditioning_gap"))}
 {target}
 
 Model training: {recipe}; in all {total['steps']} optimiser steps, {total['wall_seconds']:.0f} s wall.
@@ -206,7 +236,7 @@ threads, shared with other jobs: {m.get('shared_with_other_jobs', 'not recorded'
 """
     text = path.read_text() if path.exists() else "# Results\n\nMeasured numbers, with the command and machine " \
                                                    "that produced each.\n\n"
-    pat = re.compile(r"## World base model\n.*?(?=\n## |\Z)", re.S)
+    pat = re.compile(r"## " + re.escape(title) + r"\n.*?(?=\n## |\Z)", re.S)
     text = pat.sub(lambda _: section.rstrip("\n") + "\n", text) if pat.search(text) else \
         text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)

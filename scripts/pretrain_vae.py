@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from sgalign.machine import machine_info
 from sgalign.world.models.record import write_record
-from sgalign.world.models.vae import VaeTrainArgs, evaluate_world_vae, latent_scaling_factor, load_world_vae, \
+from sgalign.world.models.vae import VaeTrainArgs, blend_test, evaluate_world_vae, latent_scaling_factor, load_world_vae, \
     train_world_vae
 from sgalign.world.sampler import sample_split
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-6)
+    ap.add_argument("--interp-weight", type=float, default=1.0,
+                    help="latent-interpolation consistency weight (0: plain L1 + KL, the control)")
     ap.add_argument("--eval-n", type=int, default=500, help="test-split graphs for the final metrics")
     ap.add_argument("--scale-n", type=int, default=500, help="validation-split renders for scaling_factor")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    targs = VaeTrainArgs(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr, kl_weight=args.kl_weight)
+    targs = VaeTrainArgs(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr, kl_weight=args.kl_weight,
+                         interp_weight=args.interp_weight)
     t0 = time.perf_counter()
     bar = tqdm(total=args.steps, desc="world VAE", dynamic_ncols=True)
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     vae.save_pretrained(args.out, safe_serialization=True)
     vae = load_world_vae(args.out)  # metrics of the checkpoint as shipped
     metrics = evaluate_world_vae(vae, sample_split("test", args.eval_n, seed=0))
+    blend = blend_test(vae)
     tail = history[-50:]
     record = {"model": "world VAE", "command": "python scripts/pretrain_vae.py " + shlex.join(
                   argv if argv is not None else sys.argv[1:]),
@@ -66,9 +70,11 @@ def main(argv: list[str] | None = None) -> None:
               "scaling_factor": scale, "scaling_factor_from": f"1/std of posterior samples, {args.scale_n} "
                                                               "validation-split renders (sampler seed 0)",
               "final_train": {k: sum(h[k] for h in tail) / max(len(tail), 1) for k in ("loss", "l1", "kl", "mse")},
-              "test_metrics": {"split": "test", "sampler_seed": 0, "reconstruction": "posterior mode", **metrics}}
+              "test_metrics": {"split": "test", "sampler_seed": 0, "reconstruction": "posterior mode", **metrics},
+              "blend_test": blend}
     write_record(args.out, record)
-    print({k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}, f"scaling_factor={scale:.5f}")
+    print({k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}, f"scaling_factor={scale:.5f}",
+          f"blend test {'passes' if blend['passes'] else 'FAILS'}")
 
 
 if __name__ == "__main__":

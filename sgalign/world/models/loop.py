@@ -9,10 +9,13 @@ import torch
 def run_steps(module: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, steps: int,
               batches: Iterator[Any], step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
               progress: Callable[[int, dict[str, float]], None] | None = None,
-              max_grad_norm: float = 1.0) -> list[dict[str, float]]:
-    """``steps`` optimiser steps of ``step_loss(next(batches))`` with grad-norm clipping; returns the per-step stats."""
+              max_grad_norm: float = 1.0, stop: Callable[[], bool] | None = None) -> list[dict[str, float]]:
+    """``steps`` optimiser steps of ``step_loss(next(batches))`` with grad-norm clipping (fewer if ``stop()`` turns
+    true: a time budget); returns the per-step stats."""
     history = []
     for step in range(steps):
+        if stop is not None and stop():
+            break
         loss, stats = step_loss(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()

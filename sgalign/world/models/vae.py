@@ -11,6 +11,14 @@ Loss (no perceptual or adversarial term -- no pretrained LPIPS net exists offlin
 + ``kl_weight`` x the posterior KL per pixel. Both are SD's (sum over pixels / batch) terms divided by the pixel
 count, so ``kl_weight = 1e-6`` is SD's KL weight.
 
+Latent-interpolation consistency (``interp_weight``, default on): a plain L1 + KL VAE puts the palette on one line
+through the background latent (background -> yellow -> red -> purple -> blue -> green -> cyan), so a diffusion
+model's blurry, mean-regressing predictions decode to *other palette colours* (speckle). SD's own VAE latents are
+roughly linear in RGB; we ask for that directly: ``L1(decode(z_a + l (z_b - z_a)), x_a + l (x_b - x_a))`` with
+``l ~ U(0, 1)`` and ``z`` the posterior means, on two kinds of path per step: background -> image (half the batch;
+``z_a`` the all-background image's mean) and image -> another image of the batch (the other half: colour <-> colour
+paths). ``blend_test`` measures the property.
+
 ``scaling_factor`` = 1 / std of posterior samples over validation renders, recorded in the VAE config as SD's
 0.18215 is (diffusion trains on ``latents * scaling_factor``, which then have unit variance).
 """
@@ -25,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..oracle import WorldOracle
+from .. import rules
+from ..oracle import WorldOracle, colour_model
 from ..render import render_array
 from ..robustness import oracle_accuracy
 from ..sampler import WorldScene
@@ -44,17 +53,41 @@ def world_vae(seed: int = 0, scaling_factor: float = 1.0):
                          latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=scaling_factor)
 
 
-def vae_loss(vae, images: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 reconstruction of a posterior sample + ``kl_weight`` x KL per pixel; images in [0, 1]."""
+def background_image(n: int = 1) -> torch.Tensor:
+    """[n, 3, 64, 64] all-background images in [0, 1]."""
+    bg = torch.tensor(rules.BACKGROUND, dtype=torch.float32) / 255.0
+    return bg[None, :, None, None].expand(n, 3, rules.CANVAS, rules.CANVAS).clone()
+
+
+def vae_loss(vae, images: torch.Tensor, kl_weight: float = 1e-6, interp_weight: float = 0.0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 reconstruction of a posterior sample + ``kl_weight`` x KL per pixel (+ ``interp_weight`` x the
+    latent-interpolation consistency, module docstring); images in [0, 1]."""
+    b = images.shape[0]
     x = images * 2 - 1
-    posterior = vae.encode(x).latent_dist
-    rec = vae.decode(posterior.sample()).sample
+    xb = background_image(1) * 2 - 1 if interp_weight else x[:0]
+    posterior = vae.encode(torch.cat([x, xb])).latent_dist
+    z = posterior.sample(generator)
+    rec = vae.decode(z[:b]).sample
     l1 = (rec - x).abs().mean()
-    kl = posterior.kl().mean() / x[0].numel()
+    kl = posterior.kl()[:b].mean() / x[0].numel()
     loss = l1 + kl_weight * kl
+    stats = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+    if interp_weight:
+        mean, h = posterior.mean, b // 2
+        lam = torch.rand(b, 1, 1, 1, generator=generator)
+        # first half: background -> image; second half: image -> the next image of the half (colour <-> colour)
+        za = torch.cat([mean[b:].expand(h, -1, -1, -1), mean[h:b]])
+        xa = torch.cat([xb.expand(h, -1, -1, -1), x[h:b]])
+        zb = torch.cat([mean[:h], mean[h:b].roll(1, 0)])
+        xt = torch.cat([x[:h], x[h:b].roll(1, 0)])
+        mix = vae.decode(za + lam * (zb - za)).sample
+        interp = (mix - (xa + lam * (xt - xa))).abs().mean()
+        loss = loss + interp_weight * interp
+        stats["interp"] = float(interp.detach())
     with torch.no_grad():
-        mse = float(F.mse_loss((rec.clamp(-1, 1) + 1) / 2, images))
-    return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach()), "mse": mse}
+        stats["mse"] = float(F.mse_loss((rec.clamp(-1, 1) + 1) / 2, images))
+    return loss, {"loss": float(loss.detach()), **stats}
 
 
 @dataclass
@@ -64,20 +97,24 @@ class VaeTrainArgs:
     seed: int = 0
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    interp_weight: float = 1.0  # latent-interpolation consistency (0: the plain L1 + KL VAE, the control)
     warmup: int = 50
 
 
-def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float]], None] | None = None):
-    """Train the world VAE from scratch on the train-split render stream. Returns (vae, history)."""
+def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float]], None] | None = None,
+                    stop: Callable[[], bool] | None = None):
+    """Train the world VAE from scratch on the train-split render stream (until ``stop()``, if given, turns true).
+    Returns (vae, history)."""
     vae = world_vae(args.seed).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = min(args.warmup, max(args.steps // 10, 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
-    torch.manual_seed(args.seed)  # posterior sampling noise
+    gen = torch.Generator().manual_seed(args.seed)  # posterior sampling noise and interpolation weights
     stream = render_stream("train", args.seed + 1000, args.batch)  # its own stream, not world-CLIP's batches
     history = run_steps(vae, opt, sched, args.steps, stream,
-                        lambda batch: vae_loss(vae, batch[1], args.kl_weight), progress)
+                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen), progress,
+                        stop=stop)
     return vae.eval(), history
 
 
@@ -129,3 +166,59 @@ def load_world_vae(path: str | Path = WORLD_VAE_DIR):
         raise FileNotFoundError(f"{path}: no world VAE checkpoint (config.json missing); train one with "
                                 "`python scripts/pretrain_vae.py --out DIR`")
     return AutoencoderKL.from_pretrained(path).eval()
+
+
+def colour_square(colour: str | None, size: int = 32) -> torch.Tensor:
+    """[1, 3, 64, 64] in [0, 1]: a centred ``size`` px square of a palette colour (None: background only)."""
+    img = background_image(1)
+    if colour is not None:
+        lo = (rules.CANVAS - size) // 2
+        img[:, :, lo:lo + size, lo:lo + size] = (torch.tensor(rules.PALETTE[colour], dtype=torch.float32)
+                                                  / 255.0)[:, None, None]
+    return img
+
+
+def read_colour(rgb: np.ndarray, min_alpha: float = 0.15) -> str:
+    """The oracle's reading of one RGB colour (0-255): its blend-line fit, 'background' below ``min_alpha``."""
+    k, alpha = colour_model(np.asarray(rgb, dtype=np.float32)[None])
+    return "background" if float(alpha[0]) < min_alpha else rules.COLOURS[int(k[0])]
+
+
+@torch.no_grad()
+def blend_test(vae, n_points: int = 11, centre: int = 8) -> dict:
+    """Decode latent paths and read the centre colour with the oracle's colour model.
+
+    ``background``: for every palette colour, ``z_bg + l (z_c - z_bg)`` for ``l`` in [0, 1]; passes iff every
+    centre reads as the background or that colour, and reports the largest RGB distance of the centre from the
+    colour's true blend line. ``pairs`` (reported, not judged: an RGB blend of two palette colours can itself sit
+    near a third colour's line): ``z_a + l (z_b - z_a)`` for every ordered-free pair."""
+    def latent(colour):
+        return vae.encode(colour_square(colour) * 2 - 1).latent_dist.mode()
+
+    def centre_rgb(z0, z1):
+        """Centre mean RGB (0-255) of the decoded path z0 + l (z1 - z0), one row per l (one batched decode)."""
+        lam = torch.as_tensor(lams, dtype=z0.dtype)[:, None, None, None]
+        img = (vae.decode(z0 + lam * (z1 - z0)).sample.clamp(-1, 1) + 1) / 2 * 255
+        lo = (rules.CANVAS - centre) // 2
+        return img[:, :, lo:lo + centre, lo:lo + centre].mean((2, 3)).numpy()
+
+    lams = np.linspace(0, 1, n_points)
+    bg_rgb = np.asarray(rules.BACKGROUND, dtype=np.float64)
+    z_bg = latent(None)
+    lat = {c: latent(c) for c in rules.COLOURS}
+    out: dict = {"points": n_points, "background": {}, "pairs": {}}
+    for c in rules.COLOURS:
+        d = np.asarray(rules.PALETTE[c], dtype=np.float64) - bg_rgb
+        rgbs = centre_rgb(z_bg, lat[c]).astype(np.float64)
+        reads = [read_colour(rgb) for rgb in rgbs]
+        t = np.clip((rgbs - bg_rgb) @ d / (d @ d), 0, 1)
+        worst = float(np.linalg.norm(rgbs - bg_rgb - t[:, None] * d, axis=1).max())
+        out["background"][c] = {"reads": reads, "passes": all(r in ("background", c) for r in reads),
+                                "max_rgb_off_line": round(worst, 2)}
+    for i, a in enumerate(rules.COLOURS):
+        for b in rules.COLOURS[i + 1:]:
+            reads = [read_colour(rgb) for rgb in centre_rgb(lat[a], lat[b])]
+            out["pairs"][f"{a}->{b}"] = {"reads": reads,
+                                         "other_colours": sorted(set(reads) - {a, b, "background"})}
+    out["passes"] = all(v["passes"] for v in out["background"].values())
+    return out

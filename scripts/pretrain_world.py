@@ -1,0 +1,51 @@
+"""Train the world base from scratch in one command: world VAE -> latent cache -> stage 1 -> stage 2.
+
+    python scripts/pretrain_world.py --out runs/world-base --minutes 90 [--device cuda] [--threads 1]
+    python scripts/pretrain_world.py --out runs/world-base --minutes 90       # again: resumes where it stopped
+
+Ends with ``OUT/world-sd15-sg`` (a complete SD1.5-SG pipeline folder + training_record.json listing every stage);
+``OUT/stage1/pipeline`` is the text-only world SD1.5 (the t2i base). Recipe: ``sgalign.jobs.world_base``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, run_world_base  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = WorldBaseRecipe()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=d.out)
+    ap.add_argument("--minutes", type=float, default=d.minutes, help="budget of the whole recipe (wall minutes)")
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--vae-steps", type=int, default=d.vae.steps)
+    ap.add_argument("--cache-graphs", type=int, default=d.cache_graphs)
+    ap.add_argument("--stage1-steps", type=int, default=d.stage1.steps)
+    ap.add_argument("--stage2-steps", type=int, default=d.stage2.steps)
+    ap.add_argument("--batch", type=int, default=d.batch)
+    ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
+    a = ap.parse_args(argv)
+    r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
+                        vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
+                        stage1=StageBudget(a.stage1_steps, d.stage1.share),
+                        stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch)
+    command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    t0 = time.time()
+    final = run_world_base(r, command=command, only=a.only,
+                           log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    print(f"done in {time.time() - t0:.0f}s: {final}")
+    print(f"next: python scripts/bench_world_base.py --model {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

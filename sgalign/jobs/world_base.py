@@ -1,0 +1,467 @@
+"""The world base recipe: world VAE -> latent cache -> stage 1 (text -> image) -> stage 2 (SG encoder), one job.
+
+    python scripts/pretrain_world.py --out runs/world-base --minutes 90        # CPU default; --device cuda on a GPU
+
+Why these stages (measurements in docs/RESULTS.md, "World base model"):
+
+* **VAE** from scratch with the latent-interpolation consistency term (``world.models.vae``): latent blends decode
+  to RGB blends, so a blurry prediction decodes to a paler version of the right colour, not to another colour.
+* **Cache**: the train graphs rendered and VAE-encoded once (posterior mean and std, an HF ``datasets`` Arrow table
+  on disk); a step then samples its latents instead of rendering and encoding (step time halves on CPU).
+* **Stage 1** (LAION-SG's base model, and the world SD1.5 the t2i task starts from): UNet + text encoder trained
+  jointly on the serialised-graph text, as the original LDM trained its text transformer with the UNet; a frozen
+  text tower left the UNet nearly ignoring its text (conditioning gap 10 % of the loss). Min-SNR-5 weighting,
+  10 % empty-text rows for classifier-free guidance, EMA of both.
+* **Stage 2** (LAION-SG's SDXL-SG training): the SG encoder alone, UNet and text encoder frozen, plain epsilon-MSE.
+
+Every stage writes its output folder atomically and a ``done.json``; stages 1 and 2 also checkpoint (weights,
+EMA, optimiser, step) every ``save_every`` steps, so a killed run resumes where it stopped with the same command.
+``--minutes`` is the budget of the whole recipe: each stage stops at its step count or its time share, whichever
+comes first, and the record says which. ``training_record.json`` in the final folder lists every stage.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..machine import machine_info
+from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, split_of
+
+Stage = Literal["vae", "cache", "stage1", "stage2"]
+STAGES: tuple[Stage, ...] = ("vae", "cache", "stage1", "stage2")
+RECORD_NAME = "training_record.json"
+REPO = Path(__file__).resolve().parents[2]
+WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
+
+
+@dataclass
+class StageBudget:
+    steps: int
+    share: float  # fraction of the recipe's minutes this stage may use at most (0: no time cap)
+
+
+@dataclass
+class WorldBaseRecipe:
+    out: str = "runs/world-base"
+    minutes: float = 90.0
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    # VAE
+    vae: StageBudget = field(default_factory=lambda: StageBudget(steps=900, share=0.22))
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_interp_weight: float = 1.0
+    vae_eval_graphs: int = 500  # test renders for PSNR / oracle accuracy (and validation renders for the scale)
+    # cache
+    cache_graphs: int = 32768
+    # stage 1: UNet + text encoder
+    stage1: StageBudget = field(default_factory=lambda: StageBudget(steps=7000, share=0.57))
+    batch: int = 32
+    unet_lr: float = 2e-3
+    text_lr: float = 5e-4
+    min_snr_gamma: float = 5.0
+    uncond_prob: float = 0.1
+    ema_decay: float = 0.999
+    warmup_steps: int = 100
+    # stage 2: SG encoder, UNet and text encoder frozen
+    stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=2000, share=0.09))
+    sg_lr: float = 1e-3
+    save_every: int = 200
+    log_every: int = 50
+    unet: dict[str, Any] = field(default_factory=lambda: {
+        "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "cross_attention_dim": 64,
+        "attention_head_dim": 8, "norm_num_groups": 32})
+    sg_encoder: dict[str, Any] = field(default_factory=lambda: {
+        "mode": "object", "embed_dim": 64, "hidden_dim": 64, "num_graph_layers": 5})
+    scheduler: dict[str, Any] = field(default_factory=lambda: {
+        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"})
+
+    def stage_seconds(self, budget: StageBudget) -> float | None:
+        return None if budget.share <= 0 else 60.0 * self.minutes * budget.share
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _replace_dir(tmp: Path, dst: Path) -> None:
+    """Move a finished folder into place (the old one is removed only once the new one is complete)."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_done(out: Path, stage: Stage) -> dict | None:
+    p = out / stage / "done.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def scene_to_json(scene: WorldScene) -> str:
+    return json.dumps({"objects": [[o.shape, o.colour, o.size, list(o.box)] for o in scene.objects],
+                       "relations": [list(r) for r in scene.relations]})
+
+
+def scene_from_json(text: str) -> WorldScene:
+    d = json.loads(text)
+    return WorldScene(tuple(WorldObject(s, c, z, tuple(b)) for s, c, z, b in d["objects"]),
+                      tuple((int(a), p, int(b)) for a, p, b in d["relations"]))
+
+
+def train_scene(seed: int, index: int) -> WorldScene:
+    """Train-split graph ``index`` of the recipe's stream (no validation / test graph is ever drawn)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODE["train"], int(index)]))
+    return sample_scene(rng, None, lambda key: split_of(key) == "train")
+
+
+# ---- stage: VAE -----------------------------------------------------------------------------------------------
+def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
+    from ..world.models.record import write_record
+    from ..world.models.vae import VaeTrainArgs, blend_test, evaluate_world_vae, latent_scaling_factor, \
+        load_world_vae, train_world_vae
+    from ..world.sampler import sample_split
+
+    out = Path(r.out)
+    t0 = time.time()
+    limit = r.stage_seconds(r.vae)
+    args = VaeTrainArgs(steps=r.vae.steps, batch=r.vae_batch, seed=r.seed, lr=r.vae_lr,
+                        interp_weight=r.vae_interp_weight)
+
+    def progress(step: int, stats: dict[str, float]) -> None:
+        if step % r.log_every == 0:
+            log(f"vae step {step}/{args.steps} l1 {stats['l1']:.4f} interp {stats.get('interp', 0):.4f} "
+                f"{time.time() - t0:.0f}s")
+
+    vae, history = train_world_vae(args, progress=progress,
+                                   stop=None if limit is None else lambda: time.time() - t0 > limit)
+    train_s = time.time() - t0
+    steps_done = len(history)
+    vae = vae.eval()
+    scale = latent_scaling_factor(vae, sample_split("validation", r.vae_eval_graphs, seed=0), seed=r.seed)
+    vae.register_to_config(scaling_factor=scale)
+    tmp = out / "vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    vae = load_world_vae(tmp)
+    metrics = evaluate_world_vae(vae, sample_split("test", r.vae_eval_graphs, seed=0))
+    blend = blend_test(vae)
+    rec = {"model": "world VAE", "stage": "vae", **asdict(args), "steps_done": steps_done,
+           "stopped_early": f"time share reached at step {steps_done}" if steps_done < args.steps else None,
+           "final_train": {k: float(np.mean([h[k] for h in history[-50:]])) for k in history[-1]},
+           "train_wall_s": round(train_s, 1), "wall_seconds": round(time.time() - t0, 1),
+           "params": sum(p.numel() for p in vae.parameters()), "latent_shape": [4, 16, 16],
+           "scaling_factor": scale, "scaling_factor_from": f"1/std of posterior samples, {r.vae_eval_graphs} validation renders",
+           "test_metrics": {"split": "test", "reconstruction": "posterior mode", **metrics},
+           "blend_test": {"passes": blend["passes"], **{c: v["reads"] for c, v in blend["background"].items()},
+                          "max_rgb_off_line": {c: v["max_rgb_off_line"] for c, v in blend["background"].items()},
+                          "pairs_with_other_colours": {k: v["other_colours"] for k, v in blend["pairs"].items()
+                                                       if v["other_colours"]}},
+           "machine": machine_info()}
+    write_record(tmp, rec)
+    _write_json(tmp / "done.json", {"wall_seconds": rec["wall_seconds"]})
+    _replace_dir(tmp, out / "vae")
+    log(f"vae: PSNR {metrics['psnr_db']:.1f} dB, oracle objects exact {metrics['oracle_objects_exact']:.3f}, "
+        f"blend test {'passes' if blend['passes'] else 'FAILS'} ({time.time() - t0:.0f}s)")
+    return rec
+
+
+# ---- stage: cache ----------------------------------------------------------------------------------------------
+def run_cache_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
+    """Render + encode ``cache_graphs`` train graphs once: an Arrow table (scene, text, latent mean, latent std)."""
+    import datasets
+
+    from ..world.models.data import to_tensor
+    from ..world.models.vae import load_world_vae
+    from ..world.render import render_array
+
+    out = Path(r.out)
+    t0 = time.time()
+    vae = load_world_vae(out / "vae").to(r.device)
+    n, chunk = r.cache_graphs, 512
+
+    def rows():
+        for start in range(0, n, chunk):
+            scenes = [train_scene(r.seed, i) for i in range(start, min(n, start + chunk))]
+            with torch.no_grad():
+                x = to_tensor(render_array(scenes)).to(r.device) * 2 - 1
+                dist = vae.encode(x).latent_dist
+                mean, std = dist.mean.cpu().numpy(), dist.std.cpu().numpy()
+            for k, sc in enumerate(scenes):
+                yield {"index": start + k, "scene": scene_to_json(sc), "text": sc.graph().serialize(),
+                       "latent_mean": mean[k].astype(np.float32), "latent_std": std[k].astype(np.float32)}
+            log(f"cache {min(n, start + chunk)}/{n} graphs {time.time() - t0:.0f}s")
+
+    features = datasets.Features({
+        "index": datasets.Value("int64"), "scene": datasets.Value("string"), "text": datasets.Value("string"),
+        "latent_mean": datasets.Array3D((4, 16, 16), "float32"), "latent_std": datasets.Array3D((4, 16, 16), "float32")})
+    ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(out / "hf-cache"))
+    tmp = out / "cache.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp / "data"))
+    shutil.rmtree(out / "hf-cache", ignore_errors=True)
+    rec = {"stage": "cache", "graphs": n, "split": "train", "seed": r.seed, "vae": str(out / "vae"),
+           "wall_seconds": round(time.time() - t0, 1)}
+    _write_json(tmp / "done.json", rec)
+    _replace_dir(tmp, out / "cache")
+    return rec
+
+
+class LatentCache:
+    """The cached latents as tensors in memory (32 k x 2 x 4 x 16 x 16 float32 = 256 MB)."""
+
+    def __init__(self, folder: Path) -> None:
+        import datasets
+
+        ds = datasets.load_from_disk(str(folder / "data")).with_format("numpy")
+        self.mean = torch.from_numpy(np.asarray(ds["latent_mean"], dtype=np.float32))
+        self.std = torch.from_numpy(np.asarray(ds["latent_std"], dtype=np.float32))
+        self.scenes = list(ds["scene"])
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def batch_indices(self, seed: int, step: int, batch: int) -> np.ndarray:
+        """Rows of optimiser step ``step``: epoch-wise permutations, a pure function of (seed, step)."""
+        n = len(self)
+        per_epoch = n // batch
+        epoch, k = divmod(step, per_epoch)
+        perm = np.random.default_rng(np.random.SeedSequence([seed, 77, epoch])).permutation(n)
+        return perm[k * batch:(k + 1) * batch]
+
+    def graphs(self, idx: np.ndarray):
+        return [scene_from_json(self.scenes[i]).graph() for i in idx]
+
+    def latents(self, idx: np.ndarray, gen: torch.Generator, scale: float) -> torch.Tensor:
+        t = torch.from_numpy(idx)
+        return (self.mean[t] + self.std[t] * torch.randn(self.mean[t].shape, generator=gen)) * scale
+
+
+# ---- stages 1 and 2 --------------------------------------------------------------------------------------------
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023)."""
+    ac = scheduler.alphas_cumprod[t.cpu()].to(torch.float32)
+    snr = ac / (1 - ac)
+    return (torch.clamp(snr, max=gamma) / snr).to(t.device)
+
+
+def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
+    """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (gate 0: text only).
+    Stage 2: the finished stage-1 pipeline."""
+    from ..models.loading import load_components, load_sg_encoder
+    from ..models.sg_encoder import SGEncoder
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out = Path(r.out)
+    if stage == 2:
+        comps = load_components(out / "stage1" / "pipeline")
+        comps["sg_encoder"] = load_sg_encoder(out / "stage1" / "pipeline" / "sg_encoder")
+        return comps
+    torch.manual_seed(r.seed)
+    unet = UNet2DConditionModel(**r.unet)
+    torch.manual_seed(r.seed + 1)
+    te = CLIPTextModel.from_pretrained(WORLD_CLIP / "text_encoder", local_files_only=True)
+    return {"vae": AutoencoderKL.from_pretrained(out / "vae", local_files_only=True),
+            "text_encoder": te, "tokenizer": CLIPTokenizer.from_pretrained(WORLD_CLIP / "tokenizer",
+                                                                            local_files_only=True),
+            "unet": unet, "scheduler": DDIMScheduler(**r.scheduler),
+            "sg_encoder": SGEncoder(text_dim=te.config.hidden_size, **r.sg_encoder)}
+
+
+def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
+    """Stage 1 (UNet + text encoder, text only) or stage 2 (SG encoder alone) on the cached latents."""
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_file, save_file
+
+    from ..models.conditioning import build_conditioning
+    from ..models.pretrain import make_pipeline, param_groups
+
+    out = Path(r.out)
+    name = f"stage{stage}"
+    budget = r.stage1 if stage == 1 else r.stage2
+    limit = r.stage_seconds(budget)
+    work = out / name
+    work.mkdir(parents=True, exist_ok=True)
+    comps = _components(r, stage)
+    pipe = make_pipeline(comps)
+    pipe.set_progress_bar_config(disable=True)
+    for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.sg_encoder):
+        m.requires_grad_(False).eval().to(r.device)
+    trained = {"unet": pipe.unet, "text_encoder": pipe.text_encoder} if stage == 1 else {"sg_encoder": pipe.sg_encoder}
+    for m in trained.values():  # before param_groups, which keeps only parameters that require grad
+        m.requires_grad_(True).train()
+    lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr}
+    groups = [{**g, "lr": lrs[k]} for k, m in trained.items() for g in param_groups([m], 0.0)]
+    assert sum(len(g["params"]) for g in groups) == sum(1 for m in trained.values() for _ in m.parameters())
+    params = [p for m in trained.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(groups, lr=r.unet_lr if stage == 1 else r.sg_lr, weight_decay=0.0)
+    total = budget.steps
+    warm = r.warmup_steps
+
+    def lr_at(step: int) -> float:
+        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    emas = {k: EMAModel(m.parameters(), decay=r.ema_decay) for k, m in trained.items()}
+    cache = LatentCache(out / "cache")
+    scale = pipe.vae.config.scaling_factor
+    noise_sched = pipe.scheduler
+    tok, te = [pipe.tokenizer], [pipe.text_encoder]
+    empty = None
+
+    # ---- resume ----
+    ckpt = work / "checkpoint"
+    step, elapsed, losses = 0, 0.0, []
+    if (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        for k, m in trained.items():
+            m.load_state_dict(load_file(ckpt / f"{k}.safetensors"))
+            emas[k].load_state_dict(torch.load(ckpt / f"{k}.ema.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(state["scheduler"])
+        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
+        log(f"{name}: resumed at step {step} ({elapsed:.0f}s done)")
+
+    def save_checkpoint() -> None:
+        tmp = work / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for k, m in trained.items():
+            save_file({n: p.detach().cpu().contiguous() for n, p in m.state_dict().items()}, tmp / f"{k}.safetensors")
+            torch.save(emas[k].state_dict(), tmp / f"{k}.ema.pt")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        _write_json(tmp / "state.json", {"step": step, "elapsed": elapsed, "losses": losses,
+                                         "scheduler": sched.state_dict()})
+        _replace_dir(tmp, ckpt)
+
+    log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
+        + (f", at most {limit / 60:.1f} min" if limit else "") + f", training {list(trained)}")
+    t_start = time.time() - elapsed
+    stopped_early = None
+    while step < total:
+        gen = torch.Generator().manual_seed(r.seed * 1_000_003 + 7919 * stage + step)
+        idx = cache.batch_indices(r.seed + stage, step, r.batch)
+        graphs = cache.graphs(idx)
+        lat = cache.latents(idx, gen, scale).to(r.device)
+        noise = torch.randn(lat.shape, generator=gen).to(r.device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen).to(r.device)
+        noisy = noise_sched.add_noise(lat, noise, t)
+        cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=stage == 2).prompt_embeds
+        if stage == 1 and r.uncond_prob > 0:
+            drop = (torch.rand(len(idx), generator=gen) < r.uncond_prob).to(r.device)
+            if drop.any():
+                empty = build_conditioning([graphs[0].__class__([])], None, tok, te, use_graph=False).prompt_embeds
+                cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+        pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
+        w = min_snr_weights(noise_sched, t, r.min_snr_gamma) if stage == 1 and r.min_snr_gamma else 1.0
+        loss = (per * w).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        for k, m in trained.items():
+            emas[k].step(m.parameters())
+        step += 1
+        losses.append(round(float(per.mean().detach()), 5))
+        elapsed = time.time() - t_start
+        if step % r.log_every == 0:
+            log(f"{name} step {step}/{total} eps-mse {np.mean(losses[-r.log_every:]):.4f} "
+                f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {elapsed:.0f}s")
+        if limit is not None and elapsed > limit:
+            stopped_early = f"time share ({limit / 60:.1f} min) reached at step {step}"
+            break
+        if step % r.save_every == 0:
+            save_checkpoint()
+    save_checkpoint()
+
+    # ---- the stage's pipeline: EMA weights ----
+    for k, m in trained.items():
+        emas[k].copy_to(m.parameters())
+        m.eval()
+    tmp = work / "pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    rec = {"stage": name, "trained": list(trained), "steps": step, "planned_steps": total,
+           "stopped_early": stopped_early, "batch": r.batch, "wall_seconds": round(elapsed, 1),
+           "lr": {"unet": r.unet_lr, "text_encoder": r.text_lr} if stage == 1 else {"sg_encoder": r.sg_lr},
+           "warmup_steps": warm, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
+           "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
+           "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
+           "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
+           "alpha_obj": float(pipe.sg_encoder.alpha_obj.detach()), "cached_graphs": len(cache)}
+    _write_json(tmp / "stage_record.json", rec)
+    _replace_dir(tmp, work / "pipeline")
+    _write_json(work / "done.json", rec)
+    return rec
+
+
+# ---- the job ---------------------------------------------------------------------------------------------------
+def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str], None] = print,
+                   only: Stage | None = None) -> Path:
+    """Run (or resume) every stage not yet done; returns the final pipeline folder (``OUT/world-sd15-sg``)."""
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    out = Path(r.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "recipe.json"
+    mine = asdict(r)
+    if spec.is_file():
+        prev = json.loads(spec.read_text())
+        # settings that change results must match; run-time placement (threads, device) may differ
+        diff = sorted(k for k in mine if k in prev and k not in ("threads", "device", "out") and prev[k] != mine[k])
+        if diff:
+            raise ValueError(f"{spec}: this folder was started with other settings ({', '.join(diff)}); "
+                             "resume with the same settings or use a new --out")
+    else:
+        _write_json(spec, mine)
+    records = {}
+    for stage in STAGES:
+        done = stage_done(out, stage)
+        if done is None and (only is None or only == stage):
+            log(f"== {stage}")
+            if stage == "vae":
+                done = run_vae_stage(r, log)
+            elif stage == "cache":
+                done = run_cache_stage(r, log)
+            else:
+                done = run_diffusion_stage(r, int(stage[-1]), log)
+        if done is None:
+            break
+        records[stage] = done
+    if len(records) < len(STAGES):
+        return out
+    final = out / "world-sd15-sg"
+    tmp = out / "world-sd15-sg.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out / "stage2" / "pipeline", tmp)
+    (tmp / "stage_record.json").unlink(missing_ok=True)
+    vae_rec = json.loads((out / "vae" / RECORD_NAME).read_text())
+    total_s = sum(float(records[s]["wall_seconds"]) for s in STAGES)
+    record = {"recipe": command, "seed": r.seed, "settings": mine, "complete": True,
+              "steps": records["stage1"]["steps"] + records["stage2"]["steps"],
+              "wall_seconds": round(total_s, 1), "cpu_minutes_from_scratch": round(total_s / 60, 1),
+              "stages": {"vae": vae_rec, **{s: records[s] for s in STAGES[1:]}}, "machine": machine_info()}
+    _write_json(tmp / RECORD_NAME, record)
+    _replace_dir(tmp, final)
+    log(f"world base: {final} ({total_s / 60:.1f} min in all stages)")
+    return final

@@ -1,0 +1,102 @@
+"""The one-command world base recipe (sgalign.jobs.world_base) at a tiny budget: every stage, resume, refusal."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, min_snr_weights, run_world_base, \
+    run_diffusion_stage, scene_from_json, scene_to_json, train_scene
+
+
+def tiny(out) -> WorldBaseRecipe:
+    return WorldBaseRecipe(out=str(out), minutes=30, threads=1, vae=StageBudget(2, 0.0), vae_batch=4,
+                           vae_eval_graphs=8, cache_graphs=16, stage1=StageBudget(3, 0.0),
+                           stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wb")
+    final = run_world_base(tiny(out), command="test", log=lambda m: None)
+    return out, final
+
+
+def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
+    out, final = built
+    from sgalign.pipelines import StableDiffusionSGPipeline
+
+    rec = json.loads((final / "training_record.json").read_text())
+    assert list(rec["stages"]) == list(STAGES)
+    assert rec["stages"]["stage1"]["steps"] == 3 and rec["stages"]["stage2"]["steps"] == 2
+    assert rec["stages"]["stage1"]["trained"] == ["unet", "text_encoder"]
+    assert rec["stages"]["stage2"]["trained"] == ["sg_encoder"]
+    assert rec["steps"] == 5 and rec["wall_seconds"] > 0
+    assert rec["stages"]["vae"]["steps_done"] == 2 and "passes" in rec["stages"]["vae"]["blend_test"]
+    pipe = StableDiffusionSGPipeline.from_pretrained(final)
+    s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
+    # stage 2 trains the SG encoder only: UNet and text encoder are stage 1's, bit for bit
+    for a, b in zip(pipe.unet.state_dict().values(), s1.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(pipe.text_encoder.state_dict().values(), s1.text_encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    assert float(s1.sg_encoder.alpha_obj) == 0.0  # stage 1 is text only
+    assert float(pipe.sg_encoder.alpha_obj) != 0.0
+
+
+def test_cache_holds_train_graphs_and_latents(built):
+    import datasets
+
+    out, _ = built
+    ds = datasets.load_from_disk(str(out / "cache" / "data"))
+    assert len(ds) == 16
+    row = ds[3]
+    assert scene_from_json(row["scene"]) == train_scene(0, 3)
+    assert np.asarray(row["latent_mean"]).shape == (4, 16, 16)
+    assert (np.asarray(row["latent_std"]) > 0).all()
+
+
+def test_rerun_skips_done_stages_and_refuses_other_settings(built):
+    out, final = built
+    before = (final / "training_record.json").read_text()
+    stamp = (out / "stage1" / "done.json").stat().st_mtime_ns
+    run_world_base(tiny(out), command="test", log=lambda m: None)
+    assert (out / "stage1" / "done.json").stat().st_mtime_ns == stamp
+    assert json.loads((final / "training_record.json").read_text())["stages"] == json.loads(before)["stages"]
+    other = tiny(out)
+    other.unet_lr = 1e-4
+    with pytest.raises(ValueError, match="unet_lr"):
+        run_world_base(other, log=lambda m: None)
+
+
+def test_stage_resumes_from_its_checkpoint(built, tmp_path):
+    """A stage whose checkpoint is at its last step resumes there and exports the same weights."""
+    out, _ = built
+    copy = tmp_path / "wb"
+    shutil.copytree(out, copy)
+    (copy / "stage2" / "done.json").unlink()
+    shutil.rmtree(copy / "stage2" / "pipeline")
+    rec = run_diffusion_stage(tiny(copy), 2, log=lambda m: None)
+    assert rec["steps"] == 2
+    from safetensors.torch import load_file
+
+    a = load_file(out / "stage2" / "pipeline" / "sg_encoder" / "diffusion_pytorch_model.safetensors")
+    b = load_file(copy / "stage2" / "pipeline" / "sg_encoder" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scene_json_round_trip_and_min_snr():
+    sc = train_scene(5, 11)
+    assert scene_from_json(scene_to_json(sc)) == sc
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(sched, t, 5.0)
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert w[0] < 0.01 and w[2] == 1.0  # low-noise steps down-weighted; high-noise steps keep weight 1
