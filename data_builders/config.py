@@ -98,13 +98,17 @@ class BuildPairsConfig(ConfigModel):
     world: WorldSection = WorldSection()
     annotations: AnnotationsSection = AnnotationsSection()
     pickapic: PickapicSection = PickapicSection()
-    torch_threads: int | None = None  # None: leave torch's default
+    torch_threads: int | None = Field(None, ge=1)  # None: leave torch's default
+    # a build whose failed annotations exceed this share of the valid ones fails (exit 1; no index.json), as does
+    # one that built nothing: a dataset missing a slice of its annotations is not silently trained on
+    max_failed_share: float = Field(0.1, ge=0.0, le=1.0)
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides a candidate dataset's content (a resumed build must match it; model by content hash)."""
         d = self.model_dump(mode="json")
         d["model"].pop("path")
         d.pop("torch_threads")
+        d.pop("max_failed_share")  # decides whether a build is accepted, not its content
         d.pop("pickapic")
         d["rewards"].pop("margin")
         if self.source != "shapes":

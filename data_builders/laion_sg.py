@@ -21,6 +21,7 @@ import io
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,6 +94,10 @@ def _dedupe(records: Sequence[LaionSGRecord], indices: Sequence[int], rejects: l
 # ---- model ------------------------------------------------------------------------------------------------------
 class ModelNotFound(UserError, FileNotFoundError):
     pass
+
+
+class BuildFailed(RuntimeError):
+    """Nothing was built, or more than ``max_failed_share`` of the annotations failed (exit 1: the work failed)."""
 
 
 def resolve_model_path(model: ModelSection) -> Path:
@@ -295,6 +300,12 @@ def _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, 
         return None
     summary = finalize(out, plan, cfg, wall_seconds=time.perf_counter() - t0)
     log(format_summary(summary))
+    if not summary["accepted"]:
+        a, top = summary["annotations"], summary["most_common_failure"]
+        why = ("nothing was built" if not a["built"] else
+               f"{summary['failed_share']:.0%} failed, more than max_failed_share={cfg.max_failed_share}")
+        raise BuildFailed(f"{out}: {a['built']} annotations built, {a['failed']} failed: {why}; most common failure "
+                          f"({top['count']}x): {top['reason']}; all in {out / sh.REJECTS_FILE}")
     return summary
 
 
@@ -335,11 +346,20 @@ def finalize(out: Path, plan: AnnotationPlan, cfg: BuildPairsConfig, wall_second
         "shard_seconds_total": round(sum(m["seconds"] for m in manifests), 2), "input": plan.input,
         "dataset_id": dataset_id,
     }
+    reasons = Counter(f"{f['stage']}: {f['reason']}" for f in failures).most_common()
+    summary["most_common_failure"] = {"reason": reasons[0][0], "count": reasons[0][1]} if reasons else None
+    share = len(failed) / len(expected)
+    summary["failed_share"], summary["max_failed_share"] = share, cfg.max_failed_share
     summary["stale_temp_files_removed"] = sh.remove_stale_temps(out)  # left by killed runs
+    summary["accepted"] = bool(built) and share <= cfg.max_failed_share
     sh.write_jsonl_atomic(out / sh.REJECTS_FILE, plan.rejects + failures)
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
+    if not summary["accepted"]:
+        (out / sh.INDEX_FILE).unlink(missing_ok=True)  # no index: nothing downstream takes it for a dataset
+        return summary
     sh.write_json_atomic(out / sh.INDEX_FILE, {
-        "complete": True, "dataset_id": dataset_id, "format": build["format"], "num_shards": build["num_shards"], "rows": len(built),
+        "complete": True, "dataset_id": dataset_id, "format": build["format"], "num_shards": build["num_shards"],
+        "rows": len(built),
         "shards": [{k: m[k] for k in ("shard", "file", "rows", "sha256")} for m in manifests]})
     return summary
 
@@ -359,6 +379,8 @@ def format_summary(s: dict[str, Any]) -> str:
              f"{s['candidates']} candidates (K={s['k']}); rejects: {s['rejects']['input']} input, "
              f"{s['rejects']['failures']} failures; {s['shards']} shards; wall {s['wall_seconds_this_run']:.1f} s "
              f"this run ({s['shard_seconds_total']:.1f} s of shard building in all)",
+             *([f"most common failure ({s['most_common_failure']['count']}x): {s['most_common_failure']['reason']}"]
+               if s.get("most_common_failure") else []),
              f"pairs with |reward gap| > {p['margin']}: {p['share_above_margin']:.1%} of {p['total']}; annotations "
              f"with at least one: {p['annotations_with_a_pair']}",
              f"{'component':<22}{'n':>6}{'mean':>8}{'std':>8}{'min':>8}{'p25':>8}{'med':>8}{'p75':>8}{'max':>8}"]

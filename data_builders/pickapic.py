@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,13 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
     from sgalign.hashing import identity_hash
     summary["dataset_id"] = identity_hash(json.loads((out / sh.BUILD_FILE).read_text()))
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
+    if not summary["pairs"]:
+        from .laion_sg import BuildFailed
+        (out / sh.INDEX_FILE).unlink(missing_ok=True)
+        top = Counter(r["kind"] for r in rejects).most_common(1)
+        raise BuildFailed(f"{out}: 0 pairs from {len(ds)} rows: {summary['ties_dropped']} ties dropped, "
+                          f"{len(rejects)} rejected" + (f" (most common: {top[0][0]})" if top else "")
+                          + f"; rejects in {out / sh.REJECTS_FILE}")
     sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": "sgalign-pickapic-pairs",
                                                "dataset_id": summary["dataset_id"],
                                                "num_shards": num_shards, "rows": summary["pairs"],

@@ -119,3 +119,28 @@ def test_resume_after_a_kill_leaves_one_row_per_step_and_summarises_the_run(tmp_
     assert rows[:2] == whole[:2] and rows[2]["loss"] == pytest.approx(whole[2]["loss"], abs=1e-6)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["final_loss"] == pytest.approx(rows[-1]["loss"])  # tail of the run
+
+
+@pytest.mark.parametrize("bad,share,rc", [("all", "0.1", 1), ("one", "0.1", 1), ("one", "0.5", 0)])
+def test_build_that_produced_nothing_or_too_little_fails(tmp_path, monkeypatch, bad, share, rc):
+    """Issue 16 item 3: every (or more than max_failed_share of the) annotation(s) failed -> exit 1, no index.json,
+    the summary names the most common failure; train on that folder is refused, not crashed."""
+    from data_builders import laion_sg
+    real = laion_sg.CandidateBuilder.generate
+    failing = {"all": None, "one": "10000001"}[bad]
+
+    def generate(self, records, seeds):
+        if failing is None or any(r.img_id == failing for r in records):
+            raise RuntimeError("renderer on fire")
+        return real(self, records, seeds)
+    monkeypatch.setattr(laion_sg.CandidateBuilder, "generate", generate)
+    out = tmp_path / "pairs"
+    args = [*BUILD, "--n", "3", "--out", str(out), "--set", f"max_failed_share={share}"]
+    assert build_cli.main(args) == rc
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["most_common_failure"]["reason"] == "generation: RuntimeError: renderer on fire"
+    assert summary["annotations"]["failed"] == (3 if bad == "all" else 1)
+    assert (out / "index.json").exists() == (rc == 0)
+    if rc:
+        assert train_cli.main(["--task", "compositional", "--set", f"data.path={out}",
+                               "--set", f"trainer.output_dir={tmp_path / 'run'}"]) == 2

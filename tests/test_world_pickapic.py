@@ -94,11 +94,11 @@ def test_every_row_a_tie_under_a_wide_tolerance(tmp_path):
     df = _table(out)
     assert (df["label_0"] == 0.5).all() and (df["label_1"] == 0.5).all()
     assert (df["best_image_uid"] == TIE_BEST_IMAGE_UID).all() and rec["labels"]["ties"] == 2
-    # build_pairs drops ties (Diffusion-DPO convention): nothing left to train on
+    # build_pairs drops ties (Diffusion-DPO convention): nothing left to train on, so the stage fails (exit 1)
     assert build_pairs(["--source", "pickapic", "--input", str(out), "--out", str(tmp_path / "p"),
-                        "--no-progress"]) == 0
+                        "--no-progress"]) == 1
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
-    assert summary["pairs"] == 0 and summary["ties_dropped"] == 2
+    assert summary["pairs"] == 0 and summary["ties_dropped"] == 2 and not (tmp_path / "p" / "index.json").exists()
 
 
 def test_round_trip_through_build_pairs_and_the_t2i_loader(built, tmp_path):

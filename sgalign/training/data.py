@@ -60,6 +60,10 @@ class DatasetNotFinished(UserError, ValueError):
     pass
 
 
+class DatasetEmpty(UserError, ValueError):
+    pass
+
+
 def load_table(path: str | Path):
     """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards."""
     import datasets
@@ -73,11 +77,17 @@ def load_table(path: str | Path):
         # a build_pairs folder whose build has not finished: training on it would silently use part of the data
         raise DatasetNotFinished(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
                          "build_pairs command to complete it")
+    index = p / "index.json" if p.is_dir() else None
+    if index is not None and index.is_file() and json.loads(index.read_text()).get("rows") == 0:
+        raise DatasetEmpty(f"{p}: the dataset has no rows (see its summary.json / rejects.jsonl); rebuild it")
     files = [p] if p.is_file() else sorted([*p.glob("*.parquet"), *p.glob("*.arrow")])
     if not files:
         raise DatasetNotFound(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
     kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
-    return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    if len(ds) == 0:
+        raise DatasetEmpty(f"{p}: the dataset has no rows; nothing to train on")
+    return ds
 
 
 def _require(ds, cols, path, what) -> None:
