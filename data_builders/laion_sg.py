@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sgalign.scene_graph import LaionSGRecord, SceneGraph, load_split
+from sgalign.scene_graph.io import DUPLICATE_IMG_ID
 
 from . import shards as sh
 from .config import WORLD_MODEL, BuildPairsConfig, ModelSection
@@ -60,7 +61,8 @@ def plan_annotations(path: str | os.PathLike[str], limit: int | None = None) -> 
     if not Path(path).is_file():
         raise UserError(f"annotations file {path} does not exist (a LAION-SG split: one JSON array of records)")
     split = load_split(path)
-    rejects = [{"kind": "invalid-record", **r.to_json_dict()} for r in split.rejects]
+    rejects = [{"kind": "duplicate-img-id" if r.reason.startswith(DUPLICATE_IMG_ID) else "invalid-record",
+                **r.to_json_dict()} for r in split.rejects]
     info = {"kind": "laion-sg", "file": Path(path).name, "sha256": sh.file_sha256(Path(path))}
     if limit is not None:
         info["limit"] = limit

@@ -20,6 +20,9 @@ from ..errors import UserError
 from .schema import LaionSGRecord
 
 
+DUPLICATE_IMG_ID = "duplicate img_id"  # reason prefix of a repeated img_id (seeds and rows are keyed by img_id)
+
+
 class SplitFileError(UserError, ValueError):
     """The file as a whole cannot be read as a LAION-SG split (not JSON, not an array)."""
 
@@ -105,7 +108,9 @@ def iter_validated(raws: list[Any], require_relations: bool = False) -> Iterator
 
 def load_split(path: str | os.PathLike[str], rejects_path: str | os.PathLike[str] | None = None,
                require_relations: bool = False, progress: bool = False) -> SplitLoad:
-    """Validate a split file record by record. Valid + rejected always equals the number of records.
+    """Validate a split file record by record. Valid + rejected always equals the number of records. A record
+    repeating an earlier valid record's ``img_id`` is rejected: every stage keys seeds and rows by ``img_id``, and
+    this is the one validator (validate_sg.py, build_pairs) whose verdict they all share.
 
     ``progress`` shows a progress bar on a terminal (LAION-SG's train split has 480k records)."""
     raws = read_split_array(path)
@@ -115,10 +120,15 @@ def load_split(path: str | os.PathLike[str], rejects_path: str | os.PathLike[str
         from tqdm.auto import tqdm
 
         results = tqdm(results, total=len(raws), desc=f"validating {Path(path).name}", unit="rec", disable=None)
+    first: dict[str, int] = {}
     for index, res in results:
+        if not isinstance(res, Reject) and res.img_id in first:
+            reason = f"{DUPLICATE_IMG_ID}: already used by record {first[res.img_id]} (kept the first)"
+            res = Reject(index, res.img_id, "img_id", reason, (("img_id", reason),), raws[index])
         if isinstance(res, Reject):
             out.rejects.append(res)
         else:
+            first[res.img_id] = index
             out.records.append(res)
             out.indices.append(index)
     assert len(out.records) + len(out.rejects) == len(raws)

@@ -6,11 +6,16 @@ for strings (or booleans for integers), so a file that drifted from the schema i
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+# ids become int64 tensors and dataset columns downstream: a larger value would overflow there, so it is refused here
+Id = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 class _Strict(BaseModel):
@@ -19,10 +24,10 @@ class _Strict(BaseModel):
 
 
 class LaionSGItem(_Strict):
-    item_id: StrictInt
+    item_id: Id
     label: NonEmptyStr
     attributes: list[StrictStr]
-    global_item_id: StrictInt
+    global_item_id: Id
 
     @field_validator("label")
     @classmethod
@@ -41,11 +46,11 @@ class LaionSGItem(_Strict):
 
 
 class LaionSGRelation(_Strict):
-    triple_id: StrictInt
-    item1: StrictInt
+    triple_id: Id
+    item1: Id
     relation: NonEmptyStr
-    item2: StrictInt
-    global_relation_id: StrictInt
+    item2: Id
+    global_relation_id: Id
 
     @field_validator("relation")
     @classmethod
@@ -67,17 +72,19 @@ class LaionSGRecord(_Strict):
     @field_validator("img_id")
     @classmethod
     def _img_id_digits(cls, v: str) -> str:
-        if not v.isdigit():
-            raise ValueError(f"img_id must be a string of digits, got {v!r}")
+        if not _ASCII_DIGITS.fullmatch(v):  # str.isdigit() also takes "²³" and "١٢٣", which int() or names break on
+            raise ValueError(f"img_id must be a string of ASCII digits 0-9, got {v!r}")
         return v
 
     @field_validator("score")
     @classmethod
     def _score_is_float_text(cls, v: str) -> str:
         try:
-            float(v)
+            x = float(v)
         except ValueError:
             raise ValueError(f"score must be a float written as a string, got {v!r}") from None
+        if not math.isfinite(x):
+            raise ValueError(f"score must be finite, got {v!r}")
         return v
 
     @model_validator(mode="after")
