@@ -12,6 +12,8 @@ def validate_split_file(path: str | os.PathLike[str], rejects_path: str | os.Pat
                         require_relations: bool = False, max_show: int = 20, out: TextIO = sys.stdout) -> SplitLoad:
     """Validate ``path`` record by record, print up to ``max_show`` rejects with their reasons, write every reject
     (with its raw record) to ``rejects_path`` if given, and end with the line ``N valid, M rejected``."""
+    from ..outdir import refuse_inputs
+    refuse_inputs({"--rejects": rejects_path}, {"split file": path})  # --rejects S.json would replace the split
     result = load_split(path, rejects_path=rejects_path, require_relations=require_relations, progress=True)
     for rej in result.rejects[:max_show]:
         print(f"REJECT {rej}", file=out)
