@@ -32,10 +32,10 @@ class GenerationSection(ConfigModel):
     k: int = Field(4, ge=2)  # candidates per annotation
     seed: int = Field(0, ge=0)  # global seed; candidate seed = hash(seed, img_id, k)
     num_inference_steps: int = Field(25, ge=1)
-    guidance_scale: float | None = 3.0  # None: the pipeline's default (SD1.5 7.5, SDXL 5.0)
-    eta: float = 0.0
-    height: int | None = None  # None: the model's native size
-    width: int | None = None
+    guidance_scale: float | None = Field(3.0, ge=0)  # None: the pipeline's default (SD1.5 7.5, SDXL 5.0)
+    eta: float = Field(0.0, ge=0)
+    height: int | None = Field(None, ge=8)  # None: the model's native size
+    width: int | None = Field(None, ge=8)
     annotations_per_call: int = Field(4, ge=1)  # one pipeline call = annotations_per_call x k images
 
 
@@ -58,7 +58,7 @@ class RewardsSection(ConfigModel):
     policy: Literal["strict", "allow-fallback"] = "strict"
     dpg: dict[str, Any] = {}  # DPGConfig flags (official quirks; default: corrected behaviour)
     compbench_3in1: dict[str, Any] = {}  # CompBenchConfig flags
-    margin: float = 0.05  # for the summary only: share of candidate pairs whose reward gap exceeds it
+    margin: float = Field(0.05, ge=0)  # for the summary only: share of candidate pairs whose reward gap exceeds it
 
 
 class ShardSection(ConfigModel):
@@ -69,7 +69,7 @@ class WorldSection(ConfigModel):
     """``--source shapes``: world annotations sampled here (``sgalign.world.sample_split``)."""
     split: Literal["train", "validation", "test"] = "train"
     n: int = Field(200, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     holdout: list[str] = []  # colour:shape pairs never drawn in train/validation
 
 

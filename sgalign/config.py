@@ -86,11 +86,13 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        set_keys = {parse_override(o)[0].__str__() for o in overrides}
+        set_keys = [".".join(parse_override(o)[0]) for o in overrides]
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            src = "--set" if str(key.split(".")) in set_keys else (str(path) if path else "defaults")
+            # a nested key (method.options.smpo.beta) is reported at its section's loc (method.options)
+            hit = any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in set_keys)
+            src = "--set" if hit else (str(path) if path else "defaults")
             what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {key}: {what} (from {src})")
         raise ConfigError(f"invalid {cls.__name__} config:\n" + "\n".join(lines)) from None

@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from ..diffusion.cache import TrajectoryCache
@@ -125,15 +126,33 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=_gen_device(generator)).to(x.device)
 
 
+# Option types of the method configs: bounds and closed choices, so a bad value or a typo fails when the config is
+# built (and at config load, via ``training.config.method_options``), not at step 1 or silently in a branch.
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=1)]
+Offset = Annotated[int, Field(ge=0)]
+Label = Literal["target", "source"]
+Inverter = Literal["policy", "reference"]
+Grid = Literal["exact", "diffusers-0.20"]
+InitialAlpha = Literal["one", "alpha0"]
+
+
 @dataclass
 class MethodConfig:
     """Options left ``None`` resolve to the official value when ``faithful`` is set and to our corrected default
-    otherwise (class-level ``_corrected`` / ``_official`` maps); explicitly set options always win."""
+    otherwise (class-level ``_corrected`` / ``_official`` maps); explicitly set options always win. Every option is
+    validated against its annotation on construction (``ValueError`` naming the option)."""
 
     faithful: bool = False
     _corrected: ClassVar[dict[str, Any]] = {}
     _official: ClassVar[dict[str, Any]] = {}
     _official_optimizer: ClassVar[dict[str, Any]] = {}  # see Method.optimizer_overrides
+
+    def __post_init__(self) -> None:
+        for name, value in validate_options(type(self), {f.name: getattr(self, f.name)
+                                                         for f in dataclasses.fields(self)}).items():
+            object.__setattr__(self, name, value)
 
     def resolve(self) -> "Resolved":
         vals = {}
@@ -143,6 +162,24 @@ class MethodConfig:
                 v = (self._official if self.faithful else self._corrected)[f.name]
             vals[f.name] = v
         return Resolved(vals)
+
+
+def validate_options(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` validated against ``cls``'s field annotations; errors name the option and the allowed values."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in opts.items():
+        if k not in fields:
+            raise ValueError(f"{k}: unknown option (options: {', '.join(sorted(fields))})")
+        try:
+            out[k] = TypeAdapter(hints[k]).validate_python(v)
+        except ValidationError as e:
+            raise ValueError(f"{k}: {e.errors()[0]['msg']} (got {v!r})") from None
+    return out
 
 
 class Resolved(dict):

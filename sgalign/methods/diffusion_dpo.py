@@ -7,14 +7,15 @@ from typing import Any
 import torch
 
 from ..diffusion.inversion import _bc
-from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch, randn_like, sample_timesteps
+from .base import (Method, MethodConfig, MethodContext, MethodOutput, PairBatch, Positive, randn_like,
+                   sample_timesteps)
 from .functional import diffusion_dpo_loss, per_sample_mse
 from .registry import register_method
 
 
 @dataclass
 class DiffusionDPOConfig(MethodConfig):
-    beta: float = 5000.0  # SDXL; 2000–5000 for SD1.5
+    beta: Positive = 5000.0  # SDXL; 2000–5000 for SD1.5
 
 
 def forward_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):

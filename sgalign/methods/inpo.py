@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
+from .base import (Count, Grid, InitialAlpha, Inverter, Label, Method, MethodConfig, MethodContext, MethodOutput,
+                   NonNegative, Offset, PairBatch, Positive)
 from ._inverted import inverted_loss, provide_inverted
 from .diffusion_dpo import _metrics
 from .functional import diffusion_dpo_loss
@@ -19,16 +20,16 @@ INVERTED_OFFICIAL = {"grid": "diffusers-0.20", "eta": 0.1, "per_pair_t": False, 
 
 @dataclass
 class InPOConfig(MethodConfig):
-    beta: float = 5000.0  # SDXL; official SD1.5 launcher 2000
-    num_points: int = 10  # coarse grid (the official set_timesteps(10))
-    inverter: str = "policy"  # official: the current policy (no grad); 'reference' is deterministic, cacheable
-    label: str = "target"  # exact grid: ε(x_s, t_next) ('target') or ε(x_s, s) ('source')
-    steps_offset: int = 1  # diffusers-0.20 grid: SD scheduler configs' offset
+    beta: Positive = 5000.0  # SDXL; official SD1.5 launcher 2000
+    num_points: Count = 10  # coarse grid (the official set_timesteps(10))
+    inverter: Inverter = "policy"  # official: the current policy (no grad); 'reference' is deterministic, cacheable
+    label: Label = "target"  # exact grid: ε(x_s, t_next) ('target') or ε(x_s, s) ('source')
+    steps_offset: Offset = 1  # diffusers-0.20 grid: SD scheduler configs' offset
     use_cache: bool = True  # effective only with inverter='reference', eta 0, exact grid and a cache
-    grid: str | None = None
-    eta: float | None = None
+    grid: Grid | None = None
+    eta: NonNegative | None = None
     per_pair_t: bool | None = None
-    initial_alpha: str | None = None
+    initial_alpha: InitialAlpha | None = None
     _corrected = INVERTED_CORRECTED
     _official = INVERTED_OFFICIAL
 

@@ -21,7 +21,7 @@ the same trajectory points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,7 +29,8 @@ from ..diffusion.batching import cat_rows
 from ..diffusion.cache import cached_invert
 from ..diffusion.guidance import ZEROS, Unconditional, guided
 from ..diffusion.schedule import alpha_at
-from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
+from .base import (Count, InitialAlpha, Method, MethodConfig, MethodContext, MethodOutput, NonNegative, PairBatch,
+                   Positive)
 from .functional import (diffusion_dpo_loss, inpo_target, inversion_dpo_loss, inversion_step_weights,
                          per_sample_mse)
 from .registry import register_method
@@ -37,16 +38,16 @@ from .registry import register_method
 
 @dataclass
 class InversionDPOConfig(MethodConfig):
-    beta: float = 2000.0  # official launcher (argparse 5000)
-    num_steps: int = 80  # official launcher N (argparse 40); Δ = T // N
-    guidance_scale: float = 2.0  # CFG in inversion and in the policy pass (unconditional branch: ``uncond``)
-    subsample: int | None = None  # k points per pair; None = all (official)
-    gradient: str = "standard"  # or 'constant-memory'
+    beta: Positive = 2000.0  # official launcher (argparse 5000)
+    num_steps: Count = 80  # official launcher N (argparse 40); Δ = T // N
+    guidance_scale: NonNegative = 2.0  # CFG in inversion and in the policy pass (unconditional branch: ``uncond``)
+    subsample: Count | None = None  # k points per pair; None = all (official)
+    gradient: Literal["standard", "constant-memory"] = "standard"
     use_cache: bool = True  # reference inversion is deterministic: cache it when a cache is given
-    target: str | None = None
-    initial_alpha: str | None = None
-    step_weighting: str | None = None
-    uncond: str | None = None  # 'model' (SD1.5 empty text, SDXL zeros) or 'zeros' (official, every model)
+    target: Literal["reference", "trajectory"] | None = None
+    initial_alpha: InitialAlpha | None = None
+    step_weighting: Literal["uniform", "inv-alpha"] | None = None
+    uncond: Literal["model", "zeros"] | None = None  # 'model' (SD1.5 empty text, SDXL zeros) or 'zeros' (official, every model)
     _corrected = {"target": "trajectory", "initial_alpha": "one", "step_weighting": "uniform", "uncond": "model"}
     _official = {"target": "reference", "initial_alpha": "alpha0", "step_weighting": "inv-alpha", "uncond": "zeros"}
     _official_optimizer = {"weight_decay": 0.0}  # the official wd·lr is below fp32 resolution (module docstring)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch, randn_like, sample_timesteps
 from .diffusion_dpo import forward_noise
@@ -12,7 +12,7 @@ from .registry import register_method
 
 @dataclass
 class SFTConfig(MethodConfig):
-    pick: str = "winner"  # 'winner' or 'best-score' (needs scores: the higher-scored of the two)
+    pick: Literal["winner", "best-score"] = "winner"  # 'winner' or 'best-score' (needs scores: the higher-scored of the two)
 
 
 @register_method("sft")

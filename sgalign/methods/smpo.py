@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch
+from .base import (Count, Grid, InitialAlpha, Inverter, Label, Method, MethodConfig, MethodContext, MethodOutput,
+                   NonNegative, Offset, PairBatch, Positive)
 from ._inverted import inverted_loss, provide_inverted
 from .diffusion_dpo import _metrics
 from .functional import PICKSCORE_MAX, PICKSCORE_MIN, smoothed_preference, smpo_loss
@@ -19,22 +20,22 @@ from .registry import register_method
 
 @dataclass
 class SmPOConfig(MethodConfig):
-    beta: float = 5000.0  # SDXL; SD1.5 launcher / paper ablation 2000
-    gamma: float = 10.0
+    beta: Positive = 5000.0  # SDXL; SD1.5 launcher / paper ablation 2000
+    gamma: Positive = 10.0
     s_min: float = PICKSCORE_MIN
     s_max: float = PICKSCORE_MAX
-    num_points: int = 10  # SDXL 10, SD1.5 5 in the official launchers
-    renoise_steps: int = 1
-    inverter: str = "policy"
-    label: str = "target"
-    steps_offset: int = 1
+    num_points: Count = 10  # SDXL 10, SD1.5 5 in the official launchers
+    renoise_steps: Offset = 1
+    inverter: Inverter = "policy"
+    label: Label = "target"
+    steps_offset: Offset = 1
     order_by_reward: bool = True  # winner = higher score (SmPO orders pairs by the reward, not the human label)
     use_cache: bool = True
-    grid: str | None = None
-    eta: float | None = None
+    grid: Grid | None = None
+    eta: NonNegative | None = None
     per_pair_t: bool | None = None
-    initial_alpha: str | None = None
-    renoise_label: str | None = None
+    initial_alpha: InitialAlpha | None = None
+    renoise_label: Label | None = None
     per_pair_prob: bool | None = None
     _corrected = {**INVERTED_CORRECTED, "eta": 0.0, "renoise_label": "target", "per_pair_prob": True}
     _official = {**INVERTED_OFFICIAL, "eta": 0.0, "renoise_label": "source", "per_pair_prob": False}

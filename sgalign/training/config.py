@@ -6,19 +6,17 @@ so a mistyped option is an error naming it, and the trainer never names a method
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigModel
 
 
 class LoraConfig(ConfigModel):
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -43,18 +41,18 @@ class DataConfig(ConfigModel):
     # or a folder of .parquet/.arrow shards. None: build_pairs' default output of the task (runs/pairs/laion-sg,
     # runs/pairs/pickapic; refused when missing). "synthetic": a SYNTHETIC placeholder dataset in the run dir.
     path: str | None = None
-    batch_size: int = 1  # pairs per process per micro-batch
-    resolution: int | None = None  # pixels; None: the UNet's sample_size x VAE factor
+    batch_size: int = Field(1, ge=1)  # pairs per process per micro-batch
+    resolution: int | None = Field(None, ge=8)  # pixels; None: the UNet's sample_size x VAE factor
     center_crop: bool = True  # official default (random crop with --random_crop)
     random_flip: bool = False  # official default is an independent h-flip per image (unless --no_hflip)
-    proportion_empty_prompts: float = 0.0  # official default 0.2 (empty caption / empty scene graph)
+    proportion_empty_prompts: float = Field(0.0, ge=0, le=1)  # official default 0.2 (empty caption / empty scene graph)
     vae_sample: bool = True  # official: latent_dist.sample(); False: the mean (required by cache_latents)
     cache_latents: bool = False  # in memory, per image; refused with random flips/crops or vae_sample
     cache_text: bool = True  # text states / graph inputs per row, in memory (frozen encoders: exact)
-    margin: float = 0.0  # compositional: reward gap a pair needs
+    margin: float = Field(0.0, ge=0)  # compositional: reward gap a pair needs
     pair_mode: Literal["one-per-annotation", "all-pairs"] = "one-per-annotation"
     score_columns: list[str] | None = None  # t2i: [score_0, score_1] columns (e.g. PickScore), else none
-    synthetic_rows: int = 8  # size of the "synthetic" placeholder dataset
+    synthetic_rows: int = Field(8, ge=1)  # size of the "synthetic" placeholder dataset
 
     @field_validator("path")
     @classmethod
@@ -100,44 +98,39 @@ class MethodSection(ConfigModel):
 
 
 def method_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``opts`` against method ``name``'s config dataclass; errors name the option."""
+    """Validate ``opts`` against method ``name``'s config dataclass (its bounds and ``Literal`` choices); errors
+    name the option."""
     from ..methods import available_methods, get_method_class
+    from ..methods.base import validate_options
     if name not in available_methods():
         raise ValueError(f"options given for unknown method {name!r}; available: {', '.join(available_methods())}")
-    cfg_cls = get_method_class(name).config_class
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    hints = typing.get_type_hints(cfg_cls)
-    out = {}
-    for k, val in opts.items():
-        if k not in fields:
-            raise ValueError(f"{name}.{k}: unknown option of method {name!r} (options: {', '.join(sorted(fields))})")
-        try:
-            out[k] = TypeAdapter(hints[k]).validate_python(val)
-        except ValidationError as e:
-            raise ValueError(f"{name}.{k}: {e.errors()[0]['msg']} (got {val!r})") from None
+    try:
+        out = validate_options(get_method_class(name).config_class, opts)
+    except ValueError as e:
+        raise ValueError(f"{name}.{e}") from None
     return out
 
 
 class OptimizerConfig(ConfigModel):
     name: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
-    lr: float = 1e-8  # per pair when scale_lr (official convention: lr = 1e-8 x effective pairs per step)
+    lr: float = Field(1e-8, gt=0)  # per pair when scale_lr (official convention: lr = 1e-8 x effective pairs per step)
     scale_lr: bool = True  # lr x batch_size x gradient_accumulation_steps x num_processes
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    weight_decay: float = Field(1e-2, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    warmup_steps: int = 500
+    warmup_steps: int = Field(500, ge=0)
 
 
 class TrainerConfig(ConfigModel):
     output_dir: str | None = None  # None: runs/train/<task>-<method> (sgalign.training.runs.default_output_dir)
-    seed: int = 0
-    max_steps: int = 2000  # optimizer steps
-    gradient_accumulation_steps: int = 1
+    seed: int = Field(0, ge=0)
+    max_steps: int = Field(2000, ge=1)  # optimizer steps
+    gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema: bool = False
-    ema_decay: float = 0.9999
+    ema_decay: float = Field(0.9999, ge=0, le=1)
     trajectory_cache: bool = False  # on-disk cache of deterministic reference inversions (methods that use one)
 
     @field_validator("mixed_precision", mode="before")
@@ -147,14 +140,14 @@ class TrainerConfig(ConfigModel):
 
 
 class CheckpointConfig(ConfigModel):
-    every: int = 500  # optimizer steps; 0: only at the end
-    keep: int | None = None  # most recent checkpoints kept; None: all
+    every: int = Field(500, ge=0)  # optimizer steps; 0: only at the end
+    keep: int | None = Field(None, ge=1)  # most recent checkpoints kept; None: all
     resume: str | None = None  # "latest" or a checkpoint folder
     final_pipeline: bool = True  # export the whole pipeline (policy weights merged) at the end
 
 
 class LoggingConfig(ConfigModel):
-    every: int = 1
+    every: int = Field(1, ge=1)
     tqdm: bool = True
     tensorboard: Literal["auto", "on", "off"] = "auto"  # auto: when tensorboard is installed
 
