@@ -13,9 +13,14 @@ from .errors import UserError
 
 
 def _model_folder(path: str | None, what: str) -> None:
-    if path is not None and not (Path(path) / "model_index.json").is_file():
+    """A one-line error naming the missing component (e.g. vae/) before any loading starts."""
+    if path is None:
+        return
+    if not (Path(path) / "model_index.json").is_file():
         raise UserError(f"{what} {path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
                         "e.g. a training run's final/")
+    from .models.loading import check_layout
+    check_layout(path)
 
 
 def evaluate_command(task: str, model: str | None = None, baseline: str | None = None, out: str | None = None,

@@ -3,7 +3,10 @@ with a one-line message naming the file, field or component and what to do; scri
 a ``UserError``) to exit 2, a diverged run to 3, anything else to 1 (a failure during work)."""
 from __future__ import annotations
 
+import errno
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
 
 
 class UserError(Exception):
@@ -30,6 +33,10 @@ def run_main(fn, debug: bool = False, prog: str = "") -> int:
         if debug:
             raise
         code = getattr(e, "exit_code", None)
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE and getattr(e, "filename", None):
+            # an output path that cannot be created or written (read-only, a file in the way): the user's to fix
+            print(f"{head}error: cannot write {e.filename}: {e.strerror}; choose another output path", file=sys.stderr)
+            return EXIT_USAGE
         if isinstance(e, UserError) or code is not None:
             print(f"{head}error: {e}", file=sys.stderr)
             return int(code if code is not None else EXIT_USAGE)

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..scene_graph import SceneGraph, load_split
 from .protocol import EvalProtocol
 from .stats import bootstrap_ci
@@ -216,6 +217,10 @@ class Inputs:
     provenance: dict[str, Any]
 
 
+class InputsError(UserError, ValueError):
+    """The configured input file is missing, empty or malformed (exit 2 in evaluate.py)."""
+
+
 def load_inputs(protocol: EvalProtocol) -> Inputs:
     src = protocol.inputs
     if src.source == "world":
@@ -230,7 +235,7 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
         return Inputs(ids, list(graphs), prompts, render_array(scenes), prov)
     path = Path(src.path)
     if not path.is_file():
-        raise FileNotFoundError(f"inputs.path {path}: file not found")
+        raise InputsError(f"inputs.path {path}: file not found")
     if protocol.task == "compositional":
         records = load_split(path).records[:src.n]
         graphs = [SceneGraph.from_record(r) for r in records]
@@ -241,7 +246,7 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
         prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines()
                                                                     if ln.strip()]
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{path}: expected a JSON list of prompt strings")
+            raise InputsError(f"inputs.path {path}: expected a JSON list of prompt strings")
         prompts = prompts[:src.n]
         graphs = []
         for p in prompts:
@@ -251,7 +256,7 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
                 graphs.append(None)
         ids = [str(i) for i in range(len(prompts))]
     if len(ids) < 2:
-        raise ValueError(f"inputs.path {path}: need at least 2 graphs/prompts, got {len(ids)}")
+        raise InputsError(f"inputs.path {path}: need at least 2 graphs/prompts, got {len(ids)}")
     prov = {"source": "file", "file": path.name, "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "n": len(ids)}
     return Inputs(ids, graphs, prompts, None, prov)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .sg_encoder import SGEncoder
 
 _TRANSFORMERS_WEIGHTS = "model"
@@ -38,8 +39,8 @@ ARCH_COMPONENTS = {
 }
 
 
-class MissingModelFileError(FileNotFoundError):
-    """A model folder lacks files; the message lists each one and what it is for."""
+class MissingModelFileError(UserError, FileNotFoundError):
+    """A model folder lacks files; the message lists each one and what it is for (exit 2 in every command)."""
 
 
 def detect_arch(path: str | Path) -> str:
@@ -94,8 +95,8 @@ def check_layout(path: str | Path, arch: str | None = None, variant: str | None 
     missing = missing_files(path, arch, variant)
     if missing:
         layout = "stable-diffusion-xl-base-1.0" if arch == "sdxl" else "stable-diffusion-v1-5"
-        raise MissingModelFileError(f"{path} is not a complete {arch} folder ({layout} layout); missing:\n  - "
-                                    + "\n  - ".join(missing))
+        raise MissingModelFileError(f"model folder {path} is not a complete {arch} folder ({layout} layout); "
+                                    f"missing: {'; '.join(missing)}")
     return arch
 
 
