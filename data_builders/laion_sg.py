@@ -107,12 +107,12 @@ def resolve_model_path(model: ModelSection) -> Path:
         p = Path(model.path)
         if not (p / "model_index.json").is_file():
             raise ModelNotFound(f"model.path {p}: no model_index.json (a local SD1.5-SG / SDXL-SG folder, e.g. "
-                                    "made by scripts/make_tiny.py or scripts/pretrain_sg.py)")
+                                "made by scripts/make_tiny.py or scripts/pretrain_sg.py)")
         return p
     if (WORLD_MODEL / "model_index.json").is_file():
         return WORLD_MODEL
     raise ModelNotFound("no base model: the world SD1.5-SG (sgalign/world/weights/world-sd15-sg/) does not exist "
-                            "yet; pass --model FOLDER (an SD1.5-SG / SDXL-SG folder, e.g. from scripts/make_tiny.py)")
+                        "yet; pass --model FOLDER (an SD1.5-SG / SDXL-SG folder, e.g. from scripts/make_tiny.py)")
 
 
 def load_pipeline(model: ModelSection, sha256: str | None = None):

@@ -26,8 +26,8 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
     dpg_cfg, cb_cfg = DPGConfig(**cfg.dpg), CompBenchConfig(**cfg.compbench_3in1)
     if cfg.preset == "world":
         if cfg.backends:
-            raise RewardConfigError("rewards.backends is only read with rewards.preset: custom (the world preset uses the "
-                             "world backends; rewards.world_similarity picks 3-in-1's C)")
+            raise RewardConfigError("rewards.backends is only read with rewards.preset: custom (the world preset "
+                                    "uses the world backends; rewards.world_similarity picks 3-in-1's C)")
         if cfg.world_clip_path is not None and cfg.world_similarity != "world-clip":
             raise RewardConfigError("rewards.world_clip_path is only read with rewards.world_similarity: world-clip")
         from sgalign.rewards import world_reward
@@ -39,13 +39,13 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
         return CombinedReward(members)
     if cfg.world_similarity != "world-clip" or cfg.world_clip_path is not None:
         raise RewardConfigError("rewards.world_similarity / world_clip_path are only read with rewards.preset: world "
-                         "(preset custom: set rewards.backends.similarity, e.g. {name: world-clip, path: DIR})")
+                                "(preset custom: set rewards.backends.similarity, e.g. {name: world-clip, path: DIR})")
     need = {"dpg": ("vqa",), "compbench_3in1": ("vqa", "detector", "similarity", "parser")}
     roles = sorted({r for m in cfg.members for r in need[m]})
     missing = [r for r in roles if r not in cfg.backends]
     if missing:
         raise RewardConfigError(f"rewards.backends: no backend for role(s) {missing} needed by members {cfg.members} "
-                         "(e.g. rewards.backends.vqa: {name: blip-vqa, path: <local folder>})")
+                                "(e.g. rewards.backends.vqa: {name: blip-vqa, path: <local folder>})")
     b = {r: _backend(r, cfg.backends[r], cfg.policy) for r in roles}
     members: list[Any] = []
     if "dpg" in cfg.members:

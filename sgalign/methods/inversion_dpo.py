@@ -47,7 +47,8 @@ class InversionDPOConfig(MethodConfig):
     target: Literal["reference", "trajectory"] | None = None
     initial_alpha: InitialAlpha | None = None
     step_weighting: Literal["uniform", "inv-alpha"] | None = None
-    uncond: Literal["model", "zeros"] | None = None  # 'model' (SD1.5 empty text, SDXL zeros) or 'zeros' (official, every model)
+    # 'model' (SD1.5 empty text, SDXL zeros) or 'zeros' (official, every model)
+    uncond: Literal["model", "zeros"] | None = None
     _corrected = {"target": "trajectory", "initial_alpha": "one", "step_weighting": "uniform", "uncond": "model"}
     _official = {"target": "reference", "initial_alpha": "alpha0", "step_weighting": "inv-alpha", "uncond": "zeros"}
     _official_optimizer = {"weight_decay": 0.0}  # the official wd·lr is below fp32 resolution (module docstring)

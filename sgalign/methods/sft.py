@@ -12,7 +12,7 @@ from .registry import register_method
 
 @dataclass
 class SFTConfig(MethodConfig):
-    pick: Literal["winner", "best-score"] = "winner"  # 'winner' or 'best-score' (needs scores: the higher-scored of the two)
+    pick: Literal["winner", "best-score"] = "winner"  # best-score needs scores: the higher-scored of the two
 
 
 @register_method("sft")

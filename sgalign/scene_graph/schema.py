@@ -72,7 +72,7 @@ class LaionSGRecord(_Strict):
     @field_validator("img_id")
     @classmethod
     def _img_id_digits(cls, v: str) -> str:
-        if not _ASCII_DIGITS.fullmatch(v):  # str.isdigit() also takes "²³" and "١٢٣", which int() or names break on
+        if not _ASCII_DIGITS.fullmatch(v):  # str.isdigit() also takes "²³" and "١٢٣", which later stages break on
             raise ValueError(f"img_id must be a string of ASCII digits 0-9, got {v!r}")
         return v
 

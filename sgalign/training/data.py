@@ -70,13 +70,13 @@ def load_table(path: str | Path):
     p = Path(path)
     if not p.exists():
         raise DatasetNotFound(f"dataset not found: {p} (a save_to_disk folder, a .parquet file or a folder of "
-                                ".parquet/.arrow shards)")
+                              ".parquet/.arrow shards)")
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
         return datasets.load_from_disk(str(p))
     if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
         # a build_pairs folder whose build has not finished: training on it would silently use part of the data
         raise DatasetNotFinished(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
-                         "build_pairs command to complete it")
+                                 "build_pairs command to complete it")
     index = p / "index.json" if p.is_dir() else None
     if index is not None and index.is_file() and json.loads(index.read_text()).get("rows") == 0:
         raise DatasetEmpty(f"{p}: the dataset has no rows (see its summary.json / rejects.jsonl); rebuild it")

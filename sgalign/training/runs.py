@@ -97,7 +97,8 @@ def latest_finished_run(task: str, root: str | Path = TRAIN_ROOT) -> Path | None
     for rec_path in Path(root).glob(f"*/{RUN_FILE}"):
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
         run = rec_path.parent
-        if rec.get("kind", "train") == "train" and rec.get("task") == task and rec.get("finished") and (run / "final" / "model_index.json").is_file():
+        done = rec.get("finished") and (run / "final" / "model_index.json").is_file()
+        if rec.get("kind", "train") == "train" and rec.get("task") == task and done:
             key = rec.get("finished_at", 0.0)
             if best is None or key > best[0]:
                 best = (key, run)
