@@ -33,16 +33,17 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
         chunk = list(scenes[start:start + batch])
         graphs = [s.graph() for s in chunk]
         x = to_tensor(render_array(chunk)) * 2 - 1
-        lat = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-        noise = torch.randn(lat.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(chunk),), generator=gen)
+        lat = pipe.vae.encode(x.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+        # drawn on the CPU generator (the same noise on every device), then moved to the model
+        noise = torch.randn(lat.shape, generator=gen).to(lat.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(chunk),), generator=gen).to(lat.device)
         noisy = sched.add_noise(lat, noise, t)
         cond = pipe.encode_graphs(graphs)
         conds = {"true": cond, "text_only": pipe.encode_graphs(graphs, use_graph=False),
                  "empty": pipe.unconditional(cond), "shuffled": cond[torch.arange(len(chunk)).roll(1)]}
         for k, c in conds.items():
             pred = pipe.unet(noisy, t, **c.unet_kwargs(), return_dict=False)[0]
-            sums[k].append(((pred - noise) ** 2).mean((1, 2, 3)).numpy())
+            sums[k].append(((pred - noise) ** 2).mean((1, 2, 3)).float().cpu().numpy())
     per = {k: np.concatenate(v) for k, v in sums.items()}
     mse = {k: float(v.mean()) for k, v in per.items()}
     out = {"n_graphs": len(scenes), "seed": seed, "eps_mse": mse,

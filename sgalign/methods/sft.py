@@ -24,7 +24,8 @@ class SFT(Method):
         if self.config.pick == "best-score":
             if batch.score_w is None or batch.score_l is None:
                 raise ValueError("sft with pick='best-score' needs score_w and score_l in the batch")
-            x0 = batch.x0_w.where((batch.score_w >= batch.score_l).view(-1, 1, 1, 1), batch.x0_l)
+            best_w = (batch.score_w >= batch.score_l).view(-1, 1, 1, 1).to(x0.device)  # scores may be on the CPU
+            x0 = batch.x0_w.where(best_w, batch.x0_l)
         elif self.config.pick != "winner":
             raise ValueError(f"sft pick must be 'winner' or 'best-score', got {self.config.pick!r}")
         t = sample_timesteps(batch.size, ctx.num_train_timesteps, ctx.generator, x0.device)

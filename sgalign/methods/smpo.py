@@ -52,7 +52,7 @@ class SmPO(Method):
         sw, sl = batch.score_w.float(), batch.score_l.float()
         if self.config.order_by_reward:
             swap = sl > sw
-            s4 = swap.view(-1, 1, 1, 1)
+            s4 = swap.view(-1, 1, 1, 1).to(batch.x0_w.device)  # scores may come from the CPU, latents not
             batch = PairBatch(batch.x0_l.where(s4, batch.x0_w), batch.x0_w.where(s4, batch.x0_l), batch.cond,
                               torch.maximum(sw, sl), torch.minimum(sw, sl),
                               _swap_ids(batch.image_ids_w, batch.image_ids_l, swap, 0),

@@ -59,5 +59,5 @@ def encode_texts(texts: Sequence[str], tokenizers: Sequence, text_encoders: Sequ
 
 
 def _real(ids: Tensor, lengths: Tensor) -> Tensor:
-    mask = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    mask = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None].to(ids.device)
     return ids.masked_fill(~mask, -1)

@@ -113,8 +113,9 @@ def preprocess(img, resolution: int, center_crop: bool, flip: bool, generator: t
     if center_crop:
         top, left = (h - resolution) // 2, (w - resolution) // 2
     else:
-        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+        dev = generator.device if generator is not None else "cpu"  # an accelerator's generator draws there
+        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator, device=dev))
+        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator, device=dev))
     x = torch.from_numpy(np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.float32))
     x = x.permute(2, 0, 1) / 127.5 - 1.0
     return x.flip(-1) if flip else x

@@ -333,7 +333,7 @@ class Trainer:
             if self.latent_cache is not None and key in self.latent_cache:
                 out.append(self.latent_cache[key].to(self.acc.device))
                 continue
-            flip = d.random_flip and bool(torch.rand(1, generator=gen) < 0.5)
+            flip = d.random_flip and bool(torch.rand(1, generator=gen, device=gen.device) < 0.5)
             x = preprocess(img, self.resolution, d.center_crop, flip, gen)[None].to(self.acc.device, self.vae.dtype)
             dist = self.vae.encode(x).latent_dist
             lat = (dist.sample(generator=gen) if d.vae_sample else dist.mean).float() * self.vae.config.scaling_factor
@@ -347,15 +347,16 @@ class Trainer:
         p = self.cfg.data.proportion_empty_prompts
         prompts, keys = [], []
         for r in pairs:
-            empty = p > 0 and bool(torch.rand(1, generator=gen) < p)
+            empty = p > 0 and bool(torch.rand(1, generator=gen, device=gen.device) < p)
             prompts.append("" if empty and not hasattr(r.prompt, "items") else
                            (type(r.prompt)([]) if empty else r.prompt))
             keys.append("__empty__" if empty else r.row)
         cond = {k: v.to(self.acc.device) for k, v in self.encoder.batch(prompts, keys).items()}
         x_w = self._latents([r.image_w for r in pairs], [r.id_w for r in pairs], gen)
         x_l = self._latents([r.image_l for r in pairs], [r.id_l for r in pairs], gen)
-        sw = torch.tensor([r.score_w for r in pairs]) if pairs[0].score_w is not None else None
-        sl = torch.tensor([r.score_l for r in pairs]) if pairs[0].score_l is not None else None
+        dev = self.acc.device  # with the latents: methods mask latents by score comparisons
+        sw = torch.tensor([r.score_w for r in pairs], device=dev) if pairs[0].score_w is not None else None
+        sl = torch.tensor([r.score_l for r in pairs], device=dev) if pairs[0].score_l is not None else None
         return PairBatch(x_w, x_l, cond, sw, sl, [r.id_w for r in pairs], [r.id_l for r in pairs])
 
     def context(self, gen: torch.Generator) -> MethodContext:
