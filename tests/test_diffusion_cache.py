@@ -81,3 +81,37 @@ def test_guided_cache_hit_counts_nothing(tmp_path):
     base.reset()
     _run(cache, x0, torch.ones(2), guided(base, 2.0), guidance="cfg=2")
     assert base.no_grad == 0
+
+
+def test_schedule_and_compute_dtype_are_part_of_the_key(tmp_path):
+    """Same image, conditioning, model, grid and guidance, but another noise schedule (zero terminal SNR) or compute
+    dtype: a miss, and the fresh trajectory differs from the stored one (it would have been served before)."""
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+    zt = torch.cumprod(1 - rescale_zero_terminal_snr(1 - AC / torch.cat([torch.ones(1), AC[:-1]])), 0)
+    zt = zt.clamp(min=1e-6).to(AC.dtype)
+    x0, cond = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([0.1])
+    first = _run(TrajectoryCache(tmp_path), x0, cond, _net())
+    c = ForwardCounter(_net())
+    other = cached_invert(TrajectoryCache(tmp_path), x0, c, LV, zt, cond, model_hash="m0", grid_spec="g0",
+                          guidance_spec="cfg=1")
+    assert c.no_grad == 3 and (other.final - first.final).abs().max() > 1e-2  # measured 0.078
+    c.reset()
+    _run(TrajectoryCache(tmp_path, compute_dtype="bfloat16"), x0, cond, c)
+    assert c.no_grad == 3
+    c.reset()
+    _run(TrajectoryCache(tmp_path), x0, cond, c)  # the original settings still hit
+    assert c.no_grad == 0
+
+
+def test_trajectory_cache_refuses_stochastic_latents():
+    from sgalign.training.config import TrainConfig
+    ok = {"data": {"vae_sample": False, "random_flip": False}, "trainer": {"trajectory_cache": True}}
+    assert TrainConfig.model_validate(ok).trainer.trajectory_cache
+    for key, value in [("vae_sample", True), ("random_flip", True), ("center_crop", False)]:
+        bad = {"data": {**ok["data"], key: value}, "trainer": {"trajectory_cache": True}}
+        try:
+            TrainConfig.model_validate(bad)
+        except ValueError as e:
+            assert f"data.{key}={str(value).lower()}" in str(e)
+        else:
+            raise AssertionError(f"{key}={value} with trajectory_cache accepted")

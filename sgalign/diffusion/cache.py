@@ -1,8 +1,10 @@
 """On-disk trajectory cache for deterministic (η = 0, frozen-network) inversions.
 
 One safetensors file per (image, conditioning) row, sharded into 256 sub-folders by key prefix. The key is a
-SHA-256 of: the image (x₀ bytes, plus an optional caller id), the conditioning row, the model hash, the grid spec
-and the guidance spec — so changing any of them addresses a different entry (old ones are simply never read
+SHA-256 of: the image (x₀ bytes, plus an optional caller id), the conditioning row, the model hash, the grid spec,
+the guidance spec, the noise schedule (a hash of ``alphas_cumprod``: e.g. a zero-terminal-SNR rescale is another
+schedule) and the compute dtype (the cache's ``compute_dtype``, what the reference computes in, and x₀'s dtype) —
+so changing any of them addresses a different entry (old ones are simply never read
 again; ``prune`` removes entries of other model hashes). The stored key parts are re-checked on load.
 """
 from __future__ import annotations
@@ -89,15 +91,17 @@ def image_hash(x0_row: Tensor, image_id: str | None = None) -> str:
 class TrajectoryCache:
     """``get``/``put`` trajectories of single rows; ``hits``/``misses`` count look-ups."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, compute_dtype: str = "float32"):
         self.root = Path(root)
+        self.compute_dtype = compute_dtype  # the reference's autocast or weight dtype: part of every key
         self.hits = 0
         self.misses = 0
 
     @staticmethod
-    def make_key(image: str, cond: bytes, model_hash: str, grid: str, guidance: str) -> tuple[str, dict[str, str]]:
+    def make_key(image: str, cond: bytes, model_hash: str, grid: str, guidance: str, schedule: str = "",
+                 dtype: str = "") -> tuple[str, dict[str, str]]:
         parts = {"image": image, "cond": hashlib.sha256(cond).hexdigest(), "model": model_hash, "grid": grid,
-                 "guidance": guidance}
+                 "guidance": guidance, "schedule": schedule, "dtype": dtype}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
 
     def path(self, key: str) -> Path:
@@ -152,8 +156,10 @@ def cached_invert(cache: TrajectoryCache | None, x0: Tensor, eps_fn: EpsFn, leve
     B = x0.shape[0]
     spec = f"{grid_spec}|renoise={renoise_steps}:{renoise_label}|init_alpha={float(initial_alpha):.10g}"
     conds = row_fingerprints(cond, B)
+    schedule = hashlib.sha256(_bytes(alphas_cumprod)).hexdigest()
+    dtype = f"compute={cache.compute_dtype}|x0={x0.dtype}"
     keys = [cache.make_key(image_hash(x0[i], image_ids[i] if image_ids else None), conds[i], model_hash, spec,
-                           guidance_spec) for i in range(B)]
+                           guidance_spec, schedule, dtype) for i in range(B)]
     rows: list[dict[str, Tensor] | None] = [cache.get(k, p) for k, p in keys]
     miss = [i for i, r in enumerate(rows) if r is None]
     if miss:

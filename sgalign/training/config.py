@@ -131,7 +131,8 @@ class TrainerConfig(ConfigModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema: bool = False
     ema_decay: float = Field(0.9999, ge=0, le=1)
-    trajectory_cache: bool = False  # on-disk cache of deterministic reference inversions (methods that use one)
+    # on-disk cache of deterministic reference inversions (methods that use one); refused with stochastic latents
+    trajectory_cache: bool = False
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -167,4 +168,18 @@ class TrainConfig(ConfigModel):
         sg = self.task == "compositional" and self.model.train_sg_encoder
         if self.model.train_unet == "none" and not sg:
             raise ValueError("model: nothing to train (train_unet='none' and no trainable SG encoder)")
+        return self
+
+    @model_validator(mode="after")
+    def _cacheable(self) -> "TrainConfig":
+        # the trajectory cache is keyed by the exact latent: a stochastic one never hits and writes a new entry
+        # every step (~60 MB per image at 1024 px, Inversion-DPO N = 80)
+        d = self.data
+        bad = [k for k, on in (("data.vae_sample=true", d.vae_sample), ("data.random_flip=true", d.random_flip),
+                               ("data.center_crop=false", not d.center_crop)) if on]
+        if self.trainer.trajectory_cache and bad:
+            raise ValueError(f"trainer.trajectory_cache needs deterministic latents, but {', '.join(bad)} makes each "
+                             "step's latent new (every look-up would miss and store another entry); set "
+                             "data.vae_sample=false (the posterior mean), data.random_flip=false and "
+                             "data.center_crop=true, or trainer.trajectory_cache=false")
         return self

@@ -99,7 +99,8 @@ class Trainer:
         self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
         self._apply_method_optimizer_settings()
         self._build_optimizer()
-        self.cache = TrajectoryCache(self.run_dir / "trajectory_cache") if cfg.trainer.trajectory_cache else None
+        self.cache = TrajectoryCache(self.run_dir / "trajectory_cache", compute_dtype=self._reference_dtype()) \
+            if cfg.trainer.trajectory_cache else None
         self.ref_hash = model_fingerprint(self.reference) if self.cache is not None else None
         self.step, self.micro, self.pairs = 0, 0, 0
         if self.acc.is_main_process:
@@ -108,6 +109,12 @@ class Trainer:
             self.acc.init_trackers("sgalign", config={"method": cfg.method.name, "task": cfg.task})
 
     # ---- set-up ---------------------------------------------------------------------------------------------
+    def _reference_dtype(self) -> str:
+        """What the reference computes in (trajectory-cache key): the autocast dtype, else its weights' dtype."""
+        mp = self.cfg.trainer.mixed_precision
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(mp) or \
+            str(next(self.reference.parameters()).dtype).removeprefix("torch.")
+
     def _log(self, msg: str) -> None:
         if self.acc.is_main_process:
             print(msg, flush=True)
