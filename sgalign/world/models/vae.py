@@ -118,6 +118,32 @@ def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float
     return vae.eval(), history
 
 
+def refine_world_vae_decoder(vae, args: VaeTrainArgs,
+                             progress: Callable[[int, dict[str, float]], None] | None = None,
+                             stop: Callable[[], bool] | None = None):
+    """Fine-tune the decoder (and post_quant_conv) alone with the same loss, the encoder frozen: latents (and so any
+    latent cache or diffusion model trained on them) stay exactly as they are, only the decoding of blends
+    improves. Returns (vae, history)."""
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv]
+    params = [p for m in trained for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warmup = min(args.warmup, max(args.steps // 10, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    stream = render_stream("train", args.seed + 2000, args.batch)
+    holder = torch.nn.ModuleList(trained)
+    history = run_steps(holder, opt, sched, args.steps, stream,
+                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen), progress,
+                        stop=stop)
+    vae.requires_grad_(False)
+    return vae.eval(), history
+
+
 @torch.no_grad()
 def reconstruct(vae, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
     """[N, 3, H, W] in [0, 1] -> reconstruction in [0, 1] (posterior mode unless ``sample``)."""
