@@ -56,18 +56,19 @@ def progress(total: int | None, desc: str = "", unit: str = "it", initial: int =
 
 
 def quiet_library_bars(stream=None) -> None:
-    """Off a terminal, silence the progress bars transformers / diffusers / huggingface_hub draw themselves
-    (weight loading, downloads): they are carriage-return frames, not log lines."""
+    """Off a terminal, silence the progress bars transformers / diffusers / datasets / huggingface_hub draw
+    themselves (weight loading, dataset saving): they are carriage-return frames, not log lines. Libraries imported
+    later read the environment variables; those already imported are switched off directly."""
+    import os
     stream = stream if stream is not None else sys.stderr
     if hasattr(stream, "isatty") and stream.isatty():
         return
-    import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    for mod in ("transformers.utils.logging", "diffusers.utils.logging", "huggingface_hub.utils"):
-        try:
-            import importlib
-            m = importlib.import_module(mod)
-            getattr(m, "disable_progress_bar", getattr(m, "disable_progress_bars", lambda: None))()
-        except ImportError:
-            pass
+    for mod, fn in (("transformers.utils.logging", "disable_progress_bar"),
+                    ("diffusers.utils.logging", "disable_progress_bar"),
+                    ("datasets.utils.logging", "disable_progress_bar"),
+                    ("huggingface_hub.utils", "disable_progress_bars")):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, fn):
+            getattr(m, fn)()
