@@ -26,7 +26,8 @@ from sgalign.config import load_config
 from sgalign.errors import UserError, run_main
 from sgalign.outdir import refuse_inputs
 
-from .config import DEFAULT_OUT, WORLD_ANNOTATIONS, BuildPairsConfig
+from .build import annotations_path, build_pairs
+from .config import DEFAULT_OUT, BuildPairsConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,20 +88,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.input:
             raise UserError("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard "
                             "folder; the world's: python -m sgalign.world pickapic --n 2000 --out runs/world-pickapic)")
-        from .pickapic import import_pickapic
         refuse_inputs({"--out": out}, {"--input": args.input}, emptied=args.overwrite)
-        summary = import_pickapic(args.input, cfg.pickapic, out, progress=progress, overwrite=args.overwrite)
     else:
-        from .laion_sg import build_candidates, plan_annotations
-        annotations = cfg.annotations.path or WORLD_ANNOTATIONS if cfg.source == "laion-sg" else None
-        refuse_inputs({"--out": out}, {"--annotations": annotations, "--model": cfg.model.path,
+        refuse_inputs({"--out": out}, {"--annotations": annotations_path(cfg), "--model": cfg.model.path,
                                        "model.sg_encoder": cfg.model.sg_encoder}, emptied=args.overwrite)
-        if cfg.source == "laion-sg":
-            plan = plan_annotations(annotations, limit=cfg.annotations.limit)
-        else:
-            from .shapes import plan_world
-            plan = plan_world(cfg.world)
-        summary = build_candidates(plan, cfg, out, progress=progress, overwrite=args.overwrite)
+    summary = build_pairs(cfg, out, input=args.input, progress=progress, overwrite=args.overwrite)
     if summary is None:  # other processes' shards still running: the last one to finish prints the summary
         return 0
     print(f"data: {out} (dataset_id {summary['dataset_id']})")

@@ -7,7 +7,7 @@
 Resumable: rerun the same command after a kill; finished stages (pairs, each method's training and evaluation)
 are skipped. Writes OUT/results_table.md, OUT/results_table.json and OUT/index.html (links to each method's
 report). ``--task t2i``: world Pick-a-Pic pairs from the base -> build_pairs --source pickapic -> train --task t2i
--> evaluate --task t2i; a table of win-rates vs the base. Budgets: ``sgalign.world.pipeline.BUDGETS``
+-> evaluate --task t2i; a table of win-rates vs the base. Budgets: ``sgalign.jobs.specs.BUDGETS``
 (world-scale CPU choices, not official values).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from sgalign.world.pipeline import ALL_METHODS, BUDGETS, TASKS, JobBudget, run_world_job  # noqa: E402
+from sgalign.jobs.world_job import ALL_METHODS, BUDGETS, TASKS, JobBudget, run_world_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,12 +76,15 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
-                base: dict[str, Any] | None = None) -> C:
-    """Validate ``base`` <- YAML file <- overrides into ``cls``; errors name every bad key and its source."""
+                base: dict[str, Any] | None = None, updates: Iterable[dict[str, Any]] = ()) -> C:
+    """Validate ``base`` <- YAML file <- ``updates`` <- overrides into ``cls``; errors name every bad key and its
+    source. ``updates``: nested dicts of typed values (a caller's settings, e.g. a job's budget), merged in order."""
     overrides = list(overrides)
     data = copy.deepcopy(base or {})
     if path is not None:
         data = _deep_merge(data, read_yaml(path))
+    for u in updates:
+        data = _deep_merge(data, copy.deepcopy(u))
     data = apply_overrides(data, overrides)
     try:
         return cls.model_validate(data)

@@ -2,7 +2,7 @@
 
 1. ``run_smoke``: cheap checks first -- validate the bundled LAION-SG example, serialise it, build LAION-SG's token
    graph with the real CLIP tokenizer and the object-level PyG graph.
-2. ``run_demo``: the shapes-world job at the ``demo`` budget (``sgalign.world.pipeline``): build pairs on the world
+2. ``run_demo``: the shapes-world job at the ``demo`` budget (``sgalign.jobs.world_job``): build pairs on the world
    train split -> train Diffusion-DPO and SmPO from the world SD1.5-SG -> evaluate both vs the base on the test
    split -> results table + per-method reports; ends by printing where they are. Resumable (rerun skips finished
    stages).
@@ -41,7 +41,7 @@ def run_smoke() -> dict[str, object]:
 def run_demo(out: str | Path = "runs/world-demo", budget: str = "demo", base_model: str | Path | None = None,
              smoke: bool = True) -> dict[str, Path]:
     """Smoke checks, then the world job; returns the table paths (``markdown``, ``json``, ``html``)."""
-    from .world.pipeline import DEMO_METHODS, run_world_job
+    from .jobs.world_job import DEMO_METHODS, run_world_job
 
     t0 = time.perf_counter()
     if smoke:

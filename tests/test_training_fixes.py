@@ -15,17 +15,27 @@ import torch
 from sgalign.models.conditioning import SGConditioning, unconditional_conditioning
 from sgalign.training.cli import parse
 from sgalign.training.trainer import Trainer
-from sgalign.world.pipeline import resolve_budget, train_overrides
+from sgalign.jobs.specs import resolve_budget, train_config, train_overrides
 from test_training_support import make_config, tiny_assets  # noqa: F401
 
 
 def world_config(assets, out, method_id, extra=()):
-    """The world job's own argv for ``method_id`` (micro budget, 3 steps), on the tiny SD1.5-SG assets."""
+    """The world job's own config for ``method_id`` (micro budget, 3 steps), on the tiny SD1.5-SG assets."""
     b = resolve_budget("micro", train_steps=3, batch_size=2)
-    argv = train_overrides(method_id, out, assets["sd15-sg"], assets["candidates"], b, seed=0)
-    _, cfg = parse([*argv, "--set", "checkpointing.final_pipeline=false", "--set", "checkpointing.every=0",
-                    "--set", "logging.tensorboard='off'", *[a for o in extra for a in ("--set", o)]])
-    return cfg
+    return train_config(method_id, out, assets["sd15-sg"], assets["candidates"], b, seed=0,
+                        overrides=("checkpointing.final_pipeline=false", "checkpointing.every=0",
+                                   "logging.tensorboard='off'", *extra))
+
+
+@pytest.mark.parametrize("method_id", ["inversion-dpo-faithful", "smpo"])
+@pytest.mark.parametrize("task", ["compositional", "t2i"])
+def test_world_job_command_line_is_its_config(tmp_path, method_id, task):
+    """job_command.txt (the train.py arguments the job writes for provenance) parses to the config it trains."""
+    b = resolve_budget("micro")
+    args = (method_id, tmp_path / "run", tmp_path / "base", tmp_path / "pairs", b, 0, task)
+    assert parse(train_overrides(*args))[1] == train_config(*args)
+    resumed = parse([*train_overrides(*args), "--resume", "latest"])[1]
+    assert resumed == train_config(*args, resume="latest")
 
 
 def weights(tr):

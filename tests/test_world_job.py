@@ -1,11 +1,11 @@
-"""The end-to-end world job (sgalign.world.pipeline) at the micro budget on a tiny RANDOM-INIT base model
+"""The end-to-end world job (sgalign.jobs.world_job) at the micro budget on a tiny RANDOM-INIT base model
 (make_tiny: plumbing only, the numbers mean nothing): table files, values traced to the stage outputs, resume."""
 import json
 
 import pytest
 
 from sgalign.models.tiny import make_tiny
-from sgalign.world.pipeline import BUDGETS, resolve_budget, run_world_job
+from sgalign.jobs.world_job import BUDGETS, resolve_budget, run_world_job
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,22 @@ def test_t2i_job_resumes_and_refuses_another_task(t2i_job, capsys):
         run_world_job(out, budget="micro", methods=["diffusion-dpo"], annotations=4)
     with pytest.raises(ValueError, match="unknown task"):
         run_world_job(out, budget="micro", task="video")
+
+
+@pytest.mark.parametrize("task", ["compositional", "t2i"])
+def test_stage_configs_are_their_command_lines(tmp_path, task):
+    """The typed configs the job builds equal what the equivalent command lines (and --set strings) load."""
+    import shlex
+
+    from data_builders.cli import load, parse_args
+    from sgalign.evaluation.protocol import load_protocol
+    from sgalign.jobs.specs import TASK_CONFIGS, eval_protocol, pairs_command, pairs_config
+
+    b = resolve_budget("demo")
+    base = None if task == "t2i" else tmp_path / "base"
+    argv = shlex.split(pairs_command(tmp_path / "pairs", base, b, 0, task, input=tmp_path / "pk"))[2:]
+    assert load(parse_args(argv)) == pairs_config(base, b, 0, task)
+    fid = ["compositional.fid_resamples=200"] if task == "compositional" else []
+    sets = ["inputs.n=64", "inputs.seed=0", "sampling.seeds=[0, 1]", "sampling.steps=20", "sampling.torch_threads=1",
+            "stats.n_resamples=1000", "stats.seed=0", *fid, "report.grid_graphs=4"]
+    assert load_protocol(str(TASK_CONFIGS[task][1]), sets, task=task) == eval_protocol(b, 0, task)

@@ -1,0 +1,36 @@
+"""``build_pairs``: the library call behind ``scripts/build_pairs.py`` (typed config in, summary out).
+
+    summary = build_pairs(cfg, out)                      # cfg.source "laion-sg" or "shapes": scored candidates
+    summary = build_pairs(cfg, out, input=PATH)          # cfg.source "pickapic": winner-first fixed pairs
+
+It raises on bad input (``UserError`` and subclasses, as the command reports them) and returns the dataset summary,
+or ``None`` when other processes' shards are still running (the last process to finish returns the summary).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import WORLD_ANNOTATIONS, BuildPairsConfig
+
+
+def annotations_path(cfg: BuildPairsConfig) -> str | None:
+    """The annotation file a ``laion-sg`` build reads (the embedded world train split by default); else None."""
+    return cfg.annotations.path or WORLD_ANNOTATIONS if cfg.source == "laion-sg" else None
+
+
+def build_pairs(cfg: BuildPairsConfig, out: str | os.PathLike[str], *, input: str | os.PathLike[str] | None = None,
+                progress: bool = True, overwrite: bool = False) -> dict[str, Any] | None:
+    """Build (or resume) the dataset ``cfg`` describes into ``out``."""
+    if cfg.source == "pickapic":
+        if input is None:
+            raise ValueError("source pickapic needs an input (parquet files, a save_to_disk folder or a shard folder)")
+        from .pickapic import import_pickapic
+        return import_pickapic(input, cfg.pickapic, out, progress=progress, overwrite=overwrite)
+    from .laion_sg import build_candidates, plan_annotations
+    if cfg.source == "laion-sg":
+        plan = plan_annotations(annotations_path(cfg), limit=cfg.annotations.limit)
+    else:
+        from .shapes import plan_world
+        plan = plan_world(cfg.world)
+    return build_candidates(plan, cfg, out, progress=progress, overwrite=overwrite)

@@ -1,0 +1,182 @@
+"""What the world job runs: budgets, method ids, the configs of each task, and the typed configs of its stages.
+
+``train_config`` / ``pairs_config`` / ``eval_protocol`` build the ``TrainConfig`` / ``BuildPairsConfig`` /
+``EvalProtocol`` of a stage from the task's YAML plus the budget (typed values, no argv); ``train_command`` /
+``pairs_command`` are the equivalent command lines, written into the run folders for provenance only.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_CONFIG = ROOT / "configs" / "world" / "compositional.yaml"
+PAIRS_CONFIG = ROOT / "configs" / "build_pairs" / "world.yaml"
+EVAL_CONFIG = ROOT / "configs" / "evaluate" / "world_compositional.yaml"
+T2I_TRAIN_CONFIG = ROOT / "configs" / "world" / "t2i.yaml"
+T2I_EVAL_CONFIG = ROOT / "configs" / "evaluate" / "world_t2i.yaml"
+TASKS = ("compositional", "t2i")
+# task -> (training config, evaluation protocol)
+TASK_CONFIGS = {"compositional": (TRAIN_CONFIG, EVAL_CONFIG), "t2i": (T2I_TRAIN_CONFIG, T2I_EVAL_CONFIG)}
+T2I_RELABEL = {"name": "world-clip"}  # pickapic.relabel: ps_0 / ps_1 = world-CLIP cosine (SmPO's score columns)
+T2I_GUIDANCE = 3.0  # CFG of the world Pick-a-Pic generation (as configs/evaluate/world_t2i.yaml)
+
+# method id -> (trainer method name, its method.options). Inversion-DPO in both forms (METHODS.md).
+METHOD_SPECS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "diffusion-dpo": ("diffusion-dpo", {}),
+    "inversion-dpo": ("inversion-dpo", {"inversion-dpo": {"faithful": False}}),  # trajectory target
+    "inversion-dpo-faithful": ("inversion-dpo", {"inversion-dpo": {"faithful": True}}),  # official
+    "inpo": ("inpo", {}),
+    "smpo": ("smpo", {}),
+    "sft": ("sft", {}),
+}
+ALL_METHODS = ("diffusion-dpo", "inversion-dpo-faithful", "inversion-dpo", "inpo", "smpo", "sft")
+METRICS = (("sg_iou", "SG-IoU"), ("entity_iou", "Entity-IoU"), ("relation_iou", "Relation-IoU"))
+
+
+@dataclass
+class JobBudget:
+    """Every knob that sets the cost of the job; the same for every method."""
+
+    name: str
+    annotations: int  # world train-split graphs for build_pairs (t2i: rows of the world Pick-a-Pic file)
+    k: int  # candidates per graph (t2i: not used; 2 images per caption)
+    gen_steps: int  # DDIM steps of the candidate generation
+    train_steps: int  # optimizer steps per method
+    batch_size: int  # pairs per step
+    lr: float  # per pair (scale_lr: x batch)
+    warmup_steps: int
+    eval_graphs: int  # world test-split graphs
+    eval_seeds: list[int]
+    eval_steps: int  # DDIM steps of the evaluation sampling
+    n_resamples: int = 1000  # bootstrap resamples (IoU intervals, paired differences)
+    fid_resamples: int = 200
+    grid_graphs: int = 4
+    torch_threads: int = 1  # a busy shared CPU: one thread is faster and steadier
+
+
+# World-scale CPU budgets (not official values). lr 1e-5 per pair: the world config's 1e-6 (the SD1.5 value) moves a
+# ~2M-parameter UNet by nothing measurable in tens of steps.
+BUDGETS: dict[str, JobBudget] = {
+    "micro": JobBudget("micro", annotations=2, k=2, gen_steps=2, train_steps=2, batch_size=1, lr=1e-5,
+                       warmup_steps=0, eval_graphs=2, eval_seeds=[0], eval_steps=2, n_resamples=50,
+                       fid_resamples=10, grid_graphs=1),
+    "demo": JobBudget("demo", annotations=96, k=4, gen_steps=15, train_steps=150, batch_size=4, lr=1e-5,
+                      warmup_steps=10, eval_graphs=64, eval_seeds=[0, 1], eval_steps=20),
+    # table: ~1 pass over the 1536 same-graph pairs of 256 graphs x 4; lr 1e-5 per pair (5e-5 blew Diffusion-DPO up
+    # in a demo-budget probe: FID 55 -> 106); 128 test graphs x 3 seeds so paired intervals resolve ~0.01 effects
+    "table": JobBudget("table", annotations=256, k=4, gen_steps=20, train_steps=400, batch_size=4, lr=1e-5,
+                       warmup_steps=10, eval_graphs=128, eval_seeds=[0, 1, 2], eval_steps=20),
+}
+DEMO_METHODS = ("diffusion-dpo", "smpo")
+
+
+def resolve_budget(budget: str | JobBudget, **overrides: Any) -> JobBudget:
+    if isinstance(budget, JobBudget):
+        b = budget
+    elif budget in BUDGETS:
+        b = BUDGETS[budget]
+    else:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)} or pass a JobBudget")
+    return replace(b, **overrides) if overrides else b
+
+# ---- typed stage configs ------------------------------------------------------------------------------------------
+def _cli_value(v: Any) -> str:
+    """A value as the ``--set key=value`` text that parses back to it (YAML)."""
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """{"a": {"b": 1}} -> ["a.b=1"] (the ``--set`` form of a nested update)."""
+    out: list[str] = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={_cli_value(v)}")
+    return out
+
+
+def train_updates(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int) -> dict[str, Any]:
+    """The world job's values over the task's training YAML: the same budget and seed for every method."""
+    options = METHOD_SPECS[method_id][1]
+    return {"model": {"path": str(base)},
+            "data": {"path": str(pairs), "batch_size": b.batch_size},
+            "trainer": {"output_dir": str(run_dir), "max_steps": b.train_steps, "seed": seed},
+            "optimizer": {"lr": b.lr, "warmup_steps": b.warmup_steps},
+            "checkpointing": {"every": max(1, b.train_steps // 2), "keep": 1},
+            "logging": {"tqdm": False},
+            **({"method": {"options": options}} if options else {})}
+
+
+def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
+                 task: str = "compositional", resume: str | None = None, overrides: tuple[str, ...] = ()):
+    """The ``TrainConfig`` of one method's training stage (``overrides``: extra ``key=value`` strings, for tests)."""
+    from ..config import load_config
+    from ..training.config import TrainConfig
+
+    updates = train_updates(method_id, run_dir, base, pairs, b, seed)
+    top: dict[str, Any] = {"task": task, "method": {"name": METHOD_SPECS[method_id][0]}}
+    if resume is not None:
+        top["checkpointing"] = {"resume": resume}
+    return load_config(TrainConfig, TASK_CONFIGS[task][0], overrides, updates=[updates, top])
+
+
+def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
+                    task: str = "compositional") -> list[str]:
+    """The ``scripts/train.py`` arguments equivalent to ``train_config`` (provenance: ``job_command.txt``)."""
+    name = METHOD_SPECS[method_id][0]
+    sets = _flatten(train_updates(method_id, run_dir, base, pairs, b, seed))
+    return ["--task", task, "--method", name, "--config", str(TASK_CONFIGS[task][0]),
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def pairs_updates(base: Path | None, b: JobBudget, seed: int, task: str = "compositional") -> dict[str, Any]:
+    """The world job's values over ``configs/build_pairs/world.yaml`` (compositional) or the defaults (t2i)."""
+    if task == "t2i":
+        return {"pickapic": {"relabel": dict(T2I_RELABEL)}, "torch_threads": b.torch_threads, "source": "pickapic"}
+    return {"generation": {"k": b.k, "seed": seed, "num_inference_steps": b.gen_steps},
+            "world": {"seed": seed, "n": b.annotations}, "torch_threads": b.torch_threads, "source": "shapes",
+            "model": {"path": str(base)}}
+
+
+def pairs_config(base: Path | None, b: JobBudget, seed: int, task: str = "compositional"):
+    """The ``BuildPairsConfig`` of the pairs stage."""
+    from data_builders.config import BuildPairsConfig
+
+    from ..config import load_config
+
+    path = PAIRS_CONFIG if task == "compositional" else None
+    return load_config(BuildPairsConfig, path, updates=[pairs_updates(base, b, seed, task)])
+
+
+def pairs_command(out: Path, base: Path | None, b: JobBudget, seed: int, task: str = "compositional",
+                  input: Path | None = None) -> str:
+    """The ``scripts/build_pairs.py`` command equivalent to ``pairs_config`` (for error messages)."""
+    if task == "t2i":
+        argv = ["--source", "pickapic", "--input", str(input), "--out", str(out),
+                "--set", "pickapic.relabel={name: world-clip}", "--set", f"torch_threads={b.torch_threads}"]
+    else:
+        argv = ["--source", "shapes", "--config", str(PAIRS_CONFIG), "--out", str(out), "--model", str(base),
+                "--n", str(b.annotations), "--set", f"generation.k={b.k}", "--set", f"generation.seed={seed}",
+                "--set", f"generation.num_inference_steps={b.gen_steps}", "--set", f"world.seed={seed}",
+                "--set", f"torch_threads={b.torch_threads}"]
+    return "python scripts/build_pairs.py " + shlex.join(argv + ["--no-progress"])
+
+
+def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
+    """The ``EvalProtocol`` of the evaluation stage: the task's world protocol at the budget's size."""
+    from ..config import load_config
+    from ..evaluation.protocol import EvalProtocol
+
+    updates: dict[str, Any] = {
+        "inputs": {"n": b.eval_graphs, "seed": seed},
+        "sampling": {"seeds": list(b.eval_seeds), "steps": b.eval_steps, "torch_threads": b.torch_threads},
+        "stats": {"n_resamples": b.n_resamples, "seed": seed},
+        "report": {"grid_graphs": min(b.grid_graphs, b.eval_graphs)}, "task": task}
+    if task == "compositional":
+        updates["compositional"] = {"fid_resamples": b.fid_resamples}
+    return load_config(EvalProtocol, str(TASK_CONFIGS[task][1]), updates=[updates])
