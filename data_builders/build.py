@@ -2,6 +2,7 @@
 
     summary = build_pairs(cfg, out)                      # cfg.source "laion-sg" or "shapes": scored candidates
     summary = build_pairs(cfg, out, input=PATH)          # cfg.source "pickapic": winner-first fixed pairs
+    record = build_pairs(cfg, out)                       # cfg.source "world-pickapic": the world Pick-a-Pic file
 
 It raises on bad input (``UserError`` and subclasses, as the command reports them) and returns the dataset summary,
 or ``None`` when other processes' shards are still running (the last process to finish returns the summary).
@@ -27,6 +28,13 @@ def build_pairs(cfg: BuildPairsConfig, out: str | os.PathLike[str], *, input: st
             raise ValueError("source pickapic needs an input (parquet files, a save_to_disk folder or a shard folder)")
         from .pickapic import import_pickapic
         return import_pickapic(input, cfg.pickapic, out, progress=progress, overwrite=overwrite)
+    if cfg.source == "world-pickapic":
+        from .world_pickapic import WorldPickapicConfig, build_world_pickapic
+        if cfg.torch_threads:
+            import torch
+            torch.set_num_threads(cfg.torch_threads)
+        wcfg = WorldPickapicConfig(**cfg.world_pickapic.model_dump())
+        return build_world_pickapic(out, wcfg, cfg.model.path, progress=progress, overwrite=overwrite)
     from .laion_sg import build_candidates, plan_annotations
     if cfg.source == "laion-sg":
         plan = plan_annotations(annotations_path(cfg), limit=cfg.annotations.limit)

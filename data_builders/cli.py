@@ -6,6 +6,7 @@
     python scripts/build_pairs.py --source laion-sg --annotations train.json --out data/laion-candidates \\
         --config configs/build_pairs/laion_sg_sdxl.yaml [--set generation.num_inference_steps=50]
     python scripts/build_pairs.py --source pickapic --input pickapic_v2/ --out data/pickapic-pairs
+    python scripts/build_pairs.py --source world-pickapic --n 2000   # the world Pick-a-Pic file -> runs/world-pickapic
     accelerate launch --num_processes 4 scripts/build_pairs.py ...   # each process a disjoint share of shards
 
 Processes: RANK / WORLD_SIZE from the environment (``accelerate launch`` on GPUs, torchrun, or set by hand). On a
@@ -33,7 +34,7 @@ from .config import DEFAULT_OUT, BuildPairsConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="build_pairs.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", choices=("laion-sg", "shapes", "pickapic"), default=None,
+    ap.add_argument("--source", choices=("laion-sg", "shapes", "pickapic", "world-pickapic"), default=None,
                     help="overrides the config's source (default: shapes)")
     ap.add_argument("--annotations", help="--source laion-sg: a LAION-SG split file (one JSON array of records; "
                                           "default: the embedded world train split, data_builders/data/)")
@@ -41,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", help="output folder, resumed when it exists (default: runs/pairs/<source>)")
     ap.add_argument("--config", help="YAML (configs/build_pairs/); keys as data_builders.config.BuildPairsConfig")
     ap.add_argument("--model", help="base SG model folder (default: the world SD1.5-SG when it exists)")
-    ap.add_argument("--n", type=int, help="annotations to build: world.n (--source shapes) or annotations.limit "
-                                          "(--source laion-sg, the first N valid records)")
+    ap.add_argument("--n", type=int, help="annotations to build: world.n (--source shapes), annotations.limit "
+                                          "(--source laion-sg, the first N valid records) or world_pickapic.n "
+                                          "(--source world-pickapic, rows)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. --set generation.k=4 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def next_command(source: str, out: str | Path) -> str:
-    """The train command that reads ``out`` (no --set when it is the default folder train.py reads)."""
+    """The train command that reads ``out`` (no --set when it is the default folder train.py reads); after the world
+    Pick-a-Pic file, the build_pairs import of it."""
+    if source == "world-pickapic":
+        return f"python scripts/build_pairs.py --source pickapic --input {out}"
     task = "t2i" if source == "pickapic" else "compositional"
     cmd = f"python scripts/train.py --task {task}"
     default = DEFAULT_OUT["pickapic" if task == "t2i" else "laion-sg"]
@@ -75,7 +80,7 @@ def load(args: argparse.Namespace) -> BuildPairsConfig:
         overrides.append(f"annotations.path={args.annotations}")
     cfg = load_config(BuildPairsConfig, args.config, overrides)
     if args.n is not None:  # after loading: which key --n sets depends on the resolved source
-        key = "world.n" if cfg.source == "shapes" else "annotations.limit"
+        key = {"shapes": "world.n", "world-pickapic": "world_pickapic.n"}.get(cfg.source, "annotations.limit")
         cfg = load_config(BuildPairsConfig, args.config, [*overrides, f"{key}={args.n}"])
     return cfg
 
@@ -87,14 +92,19 @@ def run(args: argparse.Namespace) -> int:
     if cfg.source == "pickapic":
         if not args.input:
             raise UserError("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard "
-                            "folder; the world's: python -m sgalign.world pickapic --n 2000 --out runs/world-pickapic)")
+                            "folder; the world's: python scripts/build_pairs.py --source world-pickapic --n 2000)")
         refuse_inputs({"--out": out}, {"--input": args.input}, emptied=args.overwrite)
+    elif cfg.source == "world-pickapic":
+        refuse_inputs({"--out": out}, {"--model": cfg.model.path}, emptied=args.overwrite)
     else:
         refuse_inputs({"--out": out}, {"--annotations": annotations_path(cfg), "--model": cfg.model.path,
                                        "model.sg_encoder": cfg.model.sg_encoder}, emptied=args.overwrite)
     summary = build_pairs(cfg, out, input=args.input, progress=progress, overwrite=args.overwrite)
     if summary is None:  # other processes' shards still running: the last one to finish prints the summary
         return 0
-    print(f"data: {out} (dataset_id {summary['dataset_id']})")
+    if cfg.source == "world-pickapic":
+        print(f"data: {out} (world Pick-a-Pic file, {summary['rows']} rows)")
+    else:
+        print(f"data: {out} (dataset_id {summary['dataset_id']})")
     print(f"next: {next_command(cfg.source, out)}")
     return 0

@@ -17,7 +17,8 @@ WORLD_MODEL = Path(__file__).resolve().parent.parent / "sgalign" / "world" / "we
 # --source laion-sg without --annotations: the world's train split in LAION-SG JSON (data/README.md)
 WORLD_ANNOTATIONS = Path(__file__).resolve().parent / "data" / "world_train_laion_sg.json"
 # where each source writes without --out (relative to the working directory; train.py reads the same folders)
-DEFAULT_OUT = {"laion-sg": "runs/pairs/laion-sg", "shapes": "runs/pairs/shapes", "pickapic": "runs/pairs/pickapic"}
+DEFAULT_OUT = {"laion-sg": "runs/pairs/laion-sg", "shapes": "runs/pairs/shapes", "pickapic": "runs/pairs/pickapic",
+               "world-pickapic": "runs/world-pickapic"}
 
 
 class ModelSection(ConfigModel):
@@ -89,8 +90,19 @@ class PickapicSection(ConfigModel):
     rows_per_shard: int = Field(1000, ge=1)
 
 
+class WorldPickapicSection(ConfigModel):
+    """``--source world-pickapic``: the world Pick-a-Pic file (``data_builders.world_pickapic``; ``--n`` sets n)."""
+    n: int = Field(2000, ge=1)  # rows = world train-split graphs
+    seed: int = Field(0, ge=0)  # graph sampling seed and the seed of every image seed
+    steps: int = Field(20, ge=1)  # DDIM steps
+    guidance: float = Field(3.0, ge=0)  # CFG scale
+    tie_tolerance: float = Field(0.0, ge=0)  # |r0 - r1| <= this: a tie (0.5 / 0.5)
+    rows_per_shard: int = Field(250, ge=1)
+    batch_prompts: int = Field(16, ge=1)  # prompts per pipeline call (x 2 images); does not change the rows
+
+
 class BuildPairsConfig(ConfigModel):
-    source: Literal["laion-sg", "shapes", "pickapic"] = "shapes"
+    source: Literal["laion-sg", "shapes", "pickapic", "world-pickapic"] = "shapes"
     model: ModelSection = ModelSection()
     generation: GenerationSection = GenerationSection()
     rewards: RewardsSection = RewardsSection()
@@ -98,6 +110,7 @@ class BuildPairsConfig(ConfigModel):
     world: WorldSection = WorldSection()
     annotations: AnnotationsSection = AnnotationsSection()
     pickapic: PickapicSection = PickapicSection()
+    world_pickapic: WorldPickapicSection = WorldPickapicSection()
     torch_threads: int | None = Field(None, ge=1)  # None: leave torch's default
     # a build whose failed annotations exceed this share of the valid ones fails (exit 1; no index.json), as does
     # one that built nothing: a dataset missing a slice of its annotations is not silently trained on
@@ -110,6 +123,7 @@ class BuildPairsConfig(ConfigModel):
         d.pop("torch_threads")
         d.pop("max_failed_share")  # decides whether a build is accepted, not its content
         d.pop("pickapic")
+        d.pop("world_pickapic")  # its own build.json (data_builders.world_pickapic)
         d["rewards"].pop("margin")
         if self.source != "shapes":
             d.pop("world")

@@ -1,4 +1,4 @@
-"""The world Pick-a-Pic file (``python -m sgalign.world pickapic``) on the shipped world SD1.5-SG, 4 rows x 2 DDIM
+"""The world Pick-a-Pic file (``build_pairs --source world-pickapic``) on the shipped world SD1.5-SG, 4 rows x 2 DDIM
 steps: exact Pick-a-Pic v2 schema, labels = the world reward re-computed here on the stored images, uids, ties,
 build_pairs --source pickapic and the trainer's t2i loader, and interrupted output never read as finished."""
 import json
@@ -11,19 +11,19 @@ from data_builders.cli import main as build_pairs
 from data_builders.pickapic import PICKAPIC_V2_COLUMNS
 from sgalign.training.data import PickapicPairs, decode_image, load_table
 from sgalign.training.modeling import world_model_path
-from sgalign.world.cli import main as world_cli
-from sgalign.world.pickapic import (COLUMN_DTYPES, RECORD_FILE, TIE_BEST_IMAGE_UID, WorldPickapicConfig,
-                                    build_world_pickapic, preference_labels)
+from data_builders.world_pickapic import (COLUMN_DTYPES, RECORD_FILE, TIE_BEST_IMAGE_UID, WorldPickapicConfig,
+                                          build_world_pickapic, preference_labels)
 
 pytestmark = pytest.mark.skipif(not (world_model_path() / "model_index.json").exists(),
                                 reason="needs the shipped world SD1.5-SG")
-ARGS = ["--n", "4", "--steps", "2", "--rows-per-shard", "2", "--no-progress"]
+ARGS = ["--source", "world-pickapic", "--n", "4", "--set", "world_pickapic.steps=2", "--set",
+        "world_pickapic.rows_per_shard=2", "--set", "torch_threads=1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("wpp") / "pickapic"
-    world_cli(["pickapic", "--out", str(out), *ARGS])
+    assert build_pairs(["--out", str(out), *ARGS]) == 0
     return out
 
 
@@ -124,7 +124,7 @@ def test_round_trip_through_build_pairs_and_the_t2i_loader(built, tmp_path):
         assert np.array_equal(np.asarray(pair.image_w), np.asarray(decode_image(row["jpg_0"])))
 
 
-def test_interrupted_output_is_never_taken_for_finished(built, tmp_path):
+def test_interrupted_output_is_never_taken_for_finished(built, tmp_path, capsys):
     import shutil
 
     out = tmp_path / "partial"
@@ -141,10 +141,11 @@ def test_interrupted_output_is_never_taken_for_finished(built, tmp_path):
     assert build_pairs(["--source", "pickapic", "--input", str(out), "--out", str(tmp_path / "p"),
                         "--no-progress"]) == 2  # a user error: one line, exit 2
     shard0 = (out / "shard-00000.parquet").stat().st_mtime_ns
-    world_cli(["pickapic", "--out", str(out), *ARGS])  # the same command completes it; shard 0 is kept
+    assert build_pairs(["--out", str(out), *ARGS]) == 0  # the same command completes it; shard 0 is kept
     assert (out / "shard-00000.parquet").stat().st_mtime_ns == shard0
     assert not list(out.glob(".*.tmp")) and json.loads((out / "index.json").read_text())["complete"]
     a, b = _table(out), _table(built)
     assert a.drop(columns=["created_at"]).equals(b.drop(columns=["created_at"]))  # deterministic rows
-    with pytest.raises(SystemExit, match="other settings"):
-        world_cli(["pickapic", "--out", str(out), "--n", "4", "--steps", "3", "--rows-per-shard", "2"])
+    capsys.readouterr()
+    assert build_pairs(["--out", str(out), *ARGS, "--set", "world_pickapic.steps=3"]) == 2
+    assert "other settings" in capsys.readouterr().err

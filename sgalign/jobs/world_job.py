@@ -24,7 +24,7 @@ Stages, each skipped on a rerun once finished (so a killed job is resumed by run
 1. ``base/`` as above, plus ``base-t2i/``: the snapshot as a plain ``StableDiffusionPipeline`` folder (its text
    path: same UNet / VAE / text encoder, no SG encoder), what ``train.py --task t2i`` fine-tunes and exports and
    ``evaluate --task t2i`` loads;
-2. ``pickapic/``: the world Pick-a-Pic file (``sgalign.world.pickapic``: ``annotations`` train-split captions x 2
+2. ``pickapic/``: the world Pick-a-Pic file (``data_builders.world_pickapic``: ``annotations`` train-split captions x 2
    seeds of the base, ``gen_steps`` DDIM steps, labels from the world reward), then ``pairs/``:
    ``build_pairs --source pickapic`` on it (ties dropped, winner first), relabelled with the world-CLIP cosine
    into ``ps_0`` / ``ps_1`` (the score columns of ``configs/world/t2i.yaml``; SmPO's);
@@ -99,7 +99,7 @@ def stage_base(out: Path, base_model: str | Path | None) -> Path:
 
 def stage_t2i_base(out: Path, base: Path) -> Path:
     """``base-t2i/``: the base snapshot's text path as a ``StableDiffusionPipeline`` folder (written atomically)."""
-    from ..world.pickapic import write_text_only_view
+    from data_builders.world_pickapic import write_text_only_view
 
     dst = out / "base-t2i"
     if (dst / "model_index.json").exists():
@@ -111,7 +111,7 @@ def stage_t2i_base(out: Path, base: Path) -> Path:
 
 
 def stage_pickapic(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
-    from ..world.pickapic import WorldPickapicConfig, build_world_pickapic
+    from data_builders.world_pickapic import WorldPickapicConfig, build_world_pickapic
 
     dst = out / "pickapic"
     if (dst / "index.json").exists():

@@ -19,8 +19,9 @@ RUN_FILE = "run.json"
 DEFAULT_DATA = {"compositional": "runs/pairs/laion-sg", "t2i": "runs/pairs/pickapic"}
 BUILD_COMMAND = {
     "compositional": "python scripts/build_pairs.py --source laion-sg",
-    "t2i": "python -m sgalign.world pickapic --n 2000 --out runs/world-pickapic && python scripts/build_pairs.py "
-           "--source pickapic --input runs/world-pickapic --set 'pickapic.relabel={name: world-clip}'",
+    "t2i": "python scripts/build_pairs.py --source world-pickapic --n 2000 --set torch_threads=1 && "
+           "python scripts/build_pairs.py --source pickapic --input runs/world-pickapic "
+           "--set 'pickapic.relabel={name: world-clip}'",
 }
 SYNTHETIC = "synthetic"
 # keys that do not change what a run computes: where it writes, how often it saves or logs, caches

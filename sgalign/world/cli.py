@@ -3,15 +3,13 @@
     python -m sgalign.world sample --split test --n 200 --out test.json [--render DIR] [--seed 0]
                                    [--holdout red:circle blue:square] [--novel-only]
     python -m sgalign.world parse IMAGE... [--out FILE.json] [--canonical]
-    python -m sgalign.world pickapic --n 2000 --out DIR [--model DIR] [--seed 0] [--steps 20] [--guidance 3.0]
-                                     [--tie-tolerance 0.0] [--rows-per-shard 250] [--no-progress]
 
 ``sample`` writes a LAION-SG split file (``load_split`` reads it). ``--render DIR`` also writes one PNG per record
 (``DIR/<name>``) and ``DIR/layouts.json`` (img_id -> item boxes, and the sampling settings), so a render can be
 rebuilt with ``WorldScene.from_record``. ``parse`` writes the oracle's graphs as LAION-SG records: img_id = the file
 stem when it is digits (else the image's position), name = the file name, caption_ori = the serialised graph,
-score = the mean detection confidence (as a string, LAION-SG's type), url = "". ``pickapic`` writes the world
-Pick-a-Pic file (``sgalign.world.pickapic``: Pick-a-Pic v2 schema, labels from the world reward; resumable).
+score = the mean detection confidence (as a string, LAION-SG's type), url = "". The world Pick-a-Pic file is a
+build_pairs source: ``python scripts/build_pairs.py --source world-pickapic`` (``data_builders.world_pickapic``).
 """
 from __future__ import annotations
 
@@ -76,21 +74,6 @@ def _parse(args: argparse.Namespace) -> None:
         print()
 
 
-def _pickapic(args: argparse.Namespace) -> None:
-    from .pickapic import WorldPickapicConfig, build_world_pickapic
-
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    cfg = WorldPickapicConfig(n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                              tie_tolerance=args.tie_tolerance, rows_per_shard=args.rows_per_shard,
-                              batch_prompts=args.batch_prompts)
-    try:
-        build_world_pickapic(args.out, cfg, args.model, progress=not args.no_progress)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"pickapic: {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sgalign.world", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,19 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--canonical", action="store_true",
                    help="one direction per fact (left of / above / bigger than) instead of every relation")
     p.set_defaults(func=_parse)
-    k = sub.add_parser("pickapic", help="world Pick-a-Pic file (t2i pairs, Pick-a-Pic v2 schema, reward labels)")
-    k.add_argument("--n", type=int, default=2000, help="rows (world train-split graphs)")
-    k.add_argument("--out", required=True, help="output folder (resumed when it exists)")
-    k.add_argument("--model", default=None, help="SD1.5(-SG) model folder (default: the world SD1.5-SG)")
-    k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    k.add_argument("--guidance", type=float, default=3.0, help="CFG scale")
-    k.add_argument("--tie-tolerance", type=float, default=0.0, help="|reward difference| <= this: a tie (0.5/0.5)")
-    k.add_argument("--rows-per-shard", type=int, default=250)
-    k.add_argument("--batch-prompts", type=int, default=16, help="prompts per pipeline call (x 2 images)")
-    k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    k.add_argument("--no-progress", action="store_true")
-    k.set_defaults(func=_pickapic)
     args = ap.parse_args(argv)
     try:
         args.func(args)

@@ -1,6 +1,8 @@
-"""The world Pick-a-Pic file: preference pairs for the t2i task in the exact Pick-a-Pic v2 schema.
+"""The world Pick-a-Pic file: preference pairs for the t2i task in the exact Pick-a-Pic v2 schema (a build_pairs
+source: ``world-pickapic``, settings in the config's ``world_pickapic`` section).
 
-    python -m sgalign.world pickapic --n 2000 --out DIR [--model DIR] [--seed 0] [--steps 20] [--guidance 3.0]
+    python scripts/build_pairs.py --source world-pickapic --n 2000 --out DIR [--model DIR] [--set torch_threads=1]
+        [--set world_pickapic.seed=0] [--set world_pickapic.steps=20] [--set world_pickapic.guidance=3.0]
 
 Per row: a world *train*-split graph serialised as the t2i prompt (``SceneGraph.serialize().strip()``, the prompt
 form ``evaluate --task t2i`` uses), two images of the base model's **text path** (the SG model's UNet, VAE and
@@ -32,6 +34,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from . import shards as sh
+from .laion_sg import ModelNotFound
 
 FORMAT, VERSION = "sgalign-world-pickapic", "1"
 RECORD_FILE = "world_pickapic.json"
@@ -98,7 +103,7 @@ def pickapic_features():
 
 # ---- the base model's text path ------------------------------------------------------------------------------------
 def model_identity(path: Path) -> dict[str, Any]:
-    from ..evaluation.run import folder_sha256
+    from sgalign.evaluation.run import folder_sha256
 
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     return {"name": index.get("_sgalign_t2i_view_of") or path.name, "folder": path.name,
@@ -111,7 +116,7 @@ def text_pipeline(path: str | Path):
     from the folder's scheduler config, as ``evaluate --task t2i`` samples."""
     from diffusers import DDIMScheduler
 
-    from ..pipelines.text_only import text_only_pipeline
+    from sgalign.pipelines.text_only import text_only_pipeline
 
     path = Path(path)
     if not (path / "model_index.json").is_file():
@@ -181,9 +186,9 @@ def generate_pairs(pipe, prompts: Sequence[str], seeds: Sequence[tuple[int, int]
 def score_images(jpegs: Sequence[bytes], prompts: Sequence[str], reward=None) -> tuple[np.ndarray, list]:
     """The world reward of each (decoded JPEG, prompt), exactly as evaluation's ``world_reward`` scorer, and the
     reward's provenance (its members, backends and flags)."""
-    from ..evaluation.run import parse_world_prompt
-    from ..rewards import world_reward
-    from ..training.data import decode_image
+    from sgalign.evaluation.run import parse_world_prompt
+    from sgalign.rewards import world_reward
+    from sgalign.training.data import decode_image
 
     reward = reward or world_reward()
     out = reward([decode_image(b) for b in jpegs], [parse_world_prompt(p) for p in prompts])
@@ -219,42 +224,32 @@ def _rows(cfg: WorldPickapicConfig, lo: int, hi: int, prompts: list[str], ids: l
     return cols, manifest
 
 
-def _shards():
-    try:
-        from data_builders import shards
-    except ImportError:  # data_builders is a top-level folder of the repository, not part of the package
-        import sys
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from data_builders import shards
-    return shards
-
-
 def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None, model: str | Path | None = None,
-                         *, progress: bool = True, log=print) -> dict[str, Any]:
+                         *, progress: bool = True, log=print, overwrite: bool = False) -> dict[str, Any]:
     """Build (or resume) the world Pick-a-Pic folder ``out``; return its provenance record (also written to
-    ``out/world_pickapic.json``). ``model``: an SD1.5(-SG) folder, default the world SD1.5-SG."""
+    ``out/world_pickapic.json``). ``model``: an SD1.5(-SG) folder, default the world SD1.5-SG. ``overwrite``: ``out``
+    holds another build: empty it first."""
     from tqdm.auto import tqdm
 
-    from ..machine import machine_info
-    from ..training.modeling import world_model_path
-    from .sampler import img_id_for, sample_split
+    from sgalign.machine import machine_info
+    from sgalign.training.modeling import world_model_path
+    from sgalign.world.sampler import img_id_for, sample_split
 
-    sh = _shards()
     cfg = cfg or WorldPickapicConfig()
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(model) if model is not None else world_model_path()
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"model {path}: no model_index.json; train the world SD1.5-SG first "
-                                "(scripts/pretrain_sg.py) or pass --model FOLDER")
+        raise ModelNotFound(f"model {path}: no model_index.json; train the world SD1.5-SG first "
+                            "(scripts/pretrain_sg.py) or pass --model FOLDER")
     ident = model_identity(path)
     if ident["random_init"]:
         log(f"pickapic: RANDOM-INIT model {path.name}: plumbing only, the images and labels mean nothing")
     num_shards = -(-cfg.n // cfg.rows_per_shard)
     settings = {k: v for k, v in asdict(cfg).items() if k != "batch_prompts"}  # batching does not change rows
     sh.check_or_write_build(out, {"format": FORMAT, "version": VERSION, "config": settings,
-                                  "model_sha256": ident["sha256"], "num_shards": num_shards})
+                                  "model_sha256": ident["sha256"], "num_shards": num_shards}, overwrite=overwrite)
     scenes = sample_split(cfg.split, cfg.n, seed=cfg.seed)
     prompts = [sc.graph().serialize().strip() for sc in scenes]
     ids = [img_id_for(cfg.split, i) for i in range(len(scenes))]
@@ -264,7 +259,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     todo = [i for i in range(num_shards) if not sh.is_done(out, i)]
     pipe = reward = None
     if todo:
-        from ..rewards import world_reward
+        from sgalign.rewards import world_reward
         pipe, reward = text_pipeline(path), world_reward()
     features = pickapic_features()
     bar = tqdm(total=sum(min(cfg.rows_per_shard, cfg.n - i * cfg.rows_per_shard) for i in todo), unit="pair",
@@ -286,8 +281,10 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     counts_out = {k: sum(m[k] for m in ms) for k in ("wins_image_0", "wins_image_1", "ties")}
     record = {
         "format": FORMAT, "version": VERSION, "rows": cfg.n, "columns": COLUMN_DTYPES, "config": settings,
-        "command": (f"python -m sgalign.world pickapic --n {cfg.n} --out OUT --seed {cfg.seed} --steps {cfg.steps} "
-                    f"--guidance {cfg.guidance} --tie-tolerance {cfg.tie_tolerance}"
+        "command": (f"python scripts/build_pairs.py --source world-pickapic --n {cfg.n} --out OUT "
+                    f"--set world_pickapic.seed={cfg.seed} --set world_pickapic.steps={cfg.steps} "
+                    f"--set world_pickapic.guidance={cfg.guidance} "
+                    f"--set world_pickapic.tie_tolerance={cfg.tie_tolerance}"
                     + ("" if model is None else f" --model {path.name}")),
         "model": ident, "model_0_1": ident["name"],
         "captions": f"sgalign.world.sample_split({cfg.split!r}, {cfg.n}, seed={cfg.seed}): "
