@@ -49,7 +49,7 @@ def model_folder(arg: str | None, tmp: Path) -> tuple[Path, str]:
         return Path(arg), "given"
     if (WORLD_MODEL / "model_index.json").is_file():
         return WORLD_MODEL, "world SD1.5-SG"
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
     return make_tiny("sd15-sg", tmp / "tiny", gate_init=0.5), "tiny RANDOM-INIT SD1.5-SG (world model not built yet)"
 
 

@@ -5,7 +5,7 @@ Run under torch's launcher with 2 gloo processes::
     OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 \\
         --master_port 29517 scripts/check_fsdp_cpu.py
 
-Each rank wraps a tiny random-init diffusers UNet (sgalign.models.tiny) with FSDP2 (``fully_shard`` on every
+Each rank wraps a tiny random-init diffusers UNet (sgalign.pipelines.tiny) with FSDP2 (``fully_shard`` on every
 BasicTransformerBlock / ResnetBlock2D, the wrap classes of configs/accelerate/fsdp.yaml, then the root) and with
 FSDP1 (``FullyShardedDataParallel``, device_id cpu), runs one forward/backward/AdamW step on rank-seeded data and
 prints the shard sizes, the loss and whether both ranks hold the same full weights afterwards. This is raw torch, not
@@ -37,7 +37,7 @@ def main() -> None:
     from diffusers.models.resnet import ResnetBlock2D
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
-    from sgalign.models.tiny import tiny_unet
+    from sgalign.pipelines.tiny import tiny_unet
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     unet = tiny_unet(False, 32, seed=0)

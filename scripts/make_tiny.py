@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from sgalign.models.tiny import ARCHS, make_tiny
+from sgalign.pipelines.tiny import ARCHS, make_tiny
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
     python scripts/pretrain_sg.py --config configs/pretrain/world_sd15_sg.yaml [--set train.max_steps=100 ...]
     accelerate launch scripts/pretrain_sg.py --config configs/pretrain/sdxl_sg_laion.yaml
 
-See ``sgalign.models.pretrain`` for the loss, the LAION-SG bugs it fixes and the output folder.
+See ``sgalign.training.pretrain_sg`` for the loss, the LAION-SG bugs it fixes and the output folder.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shlex
 import sys
 
 from sgalign.config import load_config
-from sgalign.models.pretrain import PretrainConfig, train
+from sgalign.training.pretrain_sg import PretrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> None:

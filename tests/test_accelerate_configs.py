@@ -47,7 +47,7 @@ def test_fsdp_config(monkeypatch):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import ShardingStrategy
 
-    from sgalign.models.tiny import tiny_unet
+    from sgalign.pipelines.tiny import tiny_unet
     from sgalign.training.modeling import Denoiser
     args, env = launch_env("fsdp")
     assert args.use_fsdp and not args.use_deepspeed and args.num_processes == 8

@@ -13,7 +13,7 @@ from data_builders import laion_sg, shards
 from data_builders.laion_sg import build_candidates, candidate_seed, load_candidates, plan_annotations
 from data_builders.scoring import build_reward
 from data_builders.shapes import plan_world
-from sgalign.models.tiny import make_tiny
+from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SceneGraph, write_split
 from sgalign.world import sample_split, split_records
 from test_build_pairs_common import rows, small_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sgalign.models.tiny import make_tiny
+from sgalign.pipelines.tiny import make_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,7 +43,7 @@ def test_chat_extractor_scores_counts_failures_and_caches(server, tmp_path):
     from sgalign.evaluation import jaccard
     from sgalign.evaluation.protocol import load_protocol
     from sgalign.evaluation.run import evaluate
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
     from sgalign.scene_graph import LaionSGRecord, SceneGraph
 
     model = make_tiny("sd15-sg", tmp_path / "m")
@@ -93,7 +93,7 @@ def test_unreachable_endpoint_fails_the_run_without_a_headline_number(tmp_path, 
     from sgalign.evaluation.extractors import TooManyExtractionFailures
     from sgalign.evaluation.protocol import load_protocol
     from sgalign.evaluation.run import evaluate
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
 
     with socket.socket() as sock:  # a port nothing listens on: connection refused at once
         sock.bind(("127.0.0.1", 0))
@@ -127,7 +127,7 @@ def test_reused_out_folder_keeps_no_stale_files(server, tmp_path):
     from sgalign.evaluation.protocol import load_protocol
     from sgalign.evaluation.report import write_report
     from sgalign.evaluation.run import evaluate
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
 
     out = tmp_path / "out"
     for stale in ("images/baseline.npz", "report_files/grid_099.png", "report.md", "failure.json"):

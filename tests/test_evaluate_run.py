@@ -22,7 +22,7 @@ FAST = ["--set", "inputs.n=3", "--set", "sampling.seeds=[0,1]", "--set", "sampli
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("models")
     return {name: make_tiny(arch, root / name, seed=seed) for name, arch, seed in

@@ -7,7 +7,7 @@ from sgalign.evaluation.run import load_model
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("tp")
     return make_tiny("sd15-sg", root / "sg", seed=0), make_tiny("sd15", root / "plain", seed=0)

@@ -8,7 +8,7 @@ import pytest
 
 from data_builders import cli as build_cli
 from sgalign.errors import run_main
-from sgalign.models.tiny import make_tiny
+from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SplitFileError
 from sgalign.training import cli as train_cli
 from test_user_commands import evaluate_main

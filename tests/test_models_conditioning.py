@@ -5,7 +5,7 @@ import torch
 
 from sgalign.models import SGConditioning, SGEncoder, build_conditioning, build_graph_inputs, encode_texts
 from sgalign.models.conditioning import unconditional_conditioning
-from sgalign.models.tiny import tiny_pipeline
+from sgalign.pipelines.tiny import tiny_pipeline
 from sgalign.scene_graph import SceneGraph, build_token_graph
 from sgalign.scene_graph.graph import Item, Relation
 

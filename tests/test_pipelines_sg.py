@@ -9,7 +9,7 @@ import torch
 
 from sgalign.models import SGEncoder
 from sgalign.models.loading import MissingModelFileError, check_layout
-from sgalign.models.tiny import make_tiny, tiny_pipeline
+from sgalign.pipelines.tiny import make_tiny, tiny_pipeline
 from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
 from sgalign.scene_graph import SceneGraph
 

@@ -1,4 +1,4 @@
-"""SG-encoder pretraining (sgalign.models.pretrain): loss, LAION-SG bug fixes, bad records, output folder."""
+"""SG-encoder pretraining (sgalign.training.pretrain_sg): loss, LAION-SG bug fixes, bad records, output folder."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from PIL import Image
 
 from laion_sg_factory import _with_relation, valid_record
 from sgalign.config import load_config
-from sgalign.models.pretrain import (LaionSGImageDataset, ModelConfig, PretrainConfig, WorldRenderDataset,
+from sgalign.training.pretrain_sg import (LaionSGImageDataset, ModelConfig, PretrainConfig, WorldRenderDataset,
                                      build_components, collate, diffusion_loss, lr_lambda, make_pipeline, param_groups,
                                      time_ids, train, vae_input)
 from sgalign.pipelines import StableDiffusionSGPipeline

@@ -61,7 +61,7 @@ def fresh_accelerator_state():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Tiny models (one per family, made on first use) and one tiny dataset per task."""
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
     from sgalign.training.synthetic import write_candidate_dataset, write_pickapic
     root = tmp_path_factory.mktemp("recipes")
     made: dict[str, Path] = {

@@ -10,7 +10,7 @@ import torch
 
 from sgalign.diffusion import cat_rows, zeros_like_cond
 from sgalign.models import build_conditioning
-from sgalign.models.tiny import tiny_components
+from sgalign.pipelines.tiny import tiny_components
 from sgalign.scene_graph import SceneGraph
 from sgalign.training.data import (BatchStream, CandidatePairs, PickapicPairs, candidate_features, decode_image,
                                    load_table)

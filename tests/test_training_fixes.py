@@ -101,7 +101,7 @@ def test_sd15_unconditional_branch_is_the_empty_text(tiny_assets, tmp_path, task
 
 
 def test_sdxl_unconditional_branch_is_zeros(tmp_path):
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
     from sgalign.training.synthetic import write_pickapic
 
     assets = {"sd15": make_tiny("sdxl", tmp_path / "sdxl"),

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, Path]:
-    from sgalign.models.tiny import make_tiny
+    from sgalign.pipelines.tiny import make_tiny
     from sgalign.training.synthetic import write_candidate_dataset, write_pickapic
 
     root = tmp_path_factory.mktemp("training_assets")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgalign.models.tiny import make_tiny
+from sgalign.pipelines.tiny import make_tiny
 from sgalign.jobs.world_job import BUDGETS, resolve_budget, run_world_job
 
 

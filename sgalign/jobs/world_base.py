@@ -292,7 +292,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     from safetensors.torch import load_file, save_file
 
     from ..models.conditioning import build_conditioning
-    from ..models.pretrain import make_pipeline, param_groups
+    from ..training.pretrain_sg import make_pipeline, param_groups
 
     out = Path(r.out)
     name = f"stage{stage}"

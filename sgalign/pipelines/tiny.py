@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 ARCHS = ("sd15", "sdxl", "sd15-sg", "sdxl-sg")
-RANDOM_INIT_NOTE = "RANDOM-INIT tiny model from sgalign.models.tiny: for tests and plumbing only, meaningless weights"
+RANDOM_INIT_NOTE = "RANDOM-INIT tiny model from sgalign.pipelines.tiny: for tests and plumbing only, meaningless weights"
 
 _CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, hidden_act="quick_gelu")
@@ -69,7 +69,7 @@ def tiny_scheduler():
 
 
 def tiny_sg_encoder(text_dim: int, mode: str = "object", seed: int = 0, gate_init: float = 0.0):
-    from .sg_encoder import SGEncoder
+    from ..models.sg_encoder import SGEncoder
 
     torch.manual_seed(seed)
     return SGEncoder(text_dim=text_dim, embed_dim=16, hidden_dim=16, num_graph_layers=5, mode=mode,
@@ -112,7 +112,7 @@ def tiny_pipeline(arch: str, seed: int = 0, sg_mode: str = "object", gate_init: 
         from diffusers import StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline(**comps, force_zeros_for_empty_prompt=True)
-    from ..pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+    from . import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
 
     return (StableDiffusionXLSGPipeline if arch == "sdxl-sg" else StableDiffusionSGPipeline)(**comps)
 

@@ -22,7 +22,7 @@ class LoraConfig(ConfigModel):
 
 class ModelConfig(ConfigModel):
     # "auto": the world SD1.5-SG at sgalign/world/weights/world-sd15-sg/ when that folder exists, else a tiny
-    # RANDOM-INIT model generated into the run dir (sgalign.models.tiny; labelled so in logs and resolved config)
+    # RANDOM-INIT model generated into the run dir (sgalign.pipelines.tiny; labelled so in logs and resolved config)
     path: str = "auto"
     tiny_arch: Literal["sd15", "sdxl", "sd15-sg", "sdxl-sg"] | None = None  # auto fallback; None: by task
     variant: str | None = None

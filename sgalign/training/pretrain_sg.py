@@ -260,8 +260,8 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .loading import load_components, load_sg_encoder
-    from .sg_encoder import SGEncoder
+    from ..models.loading import load_components, load_sg_encoder
+    from ..models.sg_encoder import SGEncoder
 
     comps: dict[str, Any] = {}
     if cfg.base:
@@ -269,7 +269,7 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
         if (Path(cfg.base) / "sg_encoder").is_dir() and cfg.sg_encoder is None and not cfg.sg_encoder_path:
             comps["sg_encoder"] = load_sg_encoder(Path(cfg.base) / "sg_encoder")
     elif cfg.tiny:
-        from .tiny import tiny_components
+        from ..pipelines.tiny import tiny_components
 
         comps = tiny_components(cfg.tiny, seed=seed)
     if cfg.text_encoder:

@@ -128,7 +128,7 @@ class Trainer:
             m.path = str(world)
             self._log(f"[sgalign] model.path=auto -> world SD1.5-SG at {world}")
             return
-        from ..models.tiny import make_tiny
+        from ..pipelines.tiny import make_tiny
         arch = m.tiny_arch or ("sd15-sg" if self.cfg.task == "compositional" else "sd15")
         out = self.run_dir / f"base-model-random-init-{arch}"
         if self.acc.is_main_process and not (out / "model_index.json").exists():
