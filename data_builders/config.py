@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sgalign.config import ConfigModel
+from sgalign.world.paths import WORLD_SD15_SG as WORLD_MODEL  # noqa: F401 (build_pairs' default model)
 
-WORLD_MODEL = Path(__file__).resolve().parent.parent / "sgalign" / "world" / "weights" / "world-sd15-sg"
 # --source laion-sg without --annotations: the world's train split in LAION-SG JSON (data/README.md)
 WORLD_ANNOTATIONS = Path(__file__).resolve().parent / "data" / "world_train_laion_sg.json"
 # where each source writes without --out (relative to the working directory; train.py reads the same folders)

@@ -11,14 +11,15 @@ absent or complete. A shard is finished when its parquet file AND its manifest e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from sgalign.errors import UserError
+from sgalign.hashing import file_sha256, write_atomic  # noqa: F401 (re-exported)
+from sgalign.hashing import folder_sha256 as _folder_sha256
+from sgalign.hashing import write_json_atomic as _write_json_atomic
 
 BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
 
@@ -31,26 +32,9 @@ def manifest_path(out: Path, i: int) -> Path:
     return out / "index" / f"shard-{i:05d}.json"
 
 
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then fsync + rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    def w(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_atomic(path, w)
+    """Manifests, build/summary/index files: sorted keys, UTF-8 as is (the format every recorded build has)."""
+    _write_json_atomic(path, obj, sort_keys=True, ensure_ascii=False)
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -75,24 +59,9 @@ def read_manifest(out: Path, i: int) -> dict[str, Any]:
     return json.loads(manifest_path(out, i).read_text(encoding="utf-8"))
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def folder_sha256(folder: Path) -> str:
-    """Content hash of a model folder: sha256 over (relative path, file sha256) of every non-hidden file except
-    README.md (model cards are not weights)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) \
-                and p.name != "README.md":
-            h.update(f"{rel}\0{file_sha256(p)}\n".encode())
-    return h.hexdigest()
+    """A model folder's content hash as builds record it (README.md left out at every depth, not only the top)."""
+    return _folder_sha256(folder, skip_nested_readme=True)
 
 
 class BuildMismatch(UserError, ValueError):

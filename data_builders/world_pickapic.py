@@ -103,7 +103,7 @@ def pickapic_features():
 
 # ---- the base model's text path ------------------------------------------------------------------------------------
 def model_identity(path: Path) -> dict[str, Any]:
-    from sgalign.evaluation.run import folder_sha256
+    from sgalign.hashing import folder_sha256
 
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     return {"name": index.get("_sgalign_t2i_view_of") or path.name, "folder": path.name,
@@ -232,7 +232,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     from tqdm.auto import tqdm
 
     from sgalign.machine import machine_info
-    from sgalign.training.modeling import world_model_path
+    from sgalign.world.paths import world_model_path
     from sgalign.world.sampler import img_id_for, sample_split
 
     cfg = cfg or WorldPickapicConfig()

@@ -1,26 +1,43 @@
-"""Content identities: a model folder's hash, and a run's identity hash over a JSON-able mapping."""
+"""File identity and atomic file IO, one home for the library and data_builders.
+
+* ``file_sha256`` / ``folder_sha256``: content hashes (a model folder's identity: sha256 over (relative path, file
+  sha256) of every file, sorted by path; hidden files and README.md left out: they do not change the model);
+* ``identity_hash``: a run's short id over a JSON-able mapping;
+* ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic``: a temporary file in the same folder, fsync, then
+  ``os.replace``: readers see the old file or the complete new one, never a partial one.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
-def folder_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(path: str | Path, *, skip_nested_readme: bool = False) -> str:
     """sha256 over (relative path, file sha256) of every file, sorted by path; hidden files and the top-level
-    README.md are left out (they do not change the model). Same value as ``sgalign.evaluation.run.folder_sha256``."""
+    README.md are left out (they do not change the model). ``skip_nested_readme``: also every README.md below the
+    top (the rule ``data_builders`` has always hashed model folders by; kept so recorded builds still resume)."""
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = f.relative_to(root).parts
         rel = f.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in f.relative_to(root).parts) or rel == "README.md":
+        if any(part.startswith(".") for part in parts) or rel == "README.md" \
+                or (skip_nested_readme and f.name == "README.md"):
             continue
-        fh = hashlib.sha256()
-        with f.open("rb") as fp:
-            for chunk in iter(lambda: fp.read(1 << 20), b""):
-                fh.update(chunk)
-        h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
+        h.update(f"{rel}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 
@@ -28,3 +45,36 @@ def identity_hash(obj: Any) -> str:
     """A short stable id of a JSON-able value (sorted keys): the same settings give the same id."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(tmp_path)`` into a temporary file next to ``path``, fsync, then rename onto ``path``; the temporary
+    file is removed on any failure. The file gets the mode of an ordinary new file (0666 minus the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary readable files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False, ensure_ascii: bool = True,
+                      allow_nan: bool = True) -> Path:
+    """``obj`` as indented JSON (indent 1), serialised before anything is written (a serialisation error never
+    touches ``path``)."""
+    text = json.dumps(obj, indent=1, sort_keys=sort_keys, ensure_ascii=ensure_ascii, allow_nan=allow_nan) + "\n"
+    return write_text_atomic(path, text)

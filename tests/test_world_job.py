@@ -82,7 +82,7 @@ def test_bad_requests_are_clear_errors(job, tmp_path):
 # ---- the t2i job (world Pick-a-Pic pairs -> build_pairs --source pickapic -> train --task t2i -> evaluate t2i) ----
 @pytest.fixture(scope="module")
 def t2i_job(tmp_path_factory):
-    from sgalign.training.modeling import world_model_path
+    from sgalign.world.paths import world_model_path
 
     if not (world_model_path() / "model_index.json").exists():
         pytest.skip("needs the shipped world SD1.5-SG (a random-init base ties every reward pair)")

@@ -10,7 +10,7 @@ import pytest
 from data_builders.cli import main as build_pairs
 from data_builders.pickapic import PICKAPIC_V2_COLUMNS
 from sgalign.training.data import PickapicPairs, decode_image, load_table
-from sgalign.training.modeling import world_model_path
+from sgalign.world.paths import world_model_path
 from data_builders.world_pickapic import (COLUMN_DTYPES, RECORD_FILE, TIE_BEST_IMAGE_UID, WorldPickapicConfig,
                                           build_world_pickapic, preference_labels)
 

@@ -19,7 +19,6 @@ is listed in ``provenance.fallbacks``. A run is staged in a fresh folder and rep
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..hashing import file_sha256, folder_sha256
+from ..machine import machine_info
+from ..hashing import write_json_atomic as _write_json_atomic
 from ..scene_graph import SceneGraph, load_split
 from .protocol import EvalProtocol
 from .stats import bootstrap_ci
@@ -48,42 +50,8 @@ PROMPT_UNIT = "prompt (all seeds together)"
 
 # ---- files --------------------------------------------------------------------------------------------------------
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Serialise first (a serialisation error never touches ``path``), write a temporary file in the same folder,
-    fsync, then ``os.replace``: readers see the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a results file is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def folder_sha256(path: str | Path) -> str:
-    """One hash of a model folder: sha256 over (relative path, file sha256) of every file, sorted by path
-    (hidden files and README.md are left out: they do not change the model)."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in f.relative_to(root).parts) or rel == "README.md":
-            continue
-        fh = hashlib.sha256()
-        with f.open("rb") as fp:
-            for chunk in iter(lambda: fp.read(1 << 20), b""):
-                fh.update(chunk)
-        h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
-    return h.hexdigest()
+    """``results.json`` / ``failure.json``: strict JSON (a NaN is an error, never written), atomically."""
+    return _write_json_atomic(path, obj, allow_nan=False)
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -257,7 +225,7 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
         ids = [str(i) for i in range(len(prompts))]
     if len(ids) < 2:
         raise InputsError(f"inputs.path {path}: need at least 2 graphs/prompts, got {len(ids)}")
-    prov = {"source": "file", "file": path.name, "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    prov = {"source": "file", "file": path.name, "file_sha256": file_sha256(path),
             "n": len(ids)}
     return Inputs(ids, graphs, prompts, None, prov)
 
@@ -576,13 +544,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "device": "cpu", "platform": f"{platform.system()} {platform.machine()}"}
-
-
 # What one evaluate run owns in its --out folder: replaced as a whole by the next run, so a reused folder never
 # keeps a previous run's images, grids or plots (other files there are left alone). Extraction caches are carried
 # over: they are keyed by image bytes + extractor settings, so another model's run cannot reuse their rows.
@@ -697,7 +658,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
     timing["metrics_s"] = round(time.time() - t1, 2)
     timing["total_s"] = round(time.time() - t0, 2)
     prov.update({"sgalign_commit": _git_commit(), "diffusers": diffusers.__version__,
-                 "transformers": transformers.__version__, "machine": _machine(), "timing": timing,
+                 "transformers": transformers.__version__, "machine": machine_info(), "timing": timing,
                  "command": command})
     prov["fallbacks"] = list(dict.fromkeys(prov["fallbacks"]))
     if chain is not None:

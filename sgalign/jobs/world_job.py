@@ -70,8 +70,8 @@ def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: st
 
 # ---- stages -------------------------------------------------------------------------------------------------------
 def stage_base(out: Path, base_model: str | Path | None) -> Path:
-    from ..evaluation.run import folder_sha256
-    from ..training.modeling import world_model_path
+    from ..hashing import folder_sha256
+    from ..world.paths import world_model_path
 
     dst = out / "base"
     src = Path(base_model) if base_model is not None else world_model_path()

@@ -16,7 +16,6 @@ SD1.5 the empty text with the graph off, EOS-padded like the conditional branch.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -189,8 +188,3 @@ def add_lora(unet: nn.Module, rank: int, alpha: float, dropout: float, target_mo
 
 def frozen_copy(module: nn.Module | None) -> nn.Module | None:
     return None if module is None else freeze(copy.deepcopy(module))
-
-
-def world_model_path() -> Path:
-    """Where the world SD1.5-SG is trained to (the ``model.path: auto`` default once it exists)."""
-    return Path(__file__).resolve().parents[1] / "world" / "weights" / "world-sd15-sg"

@@ -28,7 +28,8 @@ from ..methods import MethodContext, PairBatch, build_method
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
-from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, world_model_path
+from ..world.paths import world_model_path
+from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy
 from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
 from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
 
