@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The README's main job (sgalign.demo): smoke checks, then the shapes-world job at the demo budget -- build pairs
+"""The README's main job (sgalign.jobs.demo): smoke checks, then the shapes-world job at the demo budget -- build pairs
 -> train Diffusion-DPO and SmPO -> evaluate vs the world base model -> results table and reports. Ends by printing
 where the report is. Rerun to resume (finished stages are skipped).
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgalign.demo import run_demo, run_smoke  # noqa: E402
+from sgalign.jobs.demo import run_demo, run_smoke  # noqa: E402
 from sgalign.jobs.world_job import BUDGETS  # noqa: E402
 
 

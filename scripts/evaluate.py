@@ -38,7 +38,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from sgalign.commands import evaluate_command
+    from sgalign.jobs.commands import evaluate_command
     from sgalign.evaluation.run import failure_summary
     from sgalign.training.runs import evaluation_summary
 

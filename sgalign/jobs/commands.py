@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def _model_folder(path: str | None, what: str) -> None:
@@ -19,7 +19,7 @@ def _model_folder(path: str | None, what: str) -> None:
     if not (Path(path) / "model_index.json").is_file():
         raise UserError(f"{what} {path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
                         "e.g. a training run's final/")
-    from .models.loading import check_layout
+    from ..models.loading import check_layout
     check_layout(path)
 
 
@@ -29,12 +29,12 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
     """Returns {plan, results, paths, skipped}."""
     import json
 
-    from .evaluation.protocol import load_protocol
-    from .evaluation.report import write_report
-    from .evaluation.run import RESULTS_NAME, evaluate
-    from .hashing import folder_sha256, identity_hash
-    from .outdir import claim, locked, refuse_inputs
-    from .training.runs import evaluation_plan
+    from ..evaluation.protocol import load_protocol
+    from ..evaluation.report import write_report
+    from ..evaluation.run import RESULTS_NAME, evaluate
+    from ..hashing import folder_sha256, identity_hash
+    from ..outdir import claim, locked, refuse_inputs
+    from ..training.runs import evaluation_plan
 
     plan = evaluation_plan(task, model, baseline, out, config)
     protocol = load_protocol(plan["config"], list(overrides), task=task)

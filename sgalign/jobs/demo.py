@@ -19,7 +19,7 @@ def example_split_path() -> Path:
 
 
 def run_smoke() -> dict[str, object]:
-    from .scene_graph import SceneGraph, build_token_graph, clip_tokenizer, load_split
+    from ..scene_graph import SceneGraph, build_token_graph, clip_tokenizer, load_split
 
     t0 = time.perf_counter()
     split = load_split(example_split_path())
@@ -41,7 +41,7 @@ def run_smoke() -> dict[str, object]:
 def run_demo(out: str | Path = "runs/world-demo", budget: str = "demo", base_model: str | Path | None = None,
              smoke: bool = True) -> dict[str, Path]:
     """Smoke checks, then the world job; returns the table paths (``markdown``, ``json``, ``html``)."""
-    from .jobs.world_job import DEMO_METHODS, run_world_job
+    from .world_job import DEMO_METHODS, run_world_job
 
     t0 = time.perf_counter()
     if smoke:

@@ -1,0 +1,132 @@
+"""The house's layer order, checked from the code's own imports (README, "Architecture notes").
+
+Every ``import`` / ``from ... import`` in ``sgalign/`` and ``data_builders/`` -- at module level or inside a
+function -- may name a module of its own layer or of a lower one, never of a higher one:
+
+    0  scene_graph, diffusion, config, world, machine (and the small shared modules at sgalign/'s top:
+       errors, hashing, outdir, progress, _torchvision_guard)
+    1  models, methods, rewards
+    2  pipelines, training, evaluation, data_builders
+    3  jobs
+    (scripts/ on top: they may import anything)
+
+and no module there edits ``sys.path``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("sgalign", "data_builders")
+LAYERS = {
+    0: ("scene_graph", "diffusion", "config", "world", "machine", "errors", "hashing", "outdir", "progress",
+        "_torchvision_guard"),
+    1: ("models", "methods", "rewards"),
+    2: ("pipelines", "training", "evaluation", "data_builders"),
+    3: ("jobs",),
+}
+LAYER_OF = {unit: n for n, units in LAYERS.items() for unit in units}
+
+
+def unit_of(module: str) -> str | None:
+    """The layer unit of a dotted module name: ``sgalign.X...`` -> X, ``data_builders...`` -> data_builders;
+    ``sgalign`` itself (the package __init__) -> "" ; anything else (third-party) -> None."""
+    parts = module.split(".")
+    if parts[0] == "data_builders":
+        return "data_builders"
+    if parts[0] != "sgalign":
+        return None
+    return parts[1] if len(parts) > 1 else ""
+
+
+def source_files():
+    for pkg in PACKAGES:
+        yield from sorted((ROOT / pkg).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, mod: str | None = None):
+    """(line, imported module) of every import statement in ``path`` (module ``mod``, by default its own dotted
+    name), relative imports resolved."""
+    mod = mod or module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if node.module is None:  # from . import x, y: each name may be a module of its own unit
+                for alias in node.names:
+                    yield node.lineno, f"{target}.{alias.name}"
+            else:
+                yield node.lineno, target
+
+
+def test_every_module_has_a_layer():
+    units = {unit_of(module_name(f)) for f in source_files()}
+    units.discard("")  # sgalign/__init__.py
+    assert units <= set(LAYER_OF), f"modules without a layer (add them to LAYERS and the README): " \
+                                   f"{sorted(units - set(LAYER_OF))}"
+
+
+def test_imports_only_go_down():
+    upward = []
+    for f in source_files():
+        src = unit_of(module_name(f))
+        if src == "":
+            continue
+        for line, target in imports(f):
+            dst = unit_of(target)
+            if dst is None or dst == "" or dst == src:
+                continue
+            if LAYER_OF[dst] > LAYER_OF[src]:
+                upward.append(f"{f.relative_to(ROOT)}:{line}: {src} (layer {LAYER_OF[src]}) imports {target} "
+                              f"(layer {LAYER_OF[dst]})")
+    assert not upward, "imports from a lower layer up to a higher one:\n" + "\n".join(upward)
+
+
+def test_package_init_imports_nothing_above_the_bottom():
+    init = ROOT / "sgalign" / "__init__.py"
+    bad = [t for _, t in imports(init) if unit_of(t) not in (None, "") and LAYER_OF[unit_of(t)] > 0]
+    assert not bad, f"sgalign/__init__.py imports {bad}: importing sgalign would load higher layers"
+
+
+def test_no_sys_path_edits_in_the_library():
+    hits = []
+    for f in source_files():
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                hits.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert not hits, "sys.path used inside the library: " + ", ".join(hits)
+
+
+@pytest.mark.parametrize("module, unit", [("sgalign.world.sampler", "world"), ("data_builders.cli", "data_builders"),
+                                          ("sgalign", ""), ("torch.nn", None)])
+def test_unit_of(module, unit):
+    assert unit_of(module) == unit
+
+
+def test_the_checker_sees_relative_and_function_level_imports(tmp_path):
+    """A relative import inside a function is resolved against its package (the form every upward import took)."""
+    import textwrap
+
+    f = tmp_path / "probe.py"
+    f.write_text(textwrap.dedent("""
+        def f():
+            from ..training.trainer import train
+            from . import sampler
+    """))
+    assert [t for _, t in imports(f, "sgalign.world.probe")] == ["sgalign.training.trainer", "sgalign.world.sampler"]
