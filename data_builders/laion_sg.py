@@ -66,14 +66,14 @@ def plan_annotations(path: str | os.PathLike[str], limit: int | None = None) -> 
     info = {"kind": "laion-sg", "file": Path(path).name, "sha256": sh.file_sha256(Path(path))}
     if limit is not None:
         info["limit"] = limit
-    return _dedupe(split.records, split.indices, rejects, info, limit)
+    return dedupe_records(split.records, split.indices, rejects, info, limit)
 
 
 class NoValidAnnotations(UserError, ValueError):
     pass
 
 
-def _dedupe(records: Sequence[LaionSGRecord], indices: Sequence[int], rejects: list[dict[str, Any]],
+def dedupe_records(records: Sequence[LaionSGRecord], indices: Sequence[int], rejects: list[dict[str, Any]],
             info: dict[str, Any], limit: int | None = None) -> AnnotationPlan:
     first: dict[str, int] = {}
     keep = []
@@ -139,7 +139,7 @@ def load_pipeline(model: ModelSection, sha256: str | None = None):
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
-def _png(image) -> bytes:
+def png_bytes(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -202,7 +202,7 @@ class CandidateBuilder:
         out = []
         for a, rec in enumerate(records):
             block = scored[a * k:(a + 1) * k]
-            pngs = [_png(im) for im in images[a * k:(a + 1) * k]]
+            pngs = [png_bytes(im) for im in images[a * k:(a + 1) * k]]
             out.append({"annotation": rec.model_dump_json(), "candidates": pngs,
                         "seeds": seeds[a], "scores": {c: [v[c] for v, _ in block] for c in self.columns},
                         "reward": [r for _, r in block], "provenance": provenance})

@@ -6,11 +6,11 @@ from __future__ import annotations
 from sgalign.world import sample_split, split_records
 
 from .config import WorldSection
-from .laion_sg import AnnotationPlan, _dedupe
+from .laion_sg import AnnotationPlan, dedupe_records
 
 
 def plan_world(world: WorldSection) -> AnnotationPlan:
     scenes = sample_split(world.split, world.n, seed=world.seed, holdout=world.holdout)
     records = split_records(world.split, scenes)
-    return _dedupe(records, list(range(len(records))), [],
+    return dedupe_records(records, list(range(len(records))), [],
                    {"kind": "shapes", **world.model_dump()})

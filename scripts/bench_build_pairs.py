@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from data_builders.config import WORLD_MODEL, BuildPairsConfig  # noqa: E402
-from data_builders.laion_sg import CandidateBuilder, _png, build_candidates, candidate_seed  # noqa: E402
+from data_builders.laion_sg import CandidateBuilder, png_bytes, build_candidates, candidate_seed  # noqa: E402
 from data_builders.scoring import build_reward, score_batch  # noqa: E402
 
 def machine() -> str:
@@ -106,7 +106,7 @@ def throughput(args) -> dict:
                             guidance_scale=g.guidance_scale, eta=g.eta, height=g.height, width=g.width).images
                 t_gen += time.perf_counter() - t1
                 scored, _ = score_batch(b.reward, im, [graph])
-                out.append((_png(im[0]), scored[0][1]))
+                out.append((png_bytes(im[0]), scored[0][1]))
         return time.perf_counter() - t0, t_gen, [c for c, _ in out], [x for _, x in out]
 
     runs = {"batched": [], "one_at_a_time": []}

@@ -26,7 +26,7 @@ from PIL import Image
 
 from sgalign.machine import machine_info
 from sgalign.rewards.backends.world import CORRUPTIONS, SIMILARITIES, corruption_cases, world_reward
-from sgalign.rewards.compbench import _strip_graph_attributes
+from sgalign.rewards.compbench import strip_graph_attributes
 from sgalign.world import render_array
 from sgalign.world.robustness import degrade
 
@@ -98,7 +98,7 @@ def c_alone(cases, sim, images) -> None:
     print(f"\nC alone ({sim.info.name}), clean true render: true text > corrupted text (ties apart)\n")
     print("| text | corruption | n | true > corrupted | ties | mean C true | mean C corrupted |")
     print("|---|---|---|---|---|---|---|")
-    for label, text in (("3-in-1 C text (no attributes)", lambda sc: _strip_graph_attributes(sc.graph())),
+    for label, text in (("3-in-1 C text (no attributes)", lambda sc: strip_graph_attributes(sc.graph())),
                         ("full serialised graph", lambda sc: sc.graph().serialize().strip())):
         good = np.array(sim.similarity(images, [text(t) for _, t, _ in cases]))
         bad = np.array(sim.similarity(images, [text(c) for _, _, c in cases]))

@@ -16,7 +16,7 @@ from data_builders.shapes import plan_world
 from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SceneGraph, write_split
 from sgalign.world import sample_split, split_records
-from test_build_pairs_common import rows, small_config
+from build_pairs_helpers import rows, small_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from data_builders.laion_sg import build_candidates, load_candidates
 from data_builders.shapes import plan_world
 from sgalign.pipelines.tiny import make_tiny
-from test_build_pairs_common import SMALL, cli, rows, small_config
+from build_pairs_helpers import SMALL, cli, rows, small_config
 
 N = 8  # world annotations, one per shard
 

@@ -11,7 +11,7 @@ from sgalign.errors import run_main
 from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SplitFileError
 from sgalign.training import cli as train_cli
-from test_user_commands import evaluate_main
+from helpers import evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent
 

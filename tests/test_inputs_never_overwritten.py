@@ -7,7 +7,7 @@ from pathlib import Path
 from data_builders import cli as build_cli
 from data_builders.config import WORLD_ANNOTATIONS
 from sgalign.training import cli as train_cli
-from test_user_commands import evaluate_main
+from helpers import evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -90,7 +90,7 @@ def test_concurrent_build_pairs_into_one_folder_stops_the_second(tmp_path, capsy
 
 
 def test_evaluate_refuses_another_evaluations_folder(tmp_path):
-    from test_user_commands import evaluate_main
+    from helpers import evaluate_main
     out = tmp_path / "eval"
     write_record(out, {"kind": "evaluate", "run_id": "someone-else"})
     (out / "results.json").write_text("{}")

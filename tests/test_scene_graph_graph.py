@@ -1,12 +1,10 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import CARD
 from sgalign.scene_graph import SceneGraph, load_split, phrase_of
-
-CARD = Path(__file__).resolve().parents[1] / "sgalign" / "scene_graph" / "data" / "laion_sg_card_example.json"
 
 
 @pytest.fixture(scope="module")

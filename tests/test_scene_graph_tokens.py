@@ -1,7 +1,7 @@
 import pytest
 
 from sgalign.scene_graph import CLIP_VOCAB_SIZE, SceneGraph, build_token_graph, clip_tokenizer, load_split
-from test_scene_graph_graph import CARD
+from helpers import CARD
 
 
 class WordTokenizer:

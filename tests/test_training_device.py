@@ -8,7 +8,7 @@ import torch
 
 from fake_device import FAKE, DeviceMismatch, FakeDevice, FakeGenerator, OnFake
 from sgalign.training.trainer import Trainer, _micro_seed
-from test_training_support import make_config, tiny_assets  # noqa: F401
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 METHODS = ["diffusion-dpo", "inpo", "smpo", "inversion-dpo", "sft"]
 # every stochastic data path on (random crop and flip, VAE sampling, prompt dropout) and every score-using option

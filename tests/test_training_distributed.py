@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from sgalign.config import dump_config
 from sgalign.training.trainer import Trainer
-from test_training_support import make_config, tiny_assets  # noqa: F401
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["trainer.max_steps=3", "data.batch_size=1", "data.cache_latents=false", "data.vae_sample=true",

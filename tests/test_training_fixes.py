@@ -16,7 +16,7 @@ from sgalign.models.conditioning import SGConditioning, unconditional_conditioni
 from sgalign.training.cli import parse
 from sgalign.training.trainer import Trainer
 from sgalign.jobs.specs import resolve_budget, train_config, train_overrides
-from test_training_support import make_config, tiny_assets  # noqa: F401
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 
 def world_config(assets, out, method_id, extra=()):

@@ -7,7 +7,7 @@ import torch
 
 from sgalign.diffusion import model_fingerprint
 from sgalign.training.trainer import Trainer
-from test_training_support import make_config, tiny_assets  # noqa: F401
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 METHODS = ["diffusion-dpo", "inpo", "smpo", "inversion-dpo", "sft"]
 

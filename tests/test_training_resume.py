@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from sgalign.methods import DiffusionDPO, register_method, unregister_method
 from sgalign.training.checkpoint import checkpoints, latest_checkpoint
 from sgalign.training.trainer import Trainer, TrainingDiverged
-from test_training_support import make_config, tiny_assets  # noqa: F401
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 # exercises every piece of state: AdamW moments, warmup + linear lr, EMA, the sampler position, VAE sampling and
 # random flips / prompt dropout drawn from the per-micro-batch generators, SG encoder + UNet, accumulation 2

@@ -3,14 +3,13 @@ budget: build_pairs --source laion-sg -> train --task compositional -> evaluate 
 the previous one's default folder; the report's provenance chains run id, dataset id and base model hash.
 Plus: train refuses (exit 2) when no pairs exist; real LAION-SG vocabulary with the world reward fails before any
 image; progress is plain lines off a terminal."""
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import pytest
 
 from data_builders import cli as build_cli
+from helpers import CARD, evaluate_main
 from data_builders.config import WORLD_ANNOTATIONS, WORLD_MODEL
 from sgalign.hashing import folder_sha256
 from sgalign.progress import LineProgress, progress
@@ -18,20 +17,12 @@ from sgalign.scene_graph import load_split
 from sgalign.training import cli as train_cli
 from sgalign.world import sample_split, split_records
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_BUILD = ["--n", "3", "--set", "generation.k=2", "--set", "generation.num_inference_steps=2",
               "--set", "rewards.world_similarity=oracle", "--set", "torch_threads=1", "--no-progress"]
 TINY_TRAIN = ["--set", "trainer.max_steps=2", "--set", "checkpointing.every=0", "--set", "optimizer.warmup_steps=0",
               "--set", "logging.tqdm=false"]
 TINY_EVAL = ["--set", "inputs.n=2", "--set", "sampling.seeds=[0]", "--set", "sampling.steps=2",
              "--set", "compositional.fid=false"]
-
-
-def evaluate_main():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 def test_embedded_annotations_are_the_world_train_split():
@@ -113,7 +104,7 @@ def test_real_laion_sg_vocabulary_fails_before_any_image(tmp_path, monkeypatch, 
     def no_builder(*a, **k):
         raise AssertionError("a model was loaded")
     monkeypatch.setattr(laion_sg, "CandidateBuilder", no_builder)
-    card = REPO / "sgalign/scene_graph/data/laion_sg_card_example.json"
+    card = CARD
     rc = build_cli.main(["--source", "laion-sg", "--annotations", str(card), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "rewards.backends.vqa.path" in err and "rewards.backends.detector.path" in err

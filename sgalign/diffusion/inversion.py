@@ -16,7 +16,7 @@ from .counter import EpsFn
 from .schedule import Grid, alpha_at
 
 
-def _bc(a: Tensor, x: Tensor) -> Tensor:
+def broadcast_like(a: Tensor, x: Tensor) -> Tensor:
     """Per-sample (B,) values broadcast against x (B, …); float values take x's dtype, masks stay bool."""
     a = a if a.dtype == torch.bool else a.to(x.dtype)
     return a.reshape(-1, *([1] * (x.dim() - 1)))
@@ -25,7 +25,7 @@ def _bc(a: Tensor, x: Tensor) -> Tensor:
 def ddim_step(x: Tensor, eps: Tensor, alpha_src: Tensor, alpha_dst: Tensor) -> Tensor:
     """Deterministic DDIM move of ``x`` from ᾱ_src to ᾱ_dst (either direction) with noise estimate ``eps``:
     x̂₀ = (x − √(1−ᾱ_s) ε)/√ᾱ_s, x' = √ᾱ_d x̂₀ + √(1−ᾱ_d) ε. ᾱ's are per sample (B,)."""
-    a_s, a_d = _bc(alpha_src, x), _bc(alpha_dst, x)
+    a_s, a_d = broadcast_like(alpha_src, x), broadcast_like(alpha_dst, x)
     x0 = (x - (1 - a_s).sqrt() * eps) / a_s.sqrt()
     return a_d.sqrt() * x0 + (1 - a_d).sqrt() * eps
 
@@ -117,11 +117,11 @@ def ddim_walk(x: Tensor, eps_fn: EpsFn, levels: Tensor, labels: Tensor, alphas_c
             sig = torch.where(up, ddim_sigma(a_d, a_s), torch.zeros_like(a_s))
             gdev = generator.device if generator is not None else x.device
             z = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
-            x_new = x_new + eta * _bc(sig, x) * z
-        x = torch.where(_bc(active, x), x_new, x)
+            x_new = x_new + eta * broadcast_like(sig, x) * z
+        x = torch.where(broadcast_like(active, x), x_new, x)
         lats.append(x)
         eps_pts.append(e1)
-        eps_used.append(torch.where(_bc(active, e), e, torch.zeros_like(e)))
+        eps_used.append(torch.where(broadcast_like(active, e), e, torch.zeros_like(e)))
     stack = (lambda xs: torch.stack(xs, 1)) if K else (lambda xs: x.new_zeros((B, 0, *x.shape[1:])))
     return Trajectory(torch.stack(lats, 1), levels, labels, stack(eps_pts), stack(eps_used), n_steps,
                       initial_alpha)

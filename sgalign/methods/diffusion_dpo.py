@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..diffusion.inversion import _bc
+from ..diffusion.inversion import broadcast_like as _bc
 from .base import (Method, MethodConfig, MethodContext, MethodOutput, PairBatch, Positive, randn_like,
                    sample_timesteps)
 from .functional import diffusion_dpo_loss, per_sample_mse

@@ -354,7 +354,7 @@ def _graph_names(sg: SceneGraph) -> dict[int, str]:
     return {it.item_id: (sg.phrase(it) if counts[it.label] > 1 else it.label) for it in sg.items}
 
 
-def _strip_graph_attributes(sg: SceneGraph) -> str:
+def strip_graph_attributes(sg: SceneGraph) -> str:
     bare = SceneGraph([Item(it.item_id, it.label) for it in sg.items], list(sg.relations))
     return bare.serialize().strip()
 
@@ -417,7 +417,7 @@ class CompBench3in1Reward:
             s = sum(per_rel) / len(per_rel)
         c_text = None
         if ptype != "spatial":
-            c_text = _strip_graph_attributes(sg)
+            c_text = strip_graph_attributes(sg)
             c = self._need(self.similarity, "similarity").similarity([image], [c_text])[0]
         return {"type": ptype, "type_source": "scene-graph", "A": a, "S": s, "C": c, "questions": qs,
                 "spatial": spatial_details, "C_text": c_text}

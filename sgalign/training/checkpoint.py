@@ -120,11 +120,3 @@ def export_pipeline(trainer, out: Path) -> None:
             "random_init_base": trainer.cfg.model.random_init, "notes": trainer.notes, "ema": trainer.ema is not None,
             "config": trainer.cfg.model_dump(mode="json")}, indent=1, default=str) + "\n")
     acc.wait_for_everyone()
-
-
-def load_policy_unet(path: str | Path) -> torch.nn.Module:
-    """The full-fine-tuned policy UNet of a checkpoint or final export."""
-    from diffusers import UNet2DConditionModel
-    p = Path(path)
-    p = p / "policy" / "unet" if (p / "policy" / "unet").exists() else p / "unet"
-    return UNet2DConditionModel.from_pretrained(p, local_files_only=True)

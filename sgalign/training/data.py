@@ -266,9 +266,3 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state)
         self._it = None
-
-
-def provenance_of(path: str | Path) -> list[dict[str, Any]]:
-    """The distinct provenance records of a candidate dataset (for the run's record)."""
-    ds = load_table(path)
-    return [json.loads(p) for p in sorted(set(ds["provenance"]))]

@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_build_pairs_*.py (no tests here): a small build config, the CLI as a subprocess."""
+"""Helpers shared by tests/test_build_pairs_*.py (a helper module, not a test module): a small build config, the CLI as a subprocess."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Shared set-up of the training tests (no tests here): tiny models and tiny datasets written once per session,
+"""Shared set-up of the training tests (a helper module, not a test module): tiny models and tiny datasets written once per session,
 and a config factory. Sizes: make_tiny models (8x8 latents from 16x16 images), batch 2, one torch thread."""
 from __future__ import annotations
 
