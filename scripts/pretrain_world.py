@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--vae-init", default=d.vae_init,
+                    help="VAE folder the VAE stage fine-tunes ('' trains one from scratch)")
     ap.add_argument("--vae-steps", type=int, default=d.vae.steps)
     ap.add_argument("--cache-graphs", type=int, default=d.cache_graphs)
     ap.add_argument("--stage1-steps", type=int, default=d.stage1.steps)
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
+                        vae_init=a.vae_init or None,
                         vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
                         stage1=StageBudget(a.stage1_steps, d.stage1.share),
                         stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch)

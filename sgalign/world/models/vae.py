@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -59,8 +59,12 @@ def background_image(n: int = 1) -> torch.Tensor:
     return bg[None, :, None, None].expand(n, 3, rules.CANVAS, rules.CANVAS).clone()
 
 
+InterpPaths = Literal["background", "background+pairs"]
+
+
 def vae_loss(vae, images: torch.Tensor, kl_weight: float = 1e-6, interp_weight: float = 0.0,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None,
+             interp_paths: InterpPaths = "background") -> tuple[torch.Tensor, dict[str, float]]:
     """L1 reconstruction of a posterior sample + ``kl_weight`` x KL per pixel (+ ``interp_weight`` x the
     latent-interpolation consistency, module docstring); images in [0, 1]."""
     b = images.shape[0]
@@ -74,7 +78,9 @@ def vae_loss(vae, images: torch.Tensor, kl_weight: float = 1e-6, interp_weight: 
     loss = l1 + kl_weight * kl
     stats = {"l1": float(l1.detach()), "kl": float(kl.detach())}
     if interp_weight:
-        mean, h = posterior.mean, b // 2
+        # "background": every row on a background -> image path (the measured recipe); "background+pairs": half
+        # the rows on image -> image paths instead (colour <-> colour)
+        mean, h = posterior.mean, (b // 2 if interp_paths == "background+pairs" else b)
         lam = torch.rand(b, 1, 1, 1, generator=generator)
         # first half: background -> image; second half: image -> the next image of the half (colour <-> colour)
         za = torch.cat([mean[b:].expand(h, -1, -1, -1), mean[h:b]])
@@ -98,14 +104,16 @@ class VaeTrainArgs:
     lr: float = 1e-3
     kl_weight: float = 1e-6
     interp_weight: float = 1.0  # latent-interpolation consistency (0: the plain L1 + KL VAE, the control)
+    interp_paths: InterpPaths = "background"
     warmup: int = 50
+    init: str | None = None  # start from this VAE folder (fine-tuning) instead of a fresh VAE
 
 
 def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float]], None] | None = None,
                     stop: Callable[[], bool] | None = None):
     """Train the world VAE from scratch on the train-split render stream (until ``stop()``, if given, turns true).
     Returns (vae, history)."""
-    vae = world_vae(args.seed).train()
+    vae = (world_vae(args.seed) if args.init is None else load_world_vae(args.init)).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = min(args.warmup, max(args.steps // 10, 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
@@ -113,8 +121,8 @@ def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float
     gen = torch.Generator().manual_seed(args.seed)  # posterior sampling noise and interpolation weights
     stream = render_stream("train", args.seed + 1000, args.batch)  # its own stream, not world-CLIP's batches
     history = run_steps(vae, opt, sched, args.steps, stream,
-                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen), progress,
-                        stop=stop)
+                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen,
+                                               args.interp_paths), progress, stop=stop)
     return vae.eval(), history
 
 
@@ -138,8 +146,8 @@ def refine_world_vae_decoder(vae, args: VaeTrainArgs,
     stream = render_stream("train", args.seed + 2000, args.batch)
     holder = torch.nn.ModuleList(trained)
     history = run_steps(holder, opt, sched, args.steps, stream,
-                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen), progress,
-                        stop=stop)
+                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen,
+                                               args.interp_paths), progress, stop=stop)
     vae.requires_grad_(False)
     return vae.eval(), history
 
