@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sgalign.jobs.demo import run_demo, run_smoke  # noqa: E402
-from sgalign.jobs.world_job import BUDGETS  # noqa: E402
+from sgalign.jobs.specs import BUDGETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

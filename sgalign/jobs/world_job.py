@@ -56,6 +56,14 @@ def _log(msg: str) -> None:
     print(f"[world-job] {msg}", flush=True)
 
 
+def _done(stage: str, dst: Path, *files: str) -> bool:
+    """True (and logged) when the stage's output ``dst`` holds all of ``files``: the stage is skipped."""
+    if all((dst / f).exists() for f in files):
+        _log(f"[{stage}] done: {dst} (skipped)")
+        return True
+    return False
+
+
 def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: str, input: Path | None = None):
     """``build_pairs`` with the job's config; an unfinished dataset afterwards is an error naming the command."""
     from data_builders.build import build_pairs
@@ -102,8 +110,7 @@ def stage_t2i_base(out: Path, base: Path) -> Path:
     from data_builders.world_pickapic import write_text_only_view
 
     dst = out / "base-t2i"
-    if (dst / "model_index.json").exists():
-        _log(f"[base-t2i] done: {dst} (skipped)")
+    if _done("base-t2i", dst, "model_index.json"):
         return dst
     write_text_only_view(base, dst)
     _log(f"[base-t2i] text path of {base.name} (no SG encoder) as a StableDiffusionPipeline folder -> {dst}")
@@ -114,8 +121,7 @@ def stage_pickapic(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
     from data_builders.world_pickapic import WorldPickapicConfig, build_world_pickapic
 
     dst = out / "pickapic"
-    if (dst / "index.json").exists():
-        _log(f"[pickapic] done: {dst} (skipped)")
+    if _done("pickapic", dst, "index.json"):
         return dst
     _log(f"[pickapic] {b.annotations} world train captions x 2 seeds ({b.gen_steps} DDIM steps), world-reward "
          "labels ...")
@@ -126,8 +132,7 @@ def stage_pickapic(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
 
 def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int, task: str = "compositional") -> Path:
     dst = out / "pairs"
-    if (dst / "index.json").exists():
-        _log(f"[pairs] done: {dst} (skipped)")
+    if _done("pairs", dst, "index.json"):
         return dst
     if task == "t2i":
         return _pairs_t2i(out, dst, base, b, seed)
@@ -157,8 +162,7 @@ def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget
     from ..training.trainer import train
 
     run = out / "train" / method_id
-    if (run / "final" / "model_index.json").exists() and (run / "summary.json").exists():
-        _log(f"[train {method_id}] done: {run} (skipped)")
+    if _done(f"train {method_id}", run, "final/model_index.json", "summary.json"):
         return run
     argv = train_overrides(method_id, run, base, pairs, b, seed, task)
     resume = None
@@ -182,8 +186,7 @@ def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget,
     from ..evaluation.run import evaluate
 
     dst = out / "eval" / method_id
-    if (dst / "results.json").exists() and (dst / "report.html").exists():
-        _log(f"[eval {method_id}] done: {dst} (skipped)")
+    if _done(f"eval {method_id}", dst, "results.json", "report.html"):
         return dst
     what = "graphs" if task == "compositional" else "prompts"
     _log(f"[eval {method_id}] {b.eval_graphs} test {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
