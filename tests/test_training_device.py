@@ -59,6 +59,15 @@ def test_one_step_on_another_device(tiny_assets, tmp_path, on_fake_device, task,
     assert moved > 0  # the optimizer step ran on the device tensors
 
 
+def test_lora_and_ema_on_another_device(tiny_assets, tmp_path, on_fake_device):  # noqa: F811
+    """LoRA (the reference is the base with adapters off) and EMA (shadow weights stepped after the optimizer)."""
+    tr = Trainer(make_config(tiny_assets, tmp_path, "t2i", "smpo",
+                             STOCHASTIC + ["model.train_unet=lora", "trainer.ema=true"]))
+    out, gnorm, n, moved = _one_step(tr)
+    tr.ema.step([p for p in tr.policy.parameters() if p.requires_grad])
+    assert moved > 0 and all(isinstance(p, OnFake) for p in tr.ema.shadow_params)
+
+
 def test_trajectory_cache_on_another_device(tiny_assets, tmp_path, on_fake_device):  # noqa: F811
     """The cached reference inversion (hashing, storing and serving device tensors), twice on the same batch."""
     cfg = make_config(tiny_assets, tmp_path, "t2i", "inversion-dpo",
