@@ -219,7 +219,7 @@ def read_colour(rgb: np.ndarray, min_alpha: float = 0.15) -> str:
 
 
 @torch.no_grad()
-def blend_test(vae, n_points: int = 11, centre: int = 8) -> dict:
+def blend_test(vae, n_points: int = 11, centre: int = 8, pairs: bool = True) -> dict:
     """Decode latent paths and read the centre colour with the oracle's colour model.
 
     ``background``: for every palette colour, ``z_bg + l (z_c - z_bg)`` for ``l`` in [0, 1]; passes iff every
@@ -249,7 +249,7 @@ def blend_test(vae, n_points: int = 11, centre: int = 8) -> dict:
         worst = float(np.linalg.norm(rgbs - bg_rgb - t[:, None] * d, axis=1).max())
         out["background"][c] = {"reads": reads, "passes": all(r in ("background", c) for r in reads),
                                 "max_rgb_off_line": round(worst, 2)}
-    for i, a in enumerate(rules.COLOURS):
+    for i, a in enumerate(rules.COLOURS if pairs else ()):
         for b in rules.COLOURS[i + 1:]:
             reads = [read_colour(rgb) for rgb in centre_rgb(lat[a], lat[b])]
             out["pairs"][f"{a}->{b}"] = {"reads": reads,
