@@ -51,7 +51,7 @@ COLUMN_DTYPES = {"are_different": "bool", "best_image_uid": "string", "caption":
 # recalled, not checked against a downloaded row). Readers decide ties by label_0 == 0.5, never by this field.
 TIE_BEST_IMAGE_UID = "none"
 REWARD_DEFINITION = ("world_reward: (DPG-Bench + T2I-CompBench 3-in-1) / 2 on the world oracle (Inversion-DPO "
-                     "Eq. 17), prompt parsed back to its world graph (sgalign.evaluation.run.parse_world_prompt); "
+                     "Eq. 17), prompt parsed back to its world graph (sgalign.world.prompts.parse_world_prompt); "
                      "the t2i 'world_reward' scorer of sgalign.evaluation; images scored as stored (decoded JPEG)")
 _UID_NAMESPACE = uuid.UUID("6f1c3c1e-6d0b-4a57-9a55-70c1d3b0a7e1")
 
@@ -186,7 +186,7 @@ def generate_pairs(pipe, prompts: Sequence[str], seeds: Sequence[tuple[int, int]
 def score_images(jpegs: Sequence[bytes], prompts: Sequence[str], reward=None) -> tuple[np.ndarray, list]:
     """The world reward of each (decoded JPEG, prompt), exactly as evaluation's ``world_reward`` scorer, and the
     reward's provenance (its members, backends and flags)."""
-    from sgalign.evaluation.run import parse_world_prompt
+    from sgalign.world.prompts import parse_world_prompt
     from sgalign.rewards import world_reward
     from sgalign.training.data import decode_image
 

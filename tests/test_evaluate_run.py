@@ -202,7 +202,7 @@ def test_t2i_scores_win_rates_and_fallbacks(t2i):
 
 
 def test_world_prompt_round_trip_and_errors():
-    from sgalign.evaluation.run import parse_world_prompt
+    from sgalign.world.prompts import parse_world_prompt
     from sgalign.world import sample_split
 
     for sc in sample_split("test", 40, seed=1):

@@ -49,7 +49,7 @@ def test_schema_is_exactly_pickapic_v2(built):
 
 
 def test_labels_are_the_world_reward_of_the_stored_images(built):
-    from sgalign.evaluation.run import parse_world_prompt
+    from sgalign.world.prompts import parse_world_prompt
     from sgalign.rewards import world_reward
     from sgalign.world import sample_split
 
