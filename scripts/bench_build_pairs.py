@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import tempfile
@@ -38,10 +37,8 @@ sys.path.insert(0, str(REPO))
 from data_builders.config import WORLD_MODEL, BuildPairsConfig  # noqa: E402
 from data_builders.laion_sg import CandidateBuilder, png_bytes, build_candidates, candidate_seed  # noqa: E402
 from data_builders.scoring import build_reward, score_batch  # noqa: E402
+from sgalign.machine import machine_line  # noqa: E402
 
-def machine() -> str:
-    return (f"{platform.machine()} | {platform.platform()} | python {platform.python_version()} | torch "
-            f"{torch.__version__} | threads {torch.get_num_threads()}")
 
 
 def model_folder(arg: str | None, tmp: Path) -> tuple[Path, str]:
@@ -212,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cmd = "python scripts/bench_build_pairs.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     res = check_world(args) if args.check_world else throughput(args)
-    res.update(command=cmd, machine=machine())
+    res.update(command=cmd, machine=machine_line())
     print(json.dumps(res, indent=1))
 
 

@@ -9,13 +9,13 @@ without gradient-checkpoint recompute. Usage: python scripts/bench_forwards.py [
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 
 import torch
 from torch import nn
 
 from sgalign.diffusion import ZEROS, TrajectoryCache, model_fingerprint, scaled_linear_alphas_cumprod
+from sgalign.machine import machine_line
 from sgalign.methods import MethodContext, PairBatch, build_method
 
 
@@ -83,8 +83,7 @@ def main():
     ap.add_argument("--pairs-inversion-dpo", type=int, default=8)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"machine: {platform.machine()} {platform.processor() or ''} | {platform.system()} {platform.release()} | "
-          f"python {platform.python_version()} | torch {torch.__version__} | threads 1")
+    print(f"machine: {machine_line()}")
     print(f"pairs averaged: {a.pairs} (inversion-dpo: {a.pairs_inversion_dpo}), batch {a.batch}; "
           "F = one latent through the ε network (CFG = 2F)\n")
     hdr = "| method | setting | cache | policy no-grad | policy grad | reference no-grad | forwards | cost ≈F |"

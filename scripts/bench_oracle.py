@@ -9,14 +9,12 @@ pair), and the parse time per image.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
+from sgalign.machine import machine_line
 from sgalign.world import WorldOracle, render_array, sample_split
-from sgalign.machine import cpu_model
 from sgalign.world.robustness import degrade, oracle_accuracy
 
 CONDITIONS = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (1.5, 0.0), (2.0, 0.0), (2.5, 0.0), (0.0, 10.0), (0.0, 20.0),
@@ -24,8 +22,7 @@ CONDITIONS = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (1.5, 0.0), (2.0, 0.0), (2.5, 
 
 
 def machine() -> str:
-    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
+    return f"{machine_line()}, numpy {np.__version__}"
 
 
 def main() -> None:

@@ -26,3 +26,10 @@ def machine_info(shared: bool | None = None) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     return info
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """``machine_info()`` as the one line a benchmark prints."""
+    m = info or machine_info()
+    return (f"{m['cpu']}, {m['logical_cores']} logical cores, {m['os']}, Python {m['python']}, torch {m['torch']}, "
+            f"{m['torch_threads']} torch threads, device {m['device']}")
