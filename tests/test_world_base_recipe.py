@@ -35,6 +35,7 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert rec["stages"]["stage1"]["trained"] == ["unet", "text_encoder"]
     assert rec["stages"]["stage2"]["trained"] == ["sg_encoder"]
     assert rec["steps"] == 5 and rec["wall_seconds"] > 0
+    assert "stage 2: SG encoder alone" in (final / "README.md").read_text()
     assert rec["stages"]["vae"]["steps_done"] == 2 and "passes" in rec["stages"]["vae"]["blend_test"]
     pipe = StableDiffusionSGPipeline.from_pretrained(final)
     s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")

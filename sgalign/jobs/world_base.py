@@ -475,6 +475,31 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
               "initial_vae_wall_seconds": init_s,
               "stages": {"vae": vae_rec, **{s: records[s] for s in STAGES[1:]}}, "machine": machine_info()}
     _write_json(tmp / RECORD_NAME, record)
+    (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
     _replace_dir(tmp, final)
     log(f"world base: {final} ({total_s / 60:.1f} min in all stages)")
     return final
+
+
+def model_card(record: dict) -> str:
+    st = record["stages"]
+    vae = st["vae"]
+    m = record["machine"]
+    return f"""# World SD1.5-SG (StableDiffusionSGPipeline), made by `scripts/pretrain_world.py`
+
+Load: `StableDiffusionSGPipeline.from_pretrained(this_folder)` (sgalign.pipelines). The t2i task uses its text path
+(UNet + text encoder + VAE, no SG encoder), which is stage 1's model exactly.
+
+* recipe: `{record['recipe']}`; {record['cpu_minutes_from_scratch']} min in all stages from scratch (the starting
+  plain VAE's {record.get('initial_vae_wall_seconds', 0):.0f} s included), seed {record['seed']}
+* VAE: plain world VAE fine-tuned {vae['steps_done']} steps with the latent-interpolation consistency term; PSNR
+  {vae['test_metrics']['psnr_db']:.1f} dB, oracle reads {100 * vae['test_metrics']['oracle_graph_exact']:.1f} % of
+  test reconstructions exactly, blend test {'passes' if vae['blend_test']['passes'] else 'FAILS'}
+* cache: {st['cache']['graphs']} train graphs (Arrow, latent mean + std)
+* stage 1: UNet + text encoder jointly, {st['stage1']['steps']} steps x batch {st['stage1']['batch']}
+  ({st['stage1']['wall_seconds']:.0f} s{'; ' + st['stage1']['stopped_early'] if st['stage1'].get('stopped_early') else ''})
+* stage 2: SG encoder alone (UNet, text encoder frozen), {st['stage2']['steps']} steps
+  ({st['stage2']['wall_seconds']:.0f} s), gate alpha_obj {st['stage2']['alpha_obj']:+.4f}
+* machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['torch_threads']} torch thread(s), torch {m['torch']}
+  ({m['device']}); the full record is `training_record.json`
+"""
