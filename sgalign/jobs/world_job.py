@@ -68,9 +68,6 @@ def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: st
     """``build_pairs`` with the job's config; an unfinished dataset afterwards is an error naming the command."""
     from data_builders.build import build_pairs
 
-    from ..progress import quiet_library_bars
-
-    quiet_library_bars()
     build_pairs(pairs_config(base, b, seed, task), dst, input=input, progress=False)
     if not (dst / "index.json").exists():
         raise RuntimeError(f"build_pairs left {dst} unfinished: {pairs_command(dst, base, b, seed, task, input)}")
@@ -207,8 +204,12 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
                   **budget_overrides: Any) -> dict[str, Path]:
     """Run (or resume) the world job into ``out_dir``; return the table paths (``markdown``, ``json``, ``html``).
     ``task``: "compositional" (SG-IoU table) or "t2i" (win-rates vs base on world Pick-a-Pic pairs)."""
+    import diffusers  # noqa: F401  (imported first, so that quiet_library_bars switches its loading bars off too)
     import torch
 
+    from ..progress import quiet_library_bars
+
+    quiet_library_bars()
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     b = resolve_budget(budget, **budget_overrides)
