@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
 
         gap = conditioning_gap(pipe, sample_split(args.split, args.gap_graphs, seed=0), seed=0)
 
-    train_rec = json.loads((Path(args.model) / "training_record.json").read_text())
+    rec_file = next((Path(args.model) / f for f in ("training_record.json", "stage_record.json")
+                     if (Path(args.model) / f).is_file()), None)  # a recipe stage folder has only its stage record
+    train_rec = json.loads(rec_file.read_text()) if rec_file else {}
     command = "python scripts/bench_world_base.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {
         "command": command, "model": Path(args.model).name, "model_steps": train_rec.get("steps"),

@@ -125,3 +125,13 @@ def test_interpolation_consistency_term_is_zero_for_a_linear_decoder_and_trains(
     for paths in ("background", "background+pairs"):
         _, s = vae_loss(vae, x, interp_weight=1.0, generator=torch.Generator().manual_seed(0), interp_paths=paths)
         assert np.isfinite(s["interp"])
+
+
+def test_the_base_models_vae_passes_the_blend_test():
+    """The world SD1.5-SG's VAE (the recipe's consistency fine-tune): every background -> colour latent path decodes
+    to the background or that colour, read with the oracle's colour model."""
+    from sgalign.world.paths import WORLD_SD15_SG
+
+    out = blend_test(load_world_vae(WORLD_SD15_SG / "vae"), pairs=False)
+    assert out["passes"], {c: v["reads"] for c, v in out["background"].items()}
+    assert max(v["max_rgb_off_line"] for v in out["background"].values()) < 20.0
