@@ -46,10 +46,10 @@ fi
 
 B="$PY scripts/bench_fullsize.py --device cuda --steps 2 --threads 8"
 stage counts 25 $B --count-only
-stage bench_sd15_sg 80 $B --archs sd15-sg --out "$OUT/bench_sd15_sg"
-stage bench_sdxl_sg_compositional 140 $B --archs sdxl-sg --tasks compositional --inv-sweep 10,40 \
+stage bench_sd15_sg 70 $B --archs sd15-sg --out "$OUT/bench_sd15_sg"
+stage bench_sdxl_sg_compositional 170 $B --archs sdxl-sg --tasks compositional --inv-sweep 10,40 \
   --out "$OUT/bench_sdxl_sg_compositional"
-stage bench_sdxl_sg_t2i 80 $B --archs sdxl-sg --tasks t2i --out "$OUT/bench_sdxl_sg_t2i"
+stage bench_sdxl_sg_t2i 60 $B --archs sdxl-sg --tasks t2i --out "$OUT/bench_sdxl_sg_t2i"
 
 W="$OUT/world"
 stage world_build_pairs 40 "$PY" scripts/build_pairs.py --source laion-sg --n 32 --out "$W/pairs"
