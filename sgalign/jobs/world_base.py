@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..hashing import write_json_atomic
 from ..machine import machine_info
 from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, split_of
 
@@ -99,12 +100,6 @@ class WorldBaseRecipe:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _replace_dir(tmp: Path, dst: Path) -> None:
     """Move a finished folder into place (the old one is removed only once the new one is complete)."""
     old = dst.with_name(dst.name + ".old")
@@ -187,7 +182,7 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
         rec["initialised_from"] = {k: prev.get(k) for k in ("model", "command", "steps", "batch", "lr",
                                                             "interp_weight", "train_wall_s", "total_wall_s")}
     write_record(tmp, rec)
-    _write_json(tmp / "done.json", {"wall_seconds": rec["wall_seconds"]})
+    write_json_atomic(tmp / "done.json", {"wall_seconds": rec["wall_seconds"]})
     _replace_dir(tmp, out / "vae")
     log(f"vae: PSNR {metrics['psnr_db']:.1f} dB, oracle objects exact {metrics['oracle_objects_exact']:.3f}, "
         f"blend test {'passes' if blend['passes'] else 'FAILS'} ({time.time() - t0:.0f}s)")
@@ -230,7 +225,7 @@ def run_cache_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     shutil.rmtree(out / "hf-cache", ignore_errors=True)
     rec = {"stage": "cache", "graphs": n, "split": "train", "seed": r.seed, "vae": str(out / "vae"),
            "wall_seconds": round(time.time() - t0, 1)}
-    _write_json(tmp / "done.json", rec)
+    write_json_atomic(tmp / "done.json", rec)
     _replace_dir(tmp, out / "cache")
     return rec
 
@@ -359,7 +354,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
             save_file({n: p.detach().cpu().contiguous() for n, p in m.state_dict().items()}, tmp / f"{k}.safetensors")
             torch.save(emas[k].state_dict(), tmp / f"{k}.ema.pt")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        _write_json(tmp / "state.json", {"step": step, "elapsed": elapsed, "losses": losses,
+        write_json_atomic(tmp / "state.json", {"step": step, "elapsed": elapsed, "losses": losses,
                                          "scheduler": sched.state_dict()})
         _replace_dir(tmp, ckpt)
 
@@ -420,9 +415,9 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
            "alpha_obj": float(pipe.sg_encoder.alpha_obj.detach()), "cached_graphs": len(cache)}
-    _write_json(tmp / "stage_record.json", rec)
+    write_json_atomic(tmp / "stage_record.json", rec)
     _replace_dir(tmp, work / "pipeline")
-    _write_json(work / "done.json", rec)
+    write_json_atomic(work / "done.json", rec)
     return rec
 
 
@@ -444,7 +439,7 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
             raise ValueError(f"{spec}: this folder was started with other settings ({', '.join(diff)}); "
                              "resume with the same settings or use a new --out")
     else:
-        _write_json(spec, mine)
+        write_json_atomic(spec, mine)
     records = {}
     for stage in STAGES:
         done = stage_done(out, stage)
@@ -474,7 +469,7 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
               "wall_seconds": round(total_s, 1), "cpu_minutes_from_scratch": round(total_s / 60, 1),
               "initial_vae_wall_seconds": init_s,
               "stages": {"vae": vae_rec, **{s: records[s] for s in STAGES[1:]}}, "machine": machine_info()}
-    _write_json(tmp / RECORD_NAME, record)
+    write_json_atomic(tmp / RECORD_NAME, record)
     (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
     _replace_dir(tmp, final)
     log(f"world base: {final} ({total_s / 60:.1f} min in all stages)")
