@@ -135,3 +135,26 @@ def test_the_base_models_vae_passes_the_blend_test():
     out = blend_test(load_world_vae(WORLD_SD15_SG / "vae"), pairs=False)
     assert out["passes"], {c: v["reads"] for c, v in out["background"].items()}
     assert max(v["max_rgb_off_line"] for v in out["background"].values()) < 20.0
+
+
+def test_latent_channel_normalisation_is_exact_and_centres_the_latents():
+    """The affine change of latent coordinates baked into quant_conv / post_quant_conv: decoding a latent is unchanged,
+    and the renders' latents become zero-mean, unit-std per channel (so sampling from zero-mean noise is unbiased)."""
+    from sgalign.world.models.vae import latent_channel_stats, normalise_latent_channels
+
+    vae = load_world_vae(WORLD_VAE_DIR)
+    scenes = sample_split("validation", 40, seed=0)
+    x = to_tensor(render_array(scenes[:8])) * 2 - 1
+    with torch.no_grad():
+        before = vae.decode(vae.encode(x).latent_dist.mean).sample
+        std_before = vae.encode(x).latent_dist.std
+        mean, std = latent_channel_stats(vae, scenes)
+        assert mean.abs().max() > 0.5  # the plain world VAE's latents are far from zero-mean: the case this fixes
+        normalise_latent_channels(vae, mean, std)
+        post = vae.encode(x).latent_dist
+        after = vae.decode(post.mean).sample
+        m2, s2 = latent_channel_stats(vae, scenes)
+    assert torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(post.std, std_before / std[None, :, None, None], rtol=1e-3, atol=1e-6)
+    assert m2.abs().max() < 1e-3 and (s2 - 1).abs().max() < 1e-3
+    assert vae.config.scaling_factor == 1.0

@@ -68,10 +68,13 @@ class WorldBaseRecipe:
     vae_interp_weight: float = 1.0
     vae_interp_paths: Literal["background", "background+pairs"] = "background"
     vae_eval_graphs: int = 500  # test renders for PSNR / oracle accuracy (and validation renders for the scale)
+    # per-channel: latents made zero-mean, unit-std per channel inside the VAE's weights (world.models.vae:
+    # normalise_latent_channels; without it samples are pulled to a wrong latent mean). scale: SD's scalar only.
+    vae_latent_norm: Literal["per-channel", "scale"] = "per-channel"
     # cache
     cache_graphs: int = 24576
     # stage 1: UNet + text encoder
-    stage1: StageBudget = field(default_factory=lambda: StageBudget(steps=3000, share=0.42))
+    stage1: StageBudget = field(default_factory=lambda: StageBudget(steps=4000, share=0.45))
     batch: int = 32
     unet_lr: float = 2e-3
     text_lr: float = 5e-4
@@ -135,8 +138,8 @@ def train_scene(seed: int, index: int) -> WorldScene:
 # ---- stage: VAE -----------------------------------------------------------------------------------------------
 def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     from ..world.models.record import write_record
-    from ..world.models.vae import VaeTrainArgs, blend_test, evaluate_world_vae, latent_scaling_factor, \
-        load_world_vae, train_world_vae
+    from ..world.models.vae import VaeTrainArgs, blend_test, evaluate_world_vae, latent_channel_stats, \
+        latent_scaling_factor, load_world_vae, normalise_latent_channels, train_world_vae
     from ..world.sampler import sample_split
 
     out = Path(r.out)
@@ -157,8 +160,17 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     train_s = time.time() - t0
     steps_done = len(history)
     vae = vae.eval()
-    scale = latent_scaling_factor(vae, sample_split("validation", r.vae_eval_graphs, seed=0), seed=r.seed)
-    vae.register_to_config(scaling_factor=scale)
+    val = sample_split("validation", r.vae_eval_graphs, seed=0)
+    norm = None
+    if r.vae_latent_norm == "per-channel":
+        mean, std = latent_channel_stats(vae, val, seed=r.seed)
+        normalise_latent_channels(vae, mean, std)
+        scale = 1.0
+        norm = {"latent_mean": [round(float(v), 5) for v in mean], "latent_std": [round(float(v), 5) for v in std],
+                "from": f"posterior samples of {r.vae_eval_graphs} validation renders"}
+    else:
+        scale = latent_scaling_factor(vae, val, seed=r.seed)
+        vae.register_to_config(scaling_factor=scale)
     tmp = out / "vae.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp, safe_serialization=True)
@@ -170,7 +182,9 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
            "final_train": {k: float(np.mean([h[k] for h in history[-50:]])) for k in history[-1]},
            "train_wall_s": round(train_s, 1), "wall_seconds": round(time.time() - t0, 1),
            "params": sum(p.numel() for p in vae.parameters()), "latent_shape": [4, 16, 16],
-           "scaling_factor": scale, "scaling_factor_from": f"1/std of posterior samples, {r.vae_eval_graphs} validation renders",
+           "scaling_factor": scale, "latent_norm": r.vae_latent_norm, "latent_channel_norm": norm,
+           "scaling_factor_from": "per-channel normalisation in the weights" if norm else
+           f"1/std of posterior samples, {r.vae_eval_graphs} validation renders",
            "test_metrics": {"split": "test", "reconstruction": "posterior mode", **metrics},
            "blend_test": {"passes": blend["passes"], **{c: v["reads"] for c, v in blend["background"].items()},
                           "max_rgb_off_line": {c: v["max_rgb_off_line"] for c, v in blend["background"].items()},
