@@ -8,7 +8,7 @@ with ``--steps`` steps (``--eta``, default 0), classifier-free guidance ``--guid
 image is parsed by the world oracle with LAION-SG's closed-vocabulary extraction (``GraphParserExtractor``) and
 scored against its graph with SG-IoU / Entity-IoU / Relation-IoU (``normalized`` mode), at two granularities:
 ``phrase`` (entities are "colour size shape": the strict one) and ``label`` (entities are shapes, as LAION-SG's
-lists of labels); 95 % percentile-bootstrap intervals over images. FID: generated images vs the renders of the same
+lists of labels); 95 % percentile-bootstrap intervals resampling graphs (all seeds of a graph together). FID: generated images vs the renders of the same
 graphs, on world-CLIP image features (projected embeddings, ``ImageEncoderFeatures``), with a bootstrap interval.
 
 Writes ``OUT/results.json`` (numbers, protocol, command, machine), ``OUT/images.npz`` (the generated images) and
@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     for gran in ("phrase", "label"):
         ex = GraphParserExtractor(oracle, granularity=gran)
         preds = [ex.extract(im, reference=g) for im, g in zip(gen, per_gt)]
-        rep = evaluate_sg_iou(per_gt, preds, mode="normalized", granularity=gran, n_resamples=1000, seed=0)
+        # resampled by graph (all seeds of a graph together): the seeds of one graph are not independent
+        rep = evaluate_sg_iou(per_gt, preds, mode="normalized", granularity=gran, n_resamples=1000, seed=0,
+                              groups=[g for g in range(len(gts)) for _ in args.seeds])
         iou[gran] = {"mean": rep.mean, "ci": {k: v.to_dict() for k, v in rep.ci.items()}, "n_images": rep.n_images,
                      "n_failed": rep.n_failed}
     n_objects = [len(oracle.parse(im).detections) for im in gen]
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     real = torch.from_numpy(render_array(scenes)).permute(0, 3, 1, 2)
     fake = torch.from_numpy(gen).permute(0, 3, 1, 2)
     fr, ff = extract_features(real, feats, 128), extract_features(fake, feats, 128)
-    fid = fid_bootstrap(fr, ff, feats.describe(), n_resamples=200, seed=0).to_dict()
+    fid = fid_bootstrap(fr, ff, feats.describe(), n_resamples=200, seed=0, fake_per_real=len(args.seeds)).to_dict()
     # reference point: FID of renders vs renders of other test graphs (the floor at this N)
     other = sample_split(args.split, 2 * args.n_graphs, seed=0)[args.n_graphs:]
     fo = extract_features(torch.from_numpy(render_array(other)).permute(0, 3, 1, 2), feats, 128)
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                      "scheduler": type(pipe.scheduler).__name__, "steps": args.steps, "eta": 0.0,
                      "guidance_scale": args.guidance, "eta": args.eta, "resolution": int(gen.shape[1]),
                      "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
-                     "ci": "95% percentile bootstrap over images, 1000 resamples"},
+                     "ci": "95% percentile bootstrap over graphs (all seeds of a graph together), 1000 resamples; "
+                           "FID: graphs (render + its seeds) resampled, interval recentred on the estimate"},
         "iou": iou, "mean_detected_objects": float(np.mean(n_objects)),
         "mean_gt_objects": float(np.mean([len(g.items) for g in gts])),
         "fid_world_clip": fid, "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap,
@@ -210,7 +213,7 @@ World SD1.5-SG (`{r['model']}`, {total['steps']} training steps in all) on {p['n
 x {len(p['seeds'])} seeds ({p['n_images']} images,
 {p['resolution']}x{p['resolution']}); {p['scheduler']} {p['steps']} steps, eta {p.get('eta', 0.0):g}, CFG {p['guidance_scale']}
 (unconditional = empty text), seeds {p['seeds']}. Scored by the world oracle (closed vocabulary, as LAION-SG's
-SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI over images].
+SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI, resampling graphs with all their seeds].
 
 | entity granularity | Entity-IoU | Relation-IoU | SG-IoU |
 |---|---|---|---|
