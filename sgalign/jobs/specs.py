@@ -10,7 +10,7 @@ import json
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs" / "world" / "compositional.yaml"
@@ -33,6 +33,26 @@ METHOD_SPECS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "smpo": ("smpo", {}),
     "sft": ("sft", {}),
 }
+# "<method>@<variant>": the method trained on a derived pairs dataset (data_builders.variants): gold = the true
+# render over the base's worst candidate (a ceiling), shuffled = rewards permuted within each graph (a floor)
+PairsVariant = Literal["gold", "shuffled"]
+PAIRS_VARIANTS: tuple[str, ...] = get_args(PairsVariant)
+
+
+def split_method_id(method_id: str) -> tuple[str, str | None]:
+    """``"diffusion-dpo@gold"`` -> ("diffusion-dpo", "gold"); ``"smpo"`` -> ("smpo", None); else a ValueError."""
+    name, sep, variant = method_id.partition("@")
+    if name not in METHOD_SPECS or (sep and variant not in PAIRS_VARIANTS):
+        raise ValueError(f"unknown method {method_id!r}; available: {', '.join(METHOD_SPECS)}, each optionally "
+                         f"with @{' / @'.join(PAIRS_VARIANTS)}")
+    return name, (variant or None)
+
+
+def trainer_method(method_id: str) -> str:
+    """The trainer's method name of a job method id (variants included)."""
+    return METHOD_SPECS[split_method_id(method_id)[0]][0]
+
+
 ALL_METHODS = ("diffusion-dpo", "inversion-dpo-faithful", "inversion-dpo", "inpo", "smpo", "sft")
 METRICS = (("sg_iou", "SG-IoU"), ("entity_iou", "Entity-IoU"), ("relation_iou", "Relation-IoU"))
 
@@ -102,7 +122,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
 
 def train_updates(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int) -> dict[str, Any]:
     """The world job's values over the task's training YAML: the same budget and seed for every method."""
-    options = METHOD_SPECS[method_id][1]
+    options = METHOD_SPECS[split_method_id(method_id)[0]][1]
     return {"model": {"path": str(base)},
             "data": {"path": str(pairs), "batch_size": b.batch_size},
             "trainer": {"output_dir": str(run_dir), "max_steps": b.train_steps, "seed": seed},
@@ -119,7 +139,7 @@ def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobB
     from ..training.config import TrainConfig
 
     updates = train_updates(method_id, run_dir, base, pairs, b, seed)
-    top: dict[str, Any] = {"task": task, "method": {"name": METHOD_SPECS[method_id][0]}}
+    top: dict[str, Any] = {"task": task, "method": {"name": trainer_method(method_id)}}
     if resume is not None:
         top["checkpointing"] = {"resume": resume}
     return load_config(TrainConfig, TASK_CONFIGS[task][0], overrides, updates=[updates, top])
@@ -128,7 +148,7 @@ def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobB
 def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
                     task: str = "compositional") -> list[str]:
     """The ``scripts/train.py`` arguments equivalent to ``train_config`` (provenance: ``job_command.txt``)."""
-    name = METHOD_SPECS[method_id][0]
+    name = trainer_method(method_id)
     sets = _flatten(train_updates(method_id, run_dir, base, pairs, b, seed))
     return ["--task", task, "--method", name, "--config", str(TASK_CONFIGS[task][0]),
             *[a for s in sets for a in ("--set", s)]]

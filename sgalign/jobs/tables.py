@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .specs import METHOD_SPECS, METRICS
+from .specs import METRICS, split_method_id, trainer_method
 
 
 def _fmt(x: float | None, d: int = 3) -> str:
@@ -46,7 +46,8 @@ def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalize
         if key not in m["iou"]["model"]:
             key = next(iter(m["iou"]["model"]))
         fid = m["fid"]
-        row = {"method": mid, "trainer_method": METHOD_SPECS[mid][0],
+        row = {"method": mid, "trainer_method": trainer_method(mid),
+               "pairs": split_method_id(mid)[1] or "reward",  # reward-labelled, or a gold / shuffled variant
                "faithful": s.get("method_provenance", {}).get("faithful"),
                **{name: m["iou"]["model"][key]["ci"][name] for name, _ in METRICS},
                **{f"delta_{name}": m["vs_baseline"][key][name] for name, _ in METRICS},
@@ -119,6 +120,10 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
              f"{len(b['eval_seeds'])} seeds ({b['eval_steps']} DDIM steps); Δ = paired bootstrap of method - base on "
              "the same graphs and seeds (`*` = the interval excludes 0). FID vs the renders of the same graphs, with a "
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")
+    if any("@" in m for m in methods):
+        intro += (" `method@gold`: the same trainer on gold pairs (the true render of each graph over the base's "
+                  "worst candidate: a ceiling); `method@shuffled`: on the base's candidates with rewards shuffled "
+                  "within each graph (a floor).")
     notes, fallbacks, missing = _job_notes(job, rows, methods)
     return _write_files(out, f"World results table ({b['name']} budget)", intro, notes, fallbacks, missing, job,
                         tables, [(f"IoU granularity `{k}`", f"IoU granularity {k}", _md_table(head, _rows(t)),
@@ -187,7 +192,7 @@ def collect_rows_t2i(out: Path, methods: Sequence[str], scorer: str) -> dict[str
         vs = r["metrics"]["vs_baseline"].get(scorer)
         if vs is None:  # the scorer was skipped (e.g. no world-CLIP folder); provenance says why
             continue
-        rows.append({"method": mid, "trainer_method": METHOD_SPECS[mid][0],
+        rows.append({"method": mid, "trainer_method": trainer_method(mid),
                      "faithful": s.get("method_provenance", {}).get("faithful"),
                      "win_rate": vs["win_rate"], "mean_difference": vs["mean_difference"],
                      "wins": vs["wins"], "ties": vs["ties"], "losses": vs["losses"], "n": vs["n"],

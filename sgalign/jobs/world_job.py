@@ -11,6 +11,8 @@ Stages, each skipped on a rerun once finished (so a killed job is resumed by run
    every method starts from, and is compared with, the same weights even if the world model is retrained meanwhile.
 2. ``pairs/``: ``scripts/build_pairs.py --source shapes`` on the world *train* split (K candidates per graph from
    the base, scored by the world reward); finished when ``pairs/index.json`` exists (build_pairs resumes by shard).
+   ``pairs-gold/`` / ``pairs-shuffled/``: for method ids ``<method>@gold`` / ``<method>@shuffled``, the ceiling and
+   floor datasets derived from ``pairs/`` (``data_builders.variants``), built once and shared by the methods.
 3. ``train/<method>/``: ``scripts/train.py --task compositional`` with ``configs/world/compositional.yaml``, the
    same budget and seed for every method; finished when ``final/model_index.json`` and ``summary.json`` exist
    (a partial run with a checkpoint resumes from it).
@@ -46,9 +48,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .specs import (ALL_METHODS, BUDGETS, DEMO_METHODS, METHOD_SPECS, T2I_GUIDANCE, TASKS,  # noqa: F401 (API)
-                    JobBudget, eval_protocol, pairs_command, pairs_config, resolve_budget, train_config,
-                    train_overrides)
+from .specs import (ALL_METHODS, BUDGETS, DEMO_METHODS, METHOD_SPECS, PAIRS_VARIANTS,  # noqa: F401 (API)
+                    T2I_GUIDANCE, TASKS, JobBudget, eval_protocol, pairs_command, pairs_config, resolve_budget,
+                    split_method_id, train_config, train_overrides)
 from .tables import write_table, write_table_t2i
 
 
@@ -140,6 +142,18 @@ def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int, task: str = "com
     return dst
 
 
+def stage_pairs_variant(out: Path, pairs: Path, variant: str, seed: int) -> Path:
+    """``pairs-<variant>/``: the gold or shuffled dataset derived from ``pairs/`` (built once, shared by methods)."""
+    from data_builders.variants import derive_variant
+
+    dst = out / f"pairs-{variant}"
+    if _done(f"pairs-{variant}", dst, "index.json"):
+        return dst
+    s = derive_variant(pairs, dst, variant, seed=seed)
+    _log(f"[pairs-{variant}] {s['annotations']['built']} graphs, {s['annotations_with_a_pair']} with a pair -> {dst}")
+    return dst
+
+
 def _pairs_t2i(out: Path, dst: Path, base: Path, b: JobBudget, seed: int) -> Path:
     pickapic = stage_pickapic(out, base, b, seed)
     t0 = time.perf_counter()
@@ -214,9 +228,10 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     b = resolve_budget(budget, **budget_overrides)
     methods = list(methods or (DEMO_METHODS if b.name == "demo" else ALL_METHODS))
-    unknown = [m for m in methods if m not in METHOD_SPECS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHOD_SPECS)}")
+    for m in methods:
+        if split_method_id(m)[1] is not None and task != "compositional":
+            raise ValueError(f"method {m!r}: pairs variants (@{' / @'.join(PAIRS_VARIANTS)}) exist for the "
+                             "compositional task only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(b.torch_threads)
@@ -242,7 +257,9 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
         base = stage_t2i_base(out, base)
     pairs = stage_pairs(out, base, b, seed, task)
     for mid in methods:
-        run = stage_train(out, mid, base, pairs, b, seed, task)
+        variant = split_method_id(mid)[1]
+        data = pairs if variant is None else stage_pairs_variant(out, pairs, variant, seed)
+        run = stage_train(out, mid, base, data, b, seed, task)
         stage_eval(out, mid, run / "final", base, b, seed, task)
     paths = (write_table if task == "compositional" else write_table_t2i)(out, job, methods)
     _log(f"finished in {time.perf_counter() - t0:.0f} s")
