@@ -92,28 +92,42 @@ class ConditionEncoder:
 
     @torch.no_grad()
     def row(self, prompt: Any, key: Any = None) -> dict[str, Tensor]:
+        """One row's conditioning, encoded alone (the row-by-row reference of ``batch``)."""
         if self.cache is not None and key is not None and key in self.cache:
             return self.cache[key]
-        sg = prompt if isinstance(prompt, SceneGraph) else None
-        text = sg.serialize(faithful=self.sg_mode == "faithful") if sg is not None else str(prompt)
-        st = encode_texts([text], self.tokenizers, self.text_encoders)
-        out = {"text": st.hidden[0].float(), "lengths": st.lengths[0]}
-        if st.pooled is not None:  # SDXL
-            out["text_embeds"] = st.pooled[0].float()
-            out["time_ids"] = make_add_time_ids(1, self.height, self.width, device=st.hidden.device)[0]
-        if self.sg_mode is not None:
-            out.update(self._graph_row(sg if sg is not None else SceneGraph([]), st))
-        out = {k: v.cpu() for k, v in out.items()}
-        if self.cache is not None and key is not None:
-            self.cache[key] = out
-        return out
+        return self._store(key, self._rows([prompt])[0])
 
-    def _graph_row(self, sg: SceneGraph, st) -> dict[str, Tensor]:
+    def _text(self, prompt: Any) -> str:
+        sg = prompt if isinstance(prompt, SceneGraph) else None
+        return sg.serialize(faithful=self.sg_mode == "faithful") if sg is not None else str(prompt)
+
+    def _rows(self, prompts: Sequence[Any]) -> list[dict[str, Tensor]]:
+        """Conditioning rows of ``prompts``, their texts through the encoders in one call."""
+        st = encode_texts([self._text(p) for p in prompts], self.tokenizers, self.text_encoders)
+        time_ids = make_add_time_ids(1, self.height, self.width, device=st.hidden.device)[0] \
+            if st.pooled is not None else None
+        rows = []
+        for i, prompt in enumerate(prompts):
+            out = {"text": st.hidden[i].float(), "lengths": st.lengths[i]}
+            if st.pooled is not None:  # SDXL
+                out["text_embeds"] = st.pooled[i].float()
+                out["time_ids"] = time_ids
+            if self.sg_mode is not None:
+                sg = prompt if isinstance(prompt, SceneGraph) else SceneGraph([])
+                out.update(self._graph_row(sg, st.hidden.shape[1], int(st.lengths[i]), st.input_ids[i]))
+            rows.append({k: v.cpu() for k, v in out.items()})
+        return rows
+
+    def _store(self, key: Any, row: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.cache is not None and key is not None:
+            self.cache[key] = row
+        return row
+
+    def _graph_row(self, sg: SceneGraph, S: int, length: int, input_ids: Tensor) -> dict[str, Tensor]:
         gi = build_graph_inputs([sg], self.sg_mode, self.tokenizers, self.text_encoders, self_loops=self.self_loops)
-        S = st.hidden.shape[1]
         gather, want = gi.gather[0], gi.sequence_token_ids[0]
-        c = max(0, min(len(gather), int(st.lengths[0]) - 2))  # the text's own truncation
-        if st.input_ids[0, 1:1 + c].tolist() != want[:c]:
+        c = max(0, min(len(gather), length - 2))  # the text's own truncation
+        if input_ids[1:1 + c].tolist() != want[:c]:
             raise RuntimeError(f"scene graph {sg.serialize()!r}: graph tokens do not align with its serialised text")
         g = torch.zeros(S, dtype=torch.long)
         gm = torch.zeros(S)
@@ -121,9 +135,30 @@ class ConditionEncoder:
         return {"nodes": gi.x.float(), "preds": gi.pred.float(), "edges": gi.edge_index.t().long(), "gather": g,
                 "gather_mask": gm}
 
+    @torch.no_grad()
     def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
-        rows = [self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))]
-        return collate_conditions(rows)
+        """The batch's conditioning: cached rows reused, every other unique prompt encoded once, all of them in one
+        text-encoder call. A caption is identified by its text (rows of one prompt share it), a scene graph by
+        its key (two graphs can share a serialised text); a graph without a key is encoded for its row alone."""
+        keys = list(keys or [None] * len(prompts))
+        rows: list[dict[str, Tensor] | None] = [None] * len(prompts)
+        todo: dict[Any, list[int]] = {}  # unique prompt -> the rows that use it
+        for i, (p, k) in enumerate(zip(prompts, keys)):
+            if self.cache is not None and k is not None and k in self.cache:
+                rows[i] = self.cache[k]
+                continue
+            ident = ("text", p) if isinstance(p, str) else ("key", k) if k is not None else ("row", i)
+            todo.setdefault(ident, []).append(i)
+        if todo:
+            uniq = list(todo.values())
+            for idx, row in zip(uniq, self._rows([prompts[ix[0]] for ix in uniq])):
+                for i in idx:
+                    rows[i] = self._store(keys[i], row)
+        return collate_conditions(rows)  # type: ignore[arg-type]
+
+    def batch_rows(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
+        """``batch`` row by row, each text encoded alone (the reference path of the equality tests)."""
+        return collate_conditions([self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))])
 
     @property
     def sdxl(self) -> bool:

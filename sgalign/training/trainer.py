@@ -335,23 +335,65 @@ class Trainer:
                 unet.enable_adapters()
 
     @torch.no_grad()
-    def _latents(self, images, ids, gen: torch.Generator) -> torch.Tensor:
-        d, out = self.cfg.data, []
-        for img, key in zip(images, ids):
-            if self.latent_cache is not None and key in self.latent_cache:
-                out.append(self.latent_cache[key].to(self.acc.device))
+    def _latents(self, images, ids, gen: torch.Generator, batched: bool = True) -> torch.Tensor:
+        """Scaled VAE latents of ``images``. Random draws (flip, crop, posterior noise) come from ``gen`` in the
+        row-by-row order, image after image; ``batched`` then encodes every uncached image in one VAE call
+        (``batched=False``: one call per image, the reference path of the tests)."""
+        from diffusers.utils.torch_utils import randn_tensor
+        d, dev, vae = self.cfg.data, self.acc.device, self.vae
+        cache = self.latent_cache
+        out: list[torch.Tensor | None] = [None] * len(images)
+        todo: list[int] = []  # rows to encode, in draw order
+        first: dict[str, int] = {}  # key -> the row that encodes it (a repeat reads the cache, as row by row)
+        xs, noise = [], []
+        for i, (img, key) in enumerate(zip(images, ids)):
+            if cache is not None and key in cache:
+                out[i] = cache[key].to(dev)
+                continue
+            if cache is not None and key in first:
                 continue
             flip = d.random_flip and bool(torch.rand(1, generator=gen, device=gen.device) < 0.5)
-            x = preprocess(img, self.resolution, d.center_crop, flip, gen)[None].to(self.acc.device, self.vae.dtype)
-            dist = self.vae.encode(x).latent_dist
-            lat = (dist.sample(generator=gen) if d.vae_sample else dist.mean).float() * self.vae.config.scaling_factor
-            if self.latent_cache is not None:
-                self.latent_cache[key] = lat.cpu()
-            out.append(lat)
-        return torch.cat(out)
+            x = preprocess(img, self.resolution, d.center_crop, flip, gen)[None].to(dev, vae.dtype)
+            if not batched:
+                out[i] = self._encode(x, gen)
+                if cache is not None:
+                    cache[key] = out[i].cpu()
+                continue
+            xs.append(x)
+            todo.append(i)
+            if cache is not None:
+                first[key] = i
+            if d.vae_sample:  # the draw latent_dist.sample(generator) makes, taken now to keep the row order
+                f = 2 ** (len(vae.config.block_out_channels) - 1)
+                shape = (1, vae.config.latent_channels, x.shape[2] // f, x.shape[3] // f)
+                noise.append(randn_tensor(shape, generator=gen, device=dev, dtype=vae.dtype))
+        if todo:
+            lat = self._encode(torch.cat(xs), None, torch.cat(noise) if noise else None)
+            for j, i in enumerate(todo):
+                out[i] = lat[j:j + 1]
+                if cache is not None:
+                    cache[ids[i]] = out[i].cpu()
+        for i, key in enumerate(ids):  # repeats of an image encoded in this batch
+            if out[i] is None:
+                out[i] = cache[key].to(dev)
+        # contiguous: cat of strided slices may pick channels-last, and the UNet's kernels then round differently
+        # for the grad and no-grad passes (faithful Inversion-DPO's exact zero gradient at θ = θ_ref needs them equal)
+        return torch.cat(out).contiguous()
 
-    def make_batch(self, pairs, gen: torch.Generator) -> PairBatch:
-        """Latents + the batch's one conditioning value (+ scores) of a list of ``RawPair``."""
+    def _encode(self, x: torch.Tensor, gen: torch.Generator | None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        dist = self.vae.encode(x).latent_dist
+        if not self.cfg.data.vae_sample:
+            lat = dist.mean
+        elif noise is not None:  # latent_dist.sample() with pre-drawn noise
+            lat = dist.mean + dist.std * noise
+        else:
+            lat = dist.sample(generator=gen)
+        return (lat.float() * self.vae.config.scaling_factor).contiguous()
+
+    def make_batch(self, pairs, gen: torch.Generator, batched: bool = True) -> PairBatch:
+        """Latents + the batch's one conditioning value (+ scores) of a list of ``RawPair``: winners and losers
+        through the VAE together, each unique prompt through the text encoders once (``batched=False``: the
+        row-by-row reference path; same draws, same values up to float reassociation)."""
         p = self.cfg.data.proportion_empty_prompts
         prompts, keys = [], []
         for r in pairs:
@@ -359,9 +401,12 @@ class Trainer:
             prompts.append("" if empty and not hasattr(r.prompt, "items") else
                            (type(r.prompt)([]) if empty else r.prompt))
             keys.append("__empty__" if empty else r.row)
-        cond = {k: v.to(self.acc.device) for k, v in self.encoder.batch(prompts, keys).items()}
-        x_w = self._latents([r.image_w for r in pairs], [r.id_w for r in pairs], gen)
-        x_l = self._latents([r.image_l for r in pairs], [r.id_l for r in pairs], gen)
+        enc = self.encoder.batch if batched else self.encoder.batch_rows
+        cond = {k: v.to(self.acc.device) for k, v in enc(prompts, keys).items()}
+        B = len(pairs)
+        x = self._latents([r.image_w for r in pairs] + [r.image_l for r in pairs],
+                          [r.id_w for r in pairs] + [r.id_l for r in pairs], gen, batched)
+        x_w, x_l = x[:B], x[B:]
         dev = self.acc.device  # with the latents: methods mask latents by score comparisons
         sw = torch.tensor([r.score_w for r in pairs], device=dev) if pairs[0].score_w is not None else None
         sl = torch.tensor([r.score_l for r in pairs], device=dev) if pairs[0].score_l is not None else None
