@@ -57,6 +57,9 @@ ALL_METHODS = ("diffusion-dpo", "inversion-dpo-faithful", "inversion-dpo", "inpo
 METRICS = (("sg_iou", "SG-IoU"), ("entity_iou", "Entity-IoU"), ("relation_iou", "Relation-IoU"))
 
 
+EvalSplit = Literal["test", "validation"]
+
+
 @dataclass
 class JobBudget:
     """Every knob that sets the cost of the job; the same for every method."""
@@ -76,6 +79,12 @@ class JobBudget:
     fid_resamples: int = 200
     grid_graphs: int = 4
     torch_threads: int = 1  # a busy shared CPU: one thread is faster and steadier
+    # the world split evaluated: "validation" for tuning (sgalign.jobs.tune), "test" for the reported tables
+    eval_split: EvalSplit = "test"
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in get_args(EvalSplit):
+            raise ValueError(f"budget eval_split {self.eval_split!r}: choose one of {', '.join(get_args(EvalSplit))}")
 
 
 # World-scale CPU budgets (not official values). lr 1e-5 per pair: the world config's 1e-6 (the SD1.5 value) moves a
@@ -133,8 +142,10 @@ def train_updates(method_id: str, run_dir: Path, base: Path, pairs: Path, b: Job
 
 
 def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
-                 task: str = "compositional", resume: str | None = None, overrides: tuple[str, ...] = ()):
-    """The ``TrainConfig`` of one method's training stage (``overrides``: extra ``key=value`` strings, for tests)."""
+                 task: str = "compositional", resume: str | None = None, overrides: tuple[str, ...] = (),
+                 extra: dict[str, Any] | None = None):
+    """The ``TrainConfig`` of one method's training stage (``overrides``: extra ``key=value`` strings, for tests;
+    ``extra``: nested typed values merged last, e.g. a tuning cell's method options and checkpoint interval)."""
     from ..config import load_config
     from ..training.config import TrainConfig
 
@@ -142,7 +153,8 @@ def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobB
     top: dict[str, Any] = {"task": task, "method": {"name": trainer_method(method_id)}}
     if resume is not None:
         top["checkpointing"] = {"resume": resume}
-    return load_config(TrainConfig, TASK_CONFIGS[task][0], overrides, updates=[updates, top])
+    return load_config(TrainConfig, TASK_CONFIGS[task][0], overrides,
+                       updates=[updates, top, *([extra] if extra else [])])
 
 
 def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
@@ -193,7 +205,7 @@ def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
     from ..evaluation.protocol import EvalProtocol
 
     updates: dict[str, Any] = {
-        "inputs": {"n": b.eval_graphs, "seed": seed},
+        "inputs": {"n": b.eval_graphs, "seed": seed, "split": b.eval_split},
         "sampling": {"seeds": list(b.eval_seeds), "steps": b.eval_steps, "torch_threads": b.torch_threads},
         "stats": {"n_resamples": b.n_resamples, "seed": seed},
         "report": {"grid_graphs": min(b.grid_graphs, b.eval_graphs)}, "task": task}

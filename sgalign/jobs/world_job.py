@@ -41,6 +41,7 @@ Budgets are world-scale choices for a CPU, not official values; the one used is 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -200,7 +201,7 @@ def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget,
     if _done(f"eval {method_id}", dst, "results.json", "report.html"):
         return dst
     what = "graphs" if task == "compositional" else "prompts"
-    _log(f"[eval {method_id}] {b.eval_graphs} test {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
+    _log(f"[eval {method_id}] {b.eval_graphs} {b.eval_split} {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
          f"vs base ...")
     protocol = eval_protocol(b, seed, task)
     t0 = time.perf_counter()
@@ -249,7 +250,10 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
         if old.get("task", "compositional") != task:
             raise ValueError(f"{out} holds a {old.get('task', 'compositional')} job; use a new out_dir for the "
                              f"{task} task")
-        if old["budget"] != job["budget"] or old["seed"] != seed:
+        # fields added to JobBudget since the job started count as their defaults (old jobs still resume)
+        old_budget = {**{k: f.default for k, f in JobBudget.__dataclass_fields__.items()
+                         if f.default is not dataclasses.MISSING and k not in old["budget"]}, **old["budget"]}
+        if old_budget != job["budget"] or old["seed"] != seed:
             raise ValueError(f"{out} holds a job with another budget/seed ({old['budget']['name']}, seed "
                              f"{old['seed']}); use a new out_dir or delete it")
     job_file.write_text(json.dumps(job, indent=2) + "\n")

@@ -1,0 +1,245 @@
+"""Validation-only tuning of one method (issue 20, item 1): a small grid, each cell evaluated on world *validation*
+graphs, the choice = the best validation SG-IoU among cells whose FID is not above the base's x ``fid_guard``.
+
+    grid = TuneGrid("diffusion-dpo", betas=[500, 2000, 5000], lrs=[1e-5, 3e-5], steps=[50, 100, 150])
+    record = run_tune("runs/tune-dpo", grid, budget="demo", base_model="runs/world-demo/base")
+
+Cost: one training run per (β, lr, option set), ``max(steps)`` steps, checkpointed at every listed step; each
+listed step is evaluated from its checkpoint's policy weights (with the trainer's constant-after-warmup schedule a
+checkpoint at step s is what an s-step run would end with; EMA is off in the world config -- with EMA on, the
+final model is the EMA copy and the checkpoints are not). The base is evaluated once, alone, on the same graphs and
+seeds. Stages are skipped on a rerun once finished, as in the world job (``base/`` and ``pairs/`` are the job's).
+
+Output in ``out_dir``: ``grid.json`` (the grid, the budget, every cell's figures, the base's, the choice and why),
+``grid.md`` (the same as a table). ``write_config=True`` also writes the chosen method options (β and the option
+set) into ``configs/world/compositional.yaml``; the YAML's lr / max_steps are shared by every method, so the
+chosen lr and steps are written there as a comment only (and recorded in grid.json).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .specs import (TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
+                    trainer_method)
+
+KEY = "phrase/normalized"  # the strict "colour size shape" SG-IoU: the issue's headline
+FID_GUARD = 1.10
+
+# Suggested option sets (issue 20: Inversion-DPO's N and points per pair, SmPO's smoothing range); {} = the YAML's
+DEFAULT_OPTION_SETS: dict[str, list[dict[str, Any]]] = {
+    "inversion-dpo": [{"num_steps": 10, "subsample": 2}, {"num_steps": 20, "subsample": 4}],
+    "smpo": [{"s_min": 0.0, "s_max": 1.0}, {"s_min": 0.2, "s_max": 0.8}],
+}
+
+
+@dataclass
+class TuneGrid:
+    """One method's grid. Empty lists mean "the config's / budget's value" (one point)."""
+
+    method: str  # a world job method id (``diffusion-dpo``, ``inversion-dpo``, ``smpo@gold`` ...)
+    betas: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # checkpoints of one run per (β, lr, option set)
+    option_sets: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # method options per cell
+    fid_guard: float = FID_GUARD  # a cell is eligible when its FID <= base FID x fid_guard
+
+    def __post_init__(self) -> None:
+        split_method_id(self.method)  # an unknown id is a one-line ValueError
+        if any(s < 1 for s in self.steps):
+            raise ValueError(f"tune grid steps {self.steps}: every step must be >= 1")
+        if any(x <= 0 for x in [*self.betas, *self.lrs]):
+            raise ValueError(f"tune grid betas {self.betas} / lrs {self.lrs}: every value must be > 0")
+        if not self.option_sets or self.fid_guard < 1.0:
+            raise ValueError("tune grid: option_sets needs at least one set ({} = the config's) and fid_guard >= 1")
+
+
+def _log(msg: str) -> None:
+    print(f"[tune] {msg}", flush=True)
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}"
+
+
+def cell_name(beta: float | None, lr: float, options: dict[str, Any]) -> str:
+    """A folder name for a training run of the grid: its β, lr and option values."""
+    parts = ([f"beta{_fmt_num(beta)}"] if beta is not None else []) + [f"lr{_fmt_num(lr)}"]
+    parts += [f"{k}{_fmt_num(v) if isinstance(v, (int, float)) else v}" for k, v in sorted(options.items())]
+    return "-".join(parts)
+
+
+def _model_at(run: Path, step: int, final_step: int, base: Path, dst: Path) -> Path:
+    """A loadable model folder of the run's policy at ``step``: ``final/`` at the last step, else the base with the
+    checkpoint's trained parts (``policy/unet``, ``policy/sg_encoder`` ...) swapped in, as ``export_pipeline``."""
+    if step == final_step:
+        return run / "final"
+    ckpt = run / "checkpoints" / f"step-{step:08d}" / "policy"
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"{run}: no checkpoint at step {step} ({ckpt}); the run's checkpoint interval does "
+                                "not hit it (rerun in a fresh out_dir)")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(base, dst, ignore=shutil.ignore_patterns(".*", "snapshot.json"))
+    for part in ckpt.iterdir():
+        if (dst / part.name).exists():
+            shutil.rmtree(dst / part.name)
+        shutil.copytree(part, dst / part.name)
+    return dst
+
+
+def _figures(results: dict[str, Any], role: str = "model") -> dict[str, Any]:
+    """SG-IoU family estimates (``KEY``, else the first granularity) and FID of one role of an evaluation."""
+    iou = results["metrics"]["iou"][role]
+    key = KEY if KEY in iou else next(iter(iou))
+    fid = results["metrics"]["fid"].get(role)
+    return {"key": key, **{n: iou[key]["ci"][n]["estimate"] for n in ("sg_iou", "entity_iou", "relation_iou")},
+            "fid": fid["fid"] if fid else None}
+
+
+def choose(cells: list[dict[str, Any]], base_fid: float | None, fid_guard: float = FID_GUARD) -> dict[str, Any]:
+    """The choice rule: among cells with FID <= base FID x ``fid_guard`` (all cells when FID was not computed),
+    the highest validation SG-IoU; ties go to fewer steps, then to grid order. Returns {"cell", "limit", "why"}."""
+    limit = None if base_fid is None or math.isnan(base_fid) else base_fid * fid_guard
+    eligible = [c for c in cells if limit is None or (c["fid"] is not None and c["fid"] <= limit)]
+    if not eligible:
+        return {"cell": None, "limit": limit, "why": f"no cell has FID <= {limit:.3f} (base FID x {fid_guard})"}
+    best = max(eligible, key=lambda c: (c["sg_iou"], -c["step"], -cells.index(c)))
+    why = (f"highest validation SG-IoU ({best['sg_iou']:.4f}) among {len(eligible)} of {len(cells)} cells with FID "
+           + (f"<= {limit:.3f} (base FID x {fid_guard})" if limit is not None else "not computed (no guard)"))
+    return {"cell": best, "limit": limit, "why": why}
+
+
+def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "demo", seed: int = 0,
+             base_model: str | Path | None = None, write_config: bool = False,
+             config_path: str | Path = TRAIN_CONFIG, **budget_overrides: Any) -> dict[str, Any]:
+    """Train and evaluate every cell of ``grid`` on validation graphs; write ``grid.json`` / ``grid.md``; return the
+    record. ``write_config``: also write the choice into ``config_path`` (the world compositional YAML)."""
+    import diffusers  # noqa: F401  (first, so that quiet_library_bars also silences its bars)
+    import torch
+
+    from ..evaluation.run import evaluate
+    from ..progress import quiet_library_bars
+    from .world_job import stage_base, stage_pairs, stage_pairs_variant
+
+    quiet_library_bars()
+    b = resolve_budget(budget, **budget_overrides)
+    if b.eval_split == "test":  # validation picks, test reports: a tuning run never looks at test graphs
+        b = replace(b, eval_split="validation")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(b.torch_threads)
+    steps = sorted(set(grid.steps or [b.train_steps]))
+    lrs = grid.lrs or [b.lr]
+    betas: list[float | None] = list(grid.betas) or [None]
+    every = math.gcd(*steps)
+    name = trainer_method(grid.method)
+    _log(f"{grid.method}: {len(betas)} β x {len(lrs)} lr x {len(grid.option_sets)} option set(s) runs of "
+         f"{steps[-1]} steps, evaluated at steps {steps} on {b.eval_graphs} validation graphs")
+    base = stage_base(out, base_model)
+    pairs = stage_pairs(out, base, b, seed)
+    variant = split_method_id(grid.method)[1]
+    if variant is not None:
+        pairs = stage_pairs_variant(out, pairs, variant, seed)
+    protocol = eval_protocol(b, seed)
+
+    def _eval(model: Path, dst: Path, what: str) -> dict[str, Any]:
+        if not (dst / "results.json").exists():
+            _log(f"[eval {what}] ...")
+            evaluate(model, dst, protocol, command=f"sgalign.jobs.tune.run_tune ({grid.method}, {what})")
+        return json.loads((dst / "results.json").read_text())
+
+    base_fig = _figures(_eval(base, out / "eval" / "base", "base"))
+    cells = []
+    for beta, lr, opts in itertools.product(betas, lrs, grid.option_sets):
+        cname = cell_name(beta, lr, opts)
+        run = out / "train" / cname
+        options = {**opts, **({"beta": beta} if beta is not None else {})}
+        if not ((run / "final" / "model_index.json").exists() and (run / "summary.json").exists()):
+            from ..training.trainer import train
+
+            if run.exists():
+                shutil.rmtree(run)  # no resume across grid cells: a partial run starts clean
+            extra: dict[str, Any] = {"checkpointing": {"every": every, "keep": None}}
+            if options:
+                extra["method"] = {"options": {name: options}}
+            _log(f"[train {cname}] {steps[-1]} steps ...")
+            train(train_config(grid.method, run, base, pairs, replace(b, lr=lr, train_steps=steps[-1]), seed,
+                               extra=extra))
+        summary = json.loads((run / "summary.json").read_text())
+        for s in steps:
+            dst = out / "eval" / cname / f"step-{s}"
+            if not (dst / "results.json").exists():
+                tmp = out / "models" / cname / f"step-{s}"
+                _eval(_model_at(run, s, steps[-1], base, tmp), dst, f"{cname} step {s}")
+                shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
+            res = json.loads((dst / "results.json").read_text())
+            cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s, **_figures(res),
+                          "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc")},
+                          "results": str(dst.relative_to(out) / "results.json")})
+    pick = choose(cells, base_fig["fid"], grid.fid_guard)
+    record = {"method": grid.method, "trainer_method": name, "grid": asdict(grid), "steps": steps,
+              "budget": asdict(b), "seed": seed, "base": base_fig,
+              "base_snapshot": json.loads((base / "snapshot.json").read_text()),
+              "fid_limit": pick["limit"], "chosen": pick["cell"], "why": pick["why"], "cells": cells}
+    for c in cells:
+        c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
+    (out / "grid.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "grid.md").write_text(grid_markdown(record))
+    _log(f"choice: {pick['cell']['cell'] + ' step ' + str(pick['cell']['step']) if pick['cell'] else None} "
+         f"({pick['why']}) -> {out / 'grid.md'}")
+    if write_config and pick["cell"] is not None:
+        write_tuned_config(config_path, name, pick["cell"], out / "grid.json")
+        _log(f"wrote the choice into {config_path}")
+    return record
+
+
+def grid_markdown(record: dict[str, Any]) -> str:
+    """``grid.md``: one line per cell (validation figures, eligibility), the base, the choice and its reason."""
+    b, base = record["budget"], record["base"]
+    lines = [f"# Validation grid: {record['method']} ({b['name']} budget, seed {record['seed']})", "",
+             f"{b['eval_graphs']} world {b['eval_split']} graphs x {len(b['eval_seeds'])} seeds, {b['eval_steps']} "
+             f"DDIM steps; SG-IoU family `{base['key']}`. Choice: highest SG-IoU with FID <= base FID x "
+             f"{record['grid']['fid_guard']}.", "",
+             "| cell | step | SG-IoU | Entity-IoU | Relation-IoU | FID | eligible | chosen |", "|" + "---|" * 8]
+
+    def f(x: float | None, d: int = 4) -> str:
+        return "n/a" if x is None else f"{x:.{d}f}"
+
+    lines.append(f"| base | 0 | {f(base['sg_iou'])} | {f(base['entity_iou'])} | {f(base['relation_iou'])} | "
+                 f"{f(base['fid'], 2)} | - | - |")
+    ch = record["chosen"]
+    for c in record["cells"]:
+        mark = "**yes**" if ch and (c["cell"], c["step"]) == (ch["cell"], ch["step"]) else ""
+        lines.append(f"| {c['cell']} | {c['step']} | {f(c['sg_iou'])} | {f(c['entity_iou'])} | "
+                     f"{f(c['relation_iou'])} | {f(c['fid'], 2)} | {'yes' if c['eligible'] else 'no'} | {mark} |")
+    lines += ["", f"Choice: {record['why']}.", ""]
+    return "\n".join(lines)
+
+
+def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid_json: Path) -> None:
+    """Rewrite the ``method.options.<method>: {...}`` line of the world YAML with the chosen β / options (other
+    lines and comments kept); the chosen lr and steps go into that line's comment (they are shared keys)."""
+    import yaml
+
+    path = Path(path)
+    text = path.read_text()
+    pat = re.compile(rf"^(?P<indent>\s+){re.escape(method)}:\s*(?P<map>\{{[^}}]*\}})(?P<rest>.*)$", re.M)
+    m = pat.search(text)
+    if m is None:
+        raise ValueError(f"{path}: no one-line 'method.options.{method}: {{...}}' entry to write the choice into")
+    values = yaml.safe_load(m["map"]) or {}
+    values.update(cell["options"])
+    if cell["beta"] is not None:
+        values["beta"] = cell["beta"]
+    flow = "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in values.items()) + "}"
+    comment = m["rest"].split("# tuned on validation")[0].rstrip()  # the line's own comment stays; an old note goes
+    note = f"   # tuned on validation ({grid_json}): lr {cell['lr']:g}, steps {cell['step']}"
+    text = text[:m.start()] + f"{m['indent']}{method}: {flow}{comment}{note}" + text[m.end():]
+    path.write_text(text)

@@ -1,0 +1,70 @@
+"""Validation tuning (sgalign.jobs.tune): the choice rule (FID guard), and a 2-cell grid end to end at the micro
+budget on a tiny RANDOM-INIT base (plumbing only): one training run, two checkpoints evaluated on validation graphs,
+grid.json / grid.md, the chosen options written into a copy of the world YAML only when asked."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from sgalign.jobs.specs import TRAIN_CONFIG, BUDGETS, eval_protocol
+from sgalign.jobs.tune import TuneGrid, choose, run_tune, write_tuned_config
+from sgalign.pipelines.tiny import make_tiny
+
+
+def _cell(name, sg, fid, step=10):
+    return {"cell": name, "sg_iou": sg, "fid": fid, "step": step}
+
+
+def test_choice_rule_fid_guard():
+    cells = [_cell("a", 0.30, 50.0), _cell("b", 0.45, 56.0), _cell("c", 0.40, 54.9)]
+    pick = choose(cells, base_fid=50.0)  # limit 55.0: b (best SG-IoU) is over the guard
+    assert pick["cell"]["cell"] == "c" and pick["limit"] == pytest.approx(55.0)
+    assert choose(cells, base_fid=60.0)["cell"]["cell"] == "b"
+    assert choose(cells, base_fid=10.0)["cell"] is None
+    # equal SG-IoU: fewer steps wins; no FID at all: no guard
+    tie = [_cell("long", 0.4, 1.0, step=20), _cell("short", 0.4, 1.0, step=10)]
+    assert choose(tie, base_fid=1.0)["cell"]["cell"] == "short"
+    assert choose([_cell("x", 0.1, None)], base_fid=None)["cell"]["cell"] == "x"
+
+
+def test_budget_eval_split_reaches_the_protocol():
+    from dataclasses import replace
+    assert eval_protocol(BUDGETS["micro"], 0).inputs.split == "test"
+    assert eval_protocol(replace(BUDGETS["micro"], eval_split="validation"), 0).inputs.split == "validation"
+    with pytest.raises(ValueError, match="eval_split 'train'"):
+        replace(BUDGETS["micro"], eval_split="train")
+    with pytest.raises(ValueError, match="unknown method 'dpo'"):
+        TuneGrid("dpo")
+
+
+def test_two_cell_grid_end_to_end(tmp_path):
+    base = make_tiny("sd15-sg", tmp_path / "tiny-base", seed=0)
+    cfg = tmp_path / "compositional.yaml"
+    shutil.copy(TRAIN_CONFIG, cfg)
+    grid = TuneGrid("diffusion-dpo", betas=[1000.0], lrs=[1e-5], steps=[1, 2])
+    rec = run_tune(tmp_path / "tune", grid, budget="micro", base_model=base, config_path=cfg)
+    out = tmp_path / "tune"
+    assert [(c["cell"], c["step"]) for c in rec["cells"]] == [("beta1000-lr1e-05", 1), ("beta1000-lr1e-05", 2)]
+    for c in rec["cells"]:
+        res = json.loads((out / c["results"]).read_text())
+        assert res["protocol"]["inputs"]["split"] == "validation"
+        assert c["sg_iou"] == res["metrics"]["iou"]["model"][c["key"]]["ci"]["sg_iou"]["estimate"]
+        assert c["fid"] == res["metrics"]["fid"]["model"]["fid"]
+    # one training run, checkpointed at step 1, with the cell's β
+    resolved = yaml.safe_load((out / "train" / "beta1000-lr1e-05" / "resolved_config.yaml").read_text())
+    assert resolved["method"]["options"]["diffusion-dpo"]["beta"] == 1000.0
+    assert resolved["trainer"]["max_steps"] == 2
+    base_res = json.loads((out / "eval" / "base" / "results.json").read_text())
+    assert rec["base"]["fid"] == base_res["metrics"]["fid"]["model"]["fid"]
+    assert rec["fid_limit"] == pytest.approx(rec["base"]["fid"] * 1.10)
+    assert json.loads((out / "grid.json").read_text())["cells"] == rec["cells"]
+    assert "| beta1000-lr1e-05 | 2 |" in (out / "grid.md").read_text()
+    assert cfg.read_text() == TRAIN_CONFIG.read_text()  # not asked: the config is untouched
+    # asked: the choice's β goes into that method's line (other methods and comments kept)
+    chosen = rec["chosen"] or {**rec["cells"][0], "beta": 1000.0}
+    write_tuned_config(cfg, "diffusion-dpo", chosen, out / "grid.json")
+    new = yaml.safe_load(cfg.read_text())
+    assert new["method"]["options"]["diffusion-dpo"] == {"beta": 1000.0}
+    assert new["method"]["options"]["smpo"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["options"]["smpo"]
+    assert "tuned on validation" in cfg.read_text()
