@@ -52,6 +52,10 @@ class InputSet(ConfigModel):
     n: int | None = Field(64, ge=2)
     seed: int = 0
     path: str | None = None
+    # world only: colour:shape pairs held out of train/validation (sample_split's holdout); novel_only (test split):
+    # every graph contains one of them -- the generalisation set
+    holdout: list[str] = Field(default_factory=list)
+    novel_only: bool = False
 
     @model_validator(mode="after")
     def _path_for_file(self) -> "InputSet":
@@ -59,6 +63,13 @@ class InputSet(ConfigModel):
             raise ValueError("inputs.source=file needs inputs.path")
         if self.source == "world" and self.n is None:
             raise ValueError("inputs.source=world needs inputs.n (how many graphs to draw)")
+        if (self.holdout or self.novel_only) and self.source != "world":
+            raise ValueError("inputs.holdout / inputs.novel_only apply to inputs.source=world only")
+        if self.novel_only and (self.split != "test" or not self.holdout):
+            raise ValueError("inputs.novel_only needs inputs.split=test and a non-empty inputs.holdout")
+        if self.holdout:
+            from ..world import parse_holdout
+            parse_holdout(self.holdout)  # a bad pair is one clear line naming it
         return self
 
 

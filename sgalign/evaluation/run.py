@@ -159,17 +159,25 @@ class InputsError(UserError, ValueError):
     """The configured input file is missing, empty or malformed (exit 2 in evaluate.py)."""
 
 
+def _held(src) -> dict[str, Any]:
+    """``sample_split``'s holdout arguments of a world input set; {} without a holdout (provenance as before)."""
+    if not src.holdout:
+        return {}
+    return {"holdout": list(src.holdout), **({"novel_only": True} if src.novel_only else {})}
+
+
 def load_inputs(protocol: EvalProtocol) -> Inputs:
     src = protocol.inputs
     if src.source == "world":
         from ..world import img_id_for, render_array, sample_split
 
-        scenes = sample_split(src.split, src.n, seed=src.seed)
+        scenes = sample_split(src.split, src.n, seed=src.seed, **_held(src))
         graphs = [sc.graph() for sc in scenes]
         ids = [img_id_for(src.split, i) for i in range(len(scenes))]
         prompts = [g.serialize().strip() for g in graphs] if protocol.task == "t2i" else None
-        prov = {"source": "world", "split": src.split, "n": len(scenes), "seed": src.seed,
-                "definition": f"sgalign.world.sample_split({src.split!r}, {src.n}, seed={src.seed})"}
+        extra = "".join(f", {k}={v!r}" for k, v in _held(src).items())
+        prov = {"source": "world", "split": src.split, "n": len(scenes), "seed": src.seed, **_held(src),
+                "definition": f"sgalign.world.sample_split({src.split!r}, {src.n}, seed={src.seed}{extra})"}
         return Inputs(ids, list(graphs), prompts, render_array(scenes), prov)
     path = Path(src.path)
     if not path.is_file():
@@ -407,7 +415,7 @@ def _fid_floor(protocol: EvalProtocol, real: torch.Tensor, feats: Any, n_fake: i
     from .fid import extract_features, fid_bootstrap
 
     src = protocol.inputs
-    others = sample_split(src.split, src.n + n_fake, seed=src.seed)[src.n:]  # the first n are the inputs
+    others = sample_split(src.split, src.n + n_fake, seed=src.seed, **_held(src))[src.n:]  # first n: the inputs
     fo = extract_features(torch.from_numpy(render_array(others)).permute(0, 3, 1, 2), feats)
     res = fid_bootstrap(real, fo, feat_prov, n_resamples=protocol.compositional.fid_resamples,
                         level=protocol.stats.level, seed=protocol.stats.seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -81,10 +81,18 @@ class JobBudget:
     torch_threads: int = 1  # a busy shared CPU: one thread is faster and steadier
     # the world split evaluated: "validation" for tuning (sgalign.jobs.tune), "test" for the reported tables
     eval_split: EvalSplit = "test"
+    # held-out colour:shape pairs (issue 20 item 4): pairs are built from train graphs that never contain them, and a
+    # test evaluation uses only graphs that contain one (sample_split's novel_only): the generalisation table
+    holdout: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from ..world import parse_holdout
+
         if self.eval_split not in get_args(EvalSplit):
             raise ValueError(f"budget eval_split {self.eval_split!r}: choose one of {', '.join(get_args(EvalSplit))}")
+        if isinstance(self.holdout, str):  # "red:circle" alone would be read letter by letter
+            raise ValueError(f"budget holdout {self.holdout!r}: expected a list of 'colour:shape' strings")
+        parse_holdout(self.holdout)
 
 
 # World-scale CPU budgets (not official values). lr 1e-5 per pair: the world config's 1e-6 (the SD1.5 value) moves a
@@ -171,7 +179,7 @@ def pairs_updates(base: Path | None, b: JobBudget, seed: int, task: str = "compo
     if task == "t2i":
         return {"pickapic": {"relabel": dict(T2I_RELABEL)}, "torch_threads": b.torch_threads, "source": "pickapic"}
     return {"generation": {"k": b.k, "seed": seed, "num_inference_steps": b.gen_steps},
-            "world": {"seed": seed, "n": b.annotations}, "torch_threads": b.torch_threads, "source": "shapes",
+            "world": {"seed": seed, "n": b.annotations, "holdout": list(b.holdout)}, "torch_threads": b.torch_threads, "source": "shapes",
             "model": {"path": str(base)}}
 
 
@@ -196,6 +204,8 @@ def pairs_command(out: Path, base: Path | None, b: JobBudget, seed: int, task: s
                 "--n", str(b.annotations), "--set", f"generation.k={b.k}", "--set", f"generation.seed={seed}",
                 "--set", f"generation.num_inference_steps={b.gen_steps}", "--set", f"world.seed={seed}",
                 "--set", f"torch_threads={b.torch_threads}"]
+        if b.holdout:
+            argv += ["--set", f"world.holdout={json.dumps(list(b.holdout))}"]
     return "python scripts/build_pairs.py " + shlex.join(argv + ["--no-progress"])
 
 
@@ -205,7 +215,8 @@ def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
     from ..evaluation.protocol import EvalProtocol
 
     updates: dict[str, Any] = {
-        "inputs": {"n": b.eval_graphs, "seed": seed, "split": b.eval_split},
+        "inputs": {"n": b.eval_graphs, "seed": seed, "split": b.eval_split, "holdout": list(b.holdout),
+                   "novel_only": bool(b.holdout) and b.eval_split == "test"},
         "sampling": {"seeds": list(b.eval_seeds), "steps": b.eval_steps, "torch_threads": b.torch_threads},
         "stats": {"n_resamples": b.n_resamples, "seed": seed},
         "report": {"grid_graphs": min(b.grid_graphs, b.eval_graphs)}, "task": task}

@@ -120,6 +120,10 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
              f"{len(b['eval_seeds'])} seeds ({b['eval_steps']} DDIM steps); Δ = paired bootstrap of method - base on "
              "the same graphs and seeds (`*` = the interval excludes 0). FID vs the renders of the same graphs, with a "
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")
+    if b.get("holdout"):
+        intro += (f" Held-out colour:shape pairs {', '.join(b['holdout'])}: no training graph contains one"
+                  + (", every evaluated graph does (novel combinations)." if b.get("eval_split", "test") == "test"
+                     else "."))
     if any("@" in m for m in methods):
         intro += (" `method@gold`: the same trainer on gold pairs (the true render of each graph over the base's "
                   "worst candidate: a ceiling); `method@shuffled`: on the base's candidates with rewards shuffled "

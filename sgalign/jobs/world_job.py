@@ -251,8 +251,9 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
             raise ValueError(f"{out} holds a {old.get('task', 'compositional')} job; use a new out_dir for the "
                              f"{task} task")
         # fields added to JobBudget since the job started count as their defaults (old jobs still resume)
-        old_budget = {**{k: f.default for k, f in JobBudget.__dataclass_fields__.items()
-                         if f.default is not dataclasses.MISSING and k not in old["budget"]}, **old["budget"]}
+        old_budget = {**{k: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                         for k, f in JobBudget.__dataclass_fields__.items() if k not in old["budget"]},
+                      **old["budget"]}
         if old_budget != job["budget"] or old["seed"] != seed:
             raise ValueError(f"{out} holds a job with another budget/seed ({old['budget']['name']}, seed "
                              f"{old['seed']}); use a new out_dir or delete it")
