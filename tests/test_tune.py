@@ -61,10 +61,15 @@ def test_two_cell_grid_end_to_end(tmp_path):
     assert json.loads((out / "grid.json").read_text())["cells"] == rec["cells"]
     assert "| beta1000-lr1e-05 | 2 |" in (out / "grid.md").read_text()
     assert cfg.read_text() == TRAIN_CONFIG.read_text()  # not asked: the config is untouched
-    # asked: the choice's β goes into that method's line (other methods and comments kept)
-    chosen = rec["chosen"] or {**rec["cells"][0], "beta": 1000.0}
-    write_tuned_config(cfg, "diffusion-dpo", chosen, out / "grid.json")
+    # asked (a rerun: every stage is skipped): the choice's β goes into that method's line, others kept
+    rec2 = run_tune(out, grid, budget="micro", base_model=base, config_path=cfg, write_config=True)
+    assert rec2["cells"] == rec["cells"] and rec2["chosen"] == rec["chosen"]
+    if rec["chosen"] is None:  # a random-init micro run may fail the FID guard: then nothing is written
+        assert cfg.read_text() == TRAIN_CONFIG.read_text()
+        write_tuned_config(cfg, "diffusion-dpo", {**rec["cells"][0], "beta": 1000.0}, out / "grid.json")
     new = yaml.safe_load(cfg.read_text())
     assert new["method"]["options"]["diffusion-dpo"] == {"beta": 1000.0}
     assert new["method"]["options"]["smpo"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["options"]["smpo"]
     assert "tuned on validation" in cfg.read_text()
+    with pytest.raises(ValueError, match="another method/budget/seed"):
+        run_tune(out, TuneGrid("smpo"), budget="micro", base_model=base)

@@ -142,6 +142,13 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     name = trainer_method(grid.method)
     _log(f"{grid.method}: {len(betas)} β x {len(lrs)} lr x {len(grid.option_sets)} option set(s) runs of "
          f"{steps[-1]} steps, evaluated at steps {steps} on {b.eval_graphs} validation graphs")
+    # a folder holds one method's grid at one budget: cells of another budget or method would mix in silently
+    setup = {"method": grid.method, "budget": asdict(b), "seed": seed}
+    setup_file = out / "tune.json"
+    if setup_file.exists() and json.loads(setup_file.read_text()) != json.loads(json.dumps(setup)):
+        raise ValueError(f"{out} holds a tuning run of another method/budget/seed (see {setup_file}); use a new "
+                         "out_dir")
+    setup_file.write_text(json.dumps(setup, indent=2) + "\n")
     base = stage_base(out, base_model)
     pairs = stage_pairs(out, base, b, seed)
     variant = split_method_id(grid.method)[1]
