@@ -3,6 +3,13 @@
 
     python scripts/bench_world.py --budget table [--out runs/world-table] [--methods diffusion-dpo,smpo] [--seed 0]
     python scripts/bench_world.py --task t2i --budget table [--out runs/world-t2i-table]
+    python scripts/bench_world.py --budget table --methods diffusion-dpo,diffusion-dpo@gold,diffusion-dpo@shuffled
+    python scripts/bench_world.py --budget table --out runs/world-holdout \\
+        --budget-set 'holdout=[red:circle, blue:square]'
+
+``method@gold`` / ``method@shuffled``: the same trainer on gold pairs (true render over the base's worst candidate, a
+ceiling) or reward-shuffled pairs (a floor), derived once from pairs/ into pairs-gold/ / pairs-shuffled/.
+``holdout``: pairs from train graphs without those colour:shape pairs, test graphs that all contain one.
 
 Resumable: rerun the same command after a kill; finished stages (pairs, each method's training and evaluation)
 are skipped. Writes OUT/results_table.md, OUT/results_table.json and OUT/index.html (links to each method's

@@ -179,7 +179,8 @@ def pairs_updates(base: Path | None, b: JobBudget, seed: int, task: str = "compo
     if task == "t2i":
         return {"pickapic": {"relabel": dict(T2I_RELABEL)}, "torch_threads": b.torch_threads, "source": "pickapic"}
     return {"generation": {"k": b.k, "seed": seed, "num_inference_steps": b.gen_steps},
-            "world": {"seed": seed, "n": b.annotations, "holdout": list(b.holdout)}, "torch_threads": b.torch_threads, "source": "shapes",
+            "world": {"seed": seed, "n": b.annotations, "holdout": list(b.holdout)},
+            "torch_threads": b.torch_threads, "source": "shapes",
             "model": {"path": str(base)}}
 
 

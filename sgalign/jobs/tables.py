@@ -116,7 +116,8 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
     rows = next(iter(tables.values()))["rows"]
     head = ["method", *[h for _, h in METRICS], *[f"Δ {h} vs base" for _, h in METRICS], "FID",
             "train s", "UNet fwd/pair"]
-    intro = (f"Per method vs the base: IoU mean [95 % bootstrap CI] over {b['eval_graphs']} world {b.get('eval_split', 'test')} graphs x "
+    intro = (f"Per method vs the base: IoU mean [95 % bootstrap CI] over {b['eval_graphs']} world "
+             f"{b.get('eval_split', 'test')} graphs x "
              f"{len(b['eval_seeds'])} seeds ({b['eval_steps']} DDIM steps); Δ = paired bootstrap of method - base on "
              "the same graphs and seeds (`*` = the interval excludes 0). FID vs the renders of the same graphs, with a "
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")

@@ -201,8 +201,8 @@ def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget,
     if _done(f"eval {method_id}", dst, "results.json", "report.html"):
         return dst
     what = "graphs" if task == "compositional" else "prompts"
-    _log(f"[eval {method_id}] {b.eval_graphs} {b.eval_split} {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} DDIM steps, "
-         f"vs base ...")
+    _log(f"[eval {method_id}] {b.eval_graphs} {b.eval_split} {what} x {len(b.eval_seeds)} seeds, {b.eval_steps} "
+         "DDIM steps, vs base ...")
     protocol = eval_protocol(b, seed, task)
     t0 = time.perf_counter()
     results = evaluate(model, dst, protocol, baseline=base,
