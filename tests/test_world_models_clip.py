@@ -80,3 +80,33 @@ def test_pretrain_script_smoke(tmp_path):
     model, _ = load_world_clip(tmp_path)
     assert model.config.vision_config.image_size == 64
     assert CLIPTextModel.from_pretrained(tmp_path / "text_encoder").config.vocab_size == 49408
+
+
+def test_token_table_is_stored_in_float16_and_loads_as_float32(shipped, tmp_path):
+    """The only float16 tensor: CLIP's 49,408-row token table (world text uses 22 rows); it loads back as float32
+    and the text states are those of the float32 table up to its rounding."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sgalign.world import sample_split
+    from sgalign.world.models.clip import TOKEN_TABLE, store_token_table_fp16
+
+    stored = load_file(WORLD_CLIP_DIR / "text_encoder" / "model.safetensors")
+    assert stored[TOKEN_TABLE].dtype == torch.float16
+    assert all(v.dtype == torch.float32 for k, v in stored.items() if k != TOKEN_TABLE)
+    model, tok = shipped
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # round trip on a float32 copy: rewriting halves the file and moves the text states only by the rounding
+    te = CLIPTextModel.from_pretrained(WORLD_CLIP_DIR / "text_encoder").eval()
+    te.save_pretrained(tmp_path / "te", safe_serialization=True)
+    shutil.copy(WORLD_CLIP_DIR / "text_encoder" / "config.json", tmp_path / "te" / "config.json")
+    big = (tmp_path / "te" / "model.safetensors").stat().st_size
+    store_token_table_fp16(tmp_path / "te" / "model.safetensors")
+    assert (tmp_path / "te" / "model.safetensors").stat().st_size < 0.6 * big
+    again = CLIPTextModel.from_pretrained(tmp_path / "te").eval()
+    ids = tok([s.graph().serialize() for s in sample_split("test", 16, seed=0)], padding="max_length",
+              truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = te(ids).last_hidden_state, again(ids).last_hidden_state
+    assert torch.equal(a, b)  # the shipped table is already float16: rounding again changes nothing

@@ -313,6 +313,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
 
     from ..models.conditioning import build_conditioning
     from ..training.pretrain_sg import make_pipeline, param_groups
+    from ..world.models.clip import store_token_table_fp16
 
     out = Path(r.out)
     name = f"stage{stage}"
@@ -421,6 +422,8 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     tmp = work / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    # the token table in float16 (loads back as float32): what makes the world models small enough to ship
+    store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")
     rec = {"stage": name, "trained": list(trained), "steps": step, "planned_steps": total,
            "stopped_early": stopped_early, "batch": r.batch, "wall_seconds": round(elapsed, 1),
            "lr": {"unet": r.unet_lr, "text_encoder": r.text_lr} if stage == 1 else {"sg_encoder": r.sg_lr},
