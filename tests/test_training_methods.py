@@ -39,8 +39,9 @@ def test_method_lowers_its_loss_and_reference_is_frozen(tiny_assets, tmp_path, t
     ref_before = model_fingerprint(tr.reference)
     batch = fixed_batch(tr)
     before = mean_loss(tr, batch)
-    if method != "sft":
-        assert before == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at the start
+    if method != "sft":  # policy == reference at the start; Inversion-DPO's policy evaluates all points in one
+        # call, the reference's ε came from per-step inversion calls: rounding of other batch shapes, times β
+        assert before == pytest.approx(math.log(2), abs=1e-6 if method != "inversion-dpo" else 2e-5)
     result = tr.train()
     after = mean_loss(tr, batch)
     assert result.step == 20 and result.summary["pairs"] == 40

@@ -145,8 +145,10 @@ class InversionDPO(Method):
         # uncond_branch: what the unconditional branch actually was (e.g. 'empty-text' for an SD1.5 'model' branch)
         prov = {"cache_used": p["cache_used"], "points_per_image": P, "uncond_branch": p["uncond"]}
         if cfg.gradient == "standard":
-            diffs = torch.stack([self._point_terms(p, j, pol(p["x"][:, j], p["t"][:, j], p["cond2"]))
-                                 for j in range(P)], 1)
+            # the official target keeps one call per point: its exact zero gradient at θ = θ_ref needs ε_θ from
+            # calls shaped as the inversion's ε_ref calls (CPU kernels round differently at other batch sizes)
+            e = point_eps(pol, p["x"], p["t"], p["cond2"], fused=p["tau"] is not None)
+            diffs = torch.stack([self._point_terms(p, j, e[j]) for j in range(P)], 1)
             out = self._loss_from(p, diffs)
             return MethodOutput(out.loss.mean(), out.loss.detach(), _m(out), provenance=prov)
         if cfg.gradient != "constant-memory":
@@ -165,6 +167,18 @@ class InversionDPO(Method):
             dj = self._point_terms(p, j, e)
             backward((coef * p["weights"][:, j] * (dj[:B] - dj[B:])).sum())
         return MethodOutput(out.loss.mean(), out.loss.detach(), _m(out), backward_done=True, provenance=prov)
+
+
+def point_eps(eps_fn, x: torch.Tensor, t: torch.Tensor, cond, fused: bool = True) -> list[torch.Tensor]:
+    """ε at every trajectory point: x (R, P, …), t (R, P) -> P tensors (R, …). ``fused``: all R·P rows in one
+    call (the standard gradient keeps every point's activations anyway, so one call costs no extra memory and
+    saves P − 1 calls' overhead); else one call per point."""
+    R, P = t.shape
+    if not fused:
+        return [eps_fn(x[:, j], t[:, j], cond) for j in range(P)]
+    xs = x.transpose(0, 1).reshape(R * P, *x.shape[2:])  # point-major: rows of point j are one block
+    e = eps_fn(xs, t.t().reshape(-1), cat_rows([cond] * P))
+    return list(e.view(P, R, *e.shape[1:]).unbind(0))
 
 
 def _m(out) -> dict[str, float]:
