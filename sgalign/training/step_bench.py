@@ -2,8 +2,9 @@
 
 The revision is checked out into a temporary ``git worktree``; one ``step_worker`` server per tree (this file's
 tree and the worktree, via ``PYTHONPATH``) runs every configuration with the same settings, alternating which side
-goes first (A B, then B A, ...) so drifting load on a shared CPU hits both equally. Per configuration: median step
-time (process CPU seconds, one thread, and wall seconds) per pair, UNet rows per pair (``ForwardCounter``; a CFG
+goes first (A B, then B A, ...) so drifting load on a shared CPU hits both equally. Per configuration: step time
+(process CPU seconds, one thread, and wall seconds) per pair, the median over rounds of each run's mean step;
+speed-up: the median over rounds of the paired ratio; UNet rows per pair (``ForwardCounter``; a CFG
 call counts both branches) and the child process's peak RSS. Data: a synthetic Pick-a-Pic parquet with reward
 scores (``training.synthetic.write_pickapic``), the same file for both sides; step cost does not depend on the
 pixels.
@@ -144,24 +145,29 @@ def compare(revision: str = "ccb35ef", models: tuple[str, ...] = MODELS, methods
 
 
 def summarize(side: Side, c: Config) -> dict[str, float]:
+    """Per run the mean step (every run draws the same t's, hence the same work), then the median over rounds."""
     runs = side.runs[c.name]
-    cpu = statistics.median(x for r in runs for x in r["step_cpu_s"])
-    wall = statistics.median(x for r in runs for x in r["step_s"])
-    return {"cpu_s_per_pair": cpu / c.batch, "wall_s_per_pair": wall / c.batch,
-            "unet_rows_per_pair": statistics.mean(r["unet_rows_per_pair"] for r in runs),
+    mean = lambda xs: sum(xs) / len(xs)
+    return {"cpu_s_per_pair": statistics.median(mean(r["step_cpu_s"]) for r in runs) / c.batch,
+            "wall_s_per_pair": statistics.median(mean(r["step_s"]) for r in runs) / c.batch,
+            "unet_rows_per_pair": mean([r["unet_rows_per_pair"] for r in runs]),
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs)}
 
 
+def speedup(a: Side, b: Side, c: Config, key: str = "step_cpu_s") -> float:
+    """Median over rounds of the paired ratio B ÷ A (the two runs of a round ran back to back)."""
+    return statistics.median(sum(rb[key]) / sum(ra[key]) for ra, rb in zip(a.runs[c.name], b.runs[c.name]))
+
+
 def table(a: Side, b: Side, configs: list[Config], revision: str) -> str:
-    """Markdown table; speed-up = revision's s/pair ÷ this tree's (above 1: this tree is faster)."""
+    """Markdown table; speed-up = revision's s/pair ÷ this tree's, paired per round (above 1: this tree is faster)."""
     rows = [f"| model | method | batch | CPU s/pair now | CPU s/pair {revision} | speed-up (CPU) | speed-up (wall) "
             f"| UNet rows/pair now / {revision} | peak RSS MiB now / {revision} |",
             "|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
         x, y = summarize(a, c), summarize(b, c)
         rows.append(f"| {c.model} | {c.method} | {c.batch} | {x['cpu_s_per_pair']:.4f} | {y['cpu_s_per_pair']:.4f} "
-                    f"| {y['cpu_s_per_pair'] / x['cpu_s_per_pair']:.2f}x "
-                    f"| {y['wall_s_per_pair'] / x['wall_s_per_pair']:.2f}x "
+                    f"| {speedup(a, b, c):.2f}x | {speedup(a, b, c, 'step_s'):.2f}x "
                     f"| {x['unet_rows_per_pair']:.1f} / {y['unet_rows_per_pair']:.1f} "
                     f"| {x['peak_rss_mib']:.0f} / {y['peak_rss_mib']:.0f} |")
     return "\n".join(rows) + "\n"

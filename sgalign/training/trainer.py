@@ -29,7 +29,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from ..world.paths import world_model_path
-from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy
+from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors
 from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
 from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
 
@@ -210,6 +210,8 @@ class Trainer:
         if m.unet_init:
             from diffusers import UNet2DConditionModel
             unet = UNet2DConditionModel.from_pretrained(m.unet_init, local_files_only=True)
+        sign_attention_processors(unet)  # before the reference copy: both get them
+        sign_attention_processors(comps["vae"])
         mp = self.cfg.trainer.mixed_precision
         fd = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
             m.frozen_dtype if m.frozen_dtype != "auto" else {"no": "fp32"}.get(mp, mp), torch.float32)
