@@ -135,7 +135,8 @@ def compare(revision: str = "ccb35ef", models: tuple[str, ...] = MODELS, methods
                     shutil.rmtree(out, ignore_errors=True)
                     sides[s].runs.setdefault(c.name, []).append(res)
                     log(f"round {r + 1}/{rounds} {c.name} [{s}] cpu s/step "
-                        f"{statistics.median(res['step_cpu_s']):.3f} wall {statistics.median(res['step_s']):.3f}")
+                        f"{statistics.median(res['step_cpu_s']):.3f} wall {statistics.median(res['step_s']):.3f} "
+                        f"UNet rows/pair {res['unet_rows_per_pair']:.1f} peak RSS {res['peak_rss_mib']:.0f} MiB")
         return sides["A"], sides["B"], configs
     finally:
         for s in servers:
