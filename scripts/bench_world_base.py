@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                      "n_graphs": args.n_graphs, "seeds": args.seeds, "n_images": int(len(gen)),
                      "scheduler": type(pipe.scheduler).__name__, "steps": args.steps, "eta": 0.0,
                      "guidance_scale": args.guidance, "eta": args.eta, "resolution": int(gen.shape[1]),
+                     "initial_noise_mean_scale": pipe.noise_mean_scale,
                      "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
                      "ci": "95% percentile bootstrap over graphs (all seeds of a graph together), 1000 resamples; "
                            "FID: graphs (render + its seeds) resampled, interval recentred on the estimate"},
@@ -212,7 +213,8 @@ def write_results_md(path: Path, r: dict, title: str = "World base model") -> No
 World SD1.5-SG (`{r['model']}`, {total['steps']} training steps in all) on {p['n_graphs']} {p['split']}-split graphs
 x {len(p['seeds'])} seeds ({p['n_images']} images,
 {p['resolution']}x{p['resolution']}); {p['scheduler']} {p['steps']} steps, eta {p.get('eta', 0.0):g}, CFG {p['guidance_scale']}
-(unconditional = empty text), seeds {p['seeds']}. Scored by the world oracle (closed vocabulary, as LAION-SG's
+(unconditional = empty text), seeds {p['seeds']}, initial noise mean scale {p.get('initial_noise_mean_scale', 1.0):g} (the
+model's own, `model_index.json`). Scored by the world oracle (closed vocabulary, as LAION-SG's
 SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI, resampling graphs with all their seeds].
 
 | entity granularity | Entity-IoU | Relation-IoU | SG-IoU |

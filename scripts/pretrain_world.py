@@ -34,13 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage1-steps", type=int, default=d.stage1.steps)
     ap.add_argument("--stage2-steps", type=int, default=d.stage2.steps)
     ap.add_argument("--batch", type=int, default=d.batch)
+    ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                    help="stage 1 offset noise (per-image, per-channel constant added to the noise, x this std)")
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
                         vae_init=a.vae_init or None,
                         vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
                         stage1=StageBudget(a.stage1_steps, d.stage1.share),
-                        stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch)
+                        stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch,
+                        offset_noise=a.offset_noise)
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()
     final = run_world_base(r, command=command, only=a.only,

@@ -20,8 +20,11 @@ class StableDiffusionSGPipeline(SGPipelineBase):
     model_cpu_offload_seq = "text_encoder->sg_encoder->unet->vae"
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder) -> None:
+                 unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
+                 initial_noise_mean_scale: float = 1.0) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
+        # sgalign.diffusion.noise: 1 = plain Gaussian noise (every model's default); stored in model_index.json
+        self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
         self._post_init()

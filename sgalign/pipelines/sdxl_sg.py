@@ -24,9 +24,12 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
                  tokenizer: CLIPTokenizer, tokenizer_2: CLIPTokenizer, unet: UNet2DConditionModel,
-                 scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder) -> None:
+                 scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
+                 initial_noise_mean_scale: float = 1.0) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                               tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
                               sg_encoder=sg_encoder)
+        # sgalign.diffusion.noise: 1 = plain Gaussian noise (every model's default); stored in model_index.json
+        self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
         self._post_init()

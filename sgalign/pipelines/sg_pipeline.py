@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..diffusion.noise import shrink_spatial_mean
 from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
 from ..models.graph_inputs import as_scene_graphs
 from ..models.loading import MissingModelFileError, load_components, load_sg_encoder
@@ -33,6 +35,11 @@ class SGPipelineBase(DiffusionPipeline):
     def _post_init(self) -> None:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def noise_mean_scale(self) -> float:
+        """How much of the initial noise's per-channel spatial mean sampling keeps (``diffusion.noise``)."""
+        return float(self.config.get("initial_noise_mean_scale", 1.0))
 
     # ---- conditioning -------------------------------------------------------------------------------------
     @property
@@ -97,6 +104,7 @@ class SGPipelineBase(DiffusionPipeline):
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+            latents = shrink_spatial_mean(latents, self.noise_mean_scale)
         elif latents.shape != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
@@ -170,4 +178,6 @@ class SGPipelineBase(DiffusionPipeline):
                 "random-init encoder")
         if torch_dtype is not None:
             enc = enc.to(torch_dtype)
-        return cls(**comps, sg_encoder=enc)
+        index = path / "model_index.json"  # the folder's sampling settings, as from_pretrained would pass them
+        scale = json.loads(index.read_text()).get("initial_noise_mean_scale", 1.0) if index.is_file() else 1.0
+        return cls(**comps, sg_encoder=enc, initial_noise_mean_scale=scale)
