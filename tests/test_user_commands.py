@@ -60,7 +60,7 @@ def test_three_commands_chain_with_provenance(chain):
     assert (ch["run_id"], ch["dataset_id"], ch["base_model_sha256"]) == (
         run["run_id"], index["dataset_id"], run["base_model"]["sha256"])
     assert ch["baseline_is_base_model"] and res["provenance"]["models"]["baseline"]["sha256"] == ch["base_model_sha256"]
-    assert res["protocol"]["sampling"]["guidance_scale"] == 3.0  # the world protocol without --config
+    assert res["protocol"]["sampling"]["guidance_scale"] == 6.0  # the world protocol without --config
     assert (cwd / "runs/eval/compositional-diffusion-dpo/report.html").is_file()
 
 
