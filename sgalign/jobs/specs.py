@@ -101,6 +101,8 @@ BUDGETS: dict[str, JobBudget] = {
     "micro": JobBudget("micro", annotations=2, k=2, gen_steps=2, train_steps=2, batch_size=1, lr=1e-5,
                        warmup_steps=0, eval_graphs=2, eval_seeds=[0], eval_steps=2, n_resamples=50,
                        fid_resamples=10, grid_graphs=1),
+    # demo: lr 1e-5 with beta 5000 and 150 steps chosen for Diffusion-DPO on validation graphs (docs/RESULTS.md,
+    # "Validation grids"); one lr is shared by the demo's methods
     "demo": JobBudget("demo", annotations=96, k=4, gen_steps=15, train_steps=150, batch_size=4, lr=1e-5,
                       warmup_steps=10, eval_graphs=64, eval_seeds=[0, 1], eval_steps=20),
     # table: ~1 pass over the 1536 same-graph pairs of 256 graphs x 4; lr 1e-5 per pair (5e-5 blew Diffusion-DPO up
