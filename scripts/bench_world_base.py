@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "protocol": {"graphs": f"first {args.n_graphs} {args.split}-split graphs, "
                                f"sample_split('{args.split}', n, seed=0)", "split": args.split,
                      "n_graphs": args.n_graphs, "seeds": args.seeds, "n_images": int(len(gen)),
-                     "scheduler": type(pipe.scheduler).__name__, "steps": args.steps, "eta": 0.0,
+                     "scheduler": type(pipe.scheduler).__name__, "steps": args.steps,
                      "guidance_scale": args.guidance, "eta": args.eta, "resolution": int(gen.shape[1]),
                      "initial_noise_mean_scale": pipe.noise_mean_scale,
                      "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",

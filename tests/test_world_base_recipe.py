@@ -40,6 +40,7 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     # the latents the diffusion stages train on are zero-mean per channel (normalisation inside the VAE's weights)
     assert rec["stages"]["vae"]["latent_norm"] == "per-channel" and rec["stages"]["vae"]["scaling_factor"] == 1.0
     assert len(rec["stages"]["vae"]["latent_channel_norm"]["latent_mean"]) == 4
+    assert rec["stages"]["vae"]["init"] == "sgalign/world/weights/world-vae"  # as named, not a machine path
     pipe = StableDiffusionSGPipeline.from_pretrained(final)
     s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
     # stage 2 trains the SG encoder only: UNet and text encoder are stage 1's, bit for bit

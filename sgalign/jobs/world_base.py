@@ -184,7 +184,8 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     vae = load_world_vae(tmp)
     metrics = evaluate_world_vae(vae, sample_split("test", r.vae_eval_graphs, seed=0))
     blend = blend_test(vae)
-    rec = {"model": "world VAE", "stage": "vae", **asdict(args), "steps_done": steps_done,
+    # the starting VAE as the recipe names it (repo-relative), not this machine's absolute path
+    rec = {"model": "world VAE", "stage": "vae", **asdict(args), "init": r.vae_init, "steps_done": steps_done,
            "stopped_early": f"time share reached at step {steps_done}" if steps_done < args.steps else None,
            "final_train": {k: float(np.mean([h[k] for h in history[-50:]])) for k in history[-1]},
            "train_wall_s": round(train_s, 1), "wall_seconds": round(time.time() - t0, 1),
@@ -465,13 +466,13 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     gen = torch.Generator().manual_seed(r.seed)
     z = pipe.vae.encode(to_tensor(render_array(scenes)).to(pipe.device) * 2 - 1).latent_dist.sample(generator=gen)
     data = (z * pipe.vae.config.scaling_factor).mean((2, 3)).std(0)
-    gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(scenes))]  # one noise per image
-    saved = pipe.config.get("initial_noise_mean_scale", 1.0)
-    pipe.register_to_config(initial_noise_mean_scale=1.0)
-    lat = torch.cat([pipe([s.graph() for s in scenes[i:i + 16]], generator=gens[i:i + 16],
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    # plain Gaussian noise, one draw per image, passed as latents (the pipeline uses given latents unchanged)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(10_000 + i))
+                         for i in range(len(scenes))]).to(pipe.device)
+    lat = torch.cat([pipe([s.graph() for s in scenes[i:i + 16]], latents=noise[i:i + 16],
                           num_inference_steps=r.calib_steps, guidance_scale=r.calib_guidance,
                           output_type="latent").images for i in range(0, len(scenes), 16)])
-    pipe.register_to_config(initial_noise_mean_scale=saved)
     sampled = lat.mean((2, 3)).std(0)
     ratio = (data / sampled).cpu()
     scale = float(ratio.median().clamp(0.0, 1.0))
