@@ -53,6 +53,7 @@ def test_world_faithful_inversion_dpo_keeps_weights_bit_identical(tiny_assets, t
     assert all(torch.equal(start[k], end[k]) for k in start)
     assert tr.cfg.optimizer.weight_decay == 0.0 and tr.optimizer.param_groups[0]["weight_decay"] == 0.0
     assert result.summary["final_loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert result.summary["weight_drift"] == 0.0  # the diagnostic reads "nothing moved"
     assert result.summary["method_provenance"]["faithful"] is True
     assert any("optimizer.weight_decay=0.0" in n for n in result.summary["notes"])
     assert "weight_decay: 0.0" in (tmp_path / "run" / "resolved_config.yaml").read_text()
@@ -112,3 +113,19 @@ def test_sdxl_unconditional_branch_is_zeros(tmp_path):
     assert torch.count_nonzero(added["text_embeds"][:n]) == 0 and torch.count_nonzero(added["text_embeds"][n:]) > 0
     assert torch.equal(added["time_ids"][:n], added["time_ids"][n:])  # SDXL's time ids are kept
     assert tr.unconditional.spec == "zeros"
+
+
+def test_weight_drift_is_relative_distance_over_trainable_tensors():
+    from sgalign.training.modeling import frozen_copy, weight_drift
+    policy = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        policy[0].weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.0]]))
+        policy[1].weight.copy_(torch.tensor([[4.0, 0.0]]))
+    ref = frozen_copy(policy)
+    assert weight_drift(policy, ref) == 0.0
+    with torch.no_grad():
+        policy[0].weight[1, 1] = 5.0  # |Δ| = 5 over |θ_ref| = 5
+    assert weight_drift(policy, ref) == pytest.approx(1.0)
+    policy[1].weight.requires_grad_(False)  # frozen tensors are not counted: |Δ| = 5 over |θ_ref[0]| = 3
+    assert weight_drift(policy, ref) == pytest.approx(5 / 3)
+    assert math.isnan(weight_drift(policy, policy))  # LoRA: the reference is the policy itself

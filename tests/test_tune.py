@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sgalign.jobs.specs import TRAIN_CONFIG, BUDGETS, eval_protocol
-from sgalign.jobs.tune import TuneGrid, choose, run_tune, write_tuned_config
+from sgalign.jobs.tune import TuneGrid, choose, paired_delta, run_tune, write_tuned_config
 from sgalign.pipelines.tiny import make_tiny
 
 
@@ -31,6 +31,9 @@ def test_choice_rule_fid_guard():
 def test_budget_eval_split_reaches_the_protocol():
     from dataclasses import replace
     assert eval_protocol(BUDGETS["micro"], 0).inputs.split == "test"
+    # training seeds share the evaluation graphs (their spread is the training's); the bootstrap follows the seed
+    p1 = eval_protocol(BUDGETS["micro"], 1)
+    assert p1.inputs.seed == eval_protocol(BUDGETS["micro"], 0).inputs.seed == 0 and p1.stats.seed == 1
     assert eval_protocol(replace(BUDGETS["micro"], eval_split="validation"), 0).inputs.split == "validation"
     with pytest.raises(ValueError, match="eval_split 'train'"):
         replace(BUDGETS["micro"], eval_split="train")
@@ -51,6 +54,9 @@ def test_two_cell_grid_end_to_end(tmp_path):
         assert res["protocol"]["inputs"]["split"] == "validation"
         assert c["sg_iou"] == res["metrics"]["iou"]["model"][c["key"]]["ci"]["sg_iou"]["estimate"]
         assert c["fid"] == res["metrics"]["fid"]["model"]["fid"]
+        d = c["delta_sg_iou"]
+        assert d["low"] <= d["estimate"] <= d["high"]
+        assert "weight_drift" in c["train_summary"]
     # one training run, checkpointed at step 1, with the cell's β
     resolved = yaml.safe_load((out / "train" / "beta1000-lr1e-05" / "resolved_config.yaml").read_text())
     assert resolved["method"]["options"]["diffusion-dpo"]["beta"] == 1000.0
@@ -73,3 +79,19 @@ def test_two_cell_grid_end_to_end(tmp_path):
     assert "tuned on validation" in cfg.read_text()
     with pytest.raises(ValueError, match="another method/budget/seed"):
         run_tune(out, TuneGrid("smpo"), budget="micro", base_model=base)
+
+
+def _res(values, key="phrase/normalized"):
+    return {"metrics": {"iou": {"model": {key: {"per_image": [{"sg_iou": v} for v in values]}}}}}
+
+
+def test_paired_delta_resamples_graphs_with_their_seeds():
+    # 4 graphs x 2 seeds; the model gains exactly on graphs 0 and 1 (both seeds): Δ = 0.5 on average
+    model, base = _res([1, 1, 1, 1, 0, 0, 0, 0]), _res([0] * 8)
+    d = paired_delta(model, base, "phrase/normalized", n_seeds=2, n_resamples=2000)
+    assert d["estimate"] == pytest.approx(0.5)
+    # a resample draws whole graphs: every bootstrap mean is a multiple of 1/4, so the bounds are too
+    assert (4 * d["low"]).is_integer() and (4 * d["high"]).is_integer() and d["low"] <= 0.25 and d["high"] >= 0.75
+    # NaN images are left out on both sides
+    d2 = paired_delta(_res([1, float("nan"), 1, 1, 0, 0, 0, 0]), base, "phrase/normalized", n_seeds=2)
+    assert d2["estimate"] == pytest.approx(3 / 7)

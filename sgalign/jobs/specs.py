@@ -212,13 +212,18 @@ def pairs_command(out: Path, base: Path | None, b: JobBudget, seed: int, task: s
     return "python scripts/build_pairs.py " + shlex.join(argv + ["--no-progress"])
 
 
+EVAL_GRAPHS_SEED = 0
+
+
 def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
     """The ``EvalProtocol`` of the evaluation stage: the task's world protocol at the budget's size."""
     from ..config import load_config
     from ..evaluation.protocol import EvalProtocol
 
     updates: dict[str, Any] = {
-        "inputs": {"n": b.eval_graphs, "seed": seed, "split": b.eval_split, "holdout": list(b.holdout),
+        # the evaluation graphs do not follow the training seed: runs of several training seeds are scored on the
+        # same graphs, so their spread is the training's alone
+        "inputs": {"n": b.eval_graphs, "seed": EVAL_GRAPHS_SEED, "split": b.eval_split, "holdout": list(b.holdout),
                    "novel_only": bool(b.holdout) and b.eval_split == "test"},
         "sampling": {"seeds": list(b.eval_seeds), "steps": b.eval_steps, "torch_threads": b.torch_threads},
         "stats": {"n_resamples": b.n_resamples, "seed": seed},

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .specs import (TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
                     trainer_method)
 
@@ -103,6 +105,22 @@ def _figures(results: dict[str, Any], role: str = "model") -> dict[str, Any]:
             "fid": fid["fid"] if fid else None}
 
 
+def paired_delta(results: dict[str, Any], base: dict[str, Any], key: str, n_seeds: int, metric: str = "sg_iou",
+                 n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired Δ ``metric`` (model − base) on the same validation images, 95 % interval resampling graphs with all
+    their seeds together (image g*K + k is graph g, seed k): a grid's cells differ by a few hundredths, so each
+    cell says whether its own change is resolved."""
+    from ..evaluation.stats import paired_bootstrap_ci
+
+    per = [np.array([r[metric] for r in res["metrics"]["iou"]["model"][key]["per_image"]], dtype=np.float64)
+           for res in (results, base)]
+    keep = ~(np.isnan(per[0]) | np.isnan(per[1]))
+    groups = [i // n_seeds for i in range(per[0].size)]
+    ci = paired_bootstrap_ci(per[0][keep], per[1][keep], n_resamples=n_resamples, seed=seed,
+                             groups=[g for g, k in zip(groups, keep) if k], unit="graph (all seeds together)")
+    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+
+
 def choose(cells: list[dict[str, Any]], base_fid: float | None, fid_guard: float = FID_GUARD) -> dict[str, Any]:
     """The choice rule: among cells with FID <= base FID x ``fid_guard`` (all cells when FID was not computed),
     the highest validation SG-IoU; ties go to fewer steps, then to grid order. Returns {"cell", "limit", "why"}."""
@@ -162,7 +180,8 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
             evaluate(model, dst, protocol, command=f"sgalign.jobs.tune.run_tune ({grid.method}, {what})")
         return json.loads((dst / "results.json").read_text())
 
-    base_fig = _figures(_eval(base, out / "eval" / "base", "base"))
+    base_res = _eval(base, out / "eval" / "base", "base")
+    base_fig = _figures(base_res)
     cells = []
     for beta, lr, opts in itertools.product(betas, lrs, grid.option_sets):
         cname = cell_name(beta, lr, opts)
@@ -187,8 +206,12 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
                 _eval(_model_at(run, s, steps[-1], base, tmp), dst, f"{cname} step {s}")
                 shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
             res = json.loads((dst / "results.json").read_text())
-            cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s, **_figures(res),
-                          "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc")},
+            fig = _figures(res)
+            cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s, **fig,
+                          "delta_sg_iou": paired_delta(res, base_res, fig["key"], len(b.eval_seeds),
+                                                       n_resamples=b.n_resamples, seed=seed),
+                          "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc",
+                                                                        "weight_drift")},
                           "results": str(dst.relative_to(out) / "results.json")})
     pick = choose(cells, base_fig["fid"], grid.fid_guard)
     record = {"method": grid.method, "trainer_method": name, "grid": asdict(grid), "steps": steps,
@@ -214,17 +237,20 @@ def grid_markdown(record: dict[str, Any]) -> str:
              f"{b['eval_graphs']} world {b['eval_split']} graphs x {len(b['eval_seeds'])} seeds, {b['eval_steps']} "
              f"DDIM steps; SG-IoU family `{base['key']}`. Choice: highest SG-IoU with FID <= base FID x "
              f"{record['grid']['fid_guard']}.", "",
-             "| cell | step | SG-IoU | Entity-IoU | Relation-IoU | FID | eligible | chosen |", "|" + "---|" * 8]
+             "| cell | step | SG-IoU | Δ SG-IoU [95 % CI, by graph] | Entity-IoU | Relation-IoU | FID | eligible | "
+             "chosen |", "|" + "---|" * 9]
 
     def f(x: float | None, d: int = 4) -> str:
         return "n/a" if x is None else f"{x:.{d}f}"
 
-    lines.append(f"| base | 0 | {f(base['sg_iou'])} | {f(base['entity_iou'])} | {f(base['relation_iou'])} | "
+    lines.append(f"| base | 0 | {f(base['sg_iou'])} | - | {f(base['entity_iou'])} | {f(base['relation_iou'])} | "
                  f"{f(base['fid'], 2)} | - | - |")
     ch = record["chosen"]
     for c in record["cells"]:
         mark = "**yes**" if ch and (c["cell"], c["step"]) == (ch["cell"], ch["step"]) else ""
-        lines.append(f"| {c['cell']} | {c['step']} | {f(c['sg_iou'])} | {f(c['entity_iou'])} | "
+        d = c.get("delta_sg_iou")
+        delta = "n/a" if d is None else f"{d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+        lines.append(f"| {c['cell']} | {c['step']} | {f(c['sg_iou'])} | {delta} | {f(c['entity_iou'])} | "
                      f"{f(c['relation_iou'])} | {f(c['fid'], 2)} | {'yes' if c['eligible'] else 'no'} | {mark} |")
     lines += ["", f"Choice: {record['why']}.", ""]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, Sequence
 
 import torch
@@ -250,3 +251,18 @@ def add_lora(unet: nn.Module, rank: int, alpha: float, dropout: float, target_mo
 
 def frozen_copy(module: nn.Module | None) -> nn.Module | None:
     return None if module is None else freeze(copy.deepcopy(module))
+
+
+def weight_drift(policy: nn.Module, reference: nn.Module) -> float:
+    """‖θ − θ_ref‖ / ‖θ_ref‖ over the policy's trainable tensors that the reference holds under the same name: how
+    far alignment moved the weights (a diagnostic: a method that changes nothing shows ~0). NaN when none match
+    (LoRA: the reference is the policy itself with adapters off)."""
+    ref = dict(reference.named_parameters())
+    num = den = 0.0
+    for name, p in policy.named_parameters():
+        r = ref.get(name)
+        if not p.requires_grad or r is None or r is p or r.shape != p.shape:
+            continue
+        num += float((p.detach().float() - r.detach().float()).pow(2).sum())
+        den += float(r.detach().float().pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else math.nan

@@ -29,7 +29,8 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from ..world.paths import world_model_path
-from .modeling import ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors
+from .modeling import (ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors,
+                       weight_drift)
 from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
 from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
 
@@ -581,7 +582,8 @@ class Trainer:
              "pairs_per_s": hist[-1]["pairs_per_s"] if hist else 0.0,
              "peak_mem_gb": hist[-1]["peak_mem_gb"] if hist else 0.0,
              "seconds": seconds, "random_init_model": self.cfg.model.random_init,
-             "skipped_pairs": len(self.source.skipped), "notes": self.notes, "method_provenance": prov}
+             "skipped_pairs": len(self.source.skipped), "notes": self.notes, "method_provenance": prov,
+             "weight_drift": weight_drift(self.acc.unwrap_model(self.policy), self.reference)}
         if self.acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
             self._log(f"[sgalign] done: {s['method']}/{s['task']} {s['steps']} steps, {s['pairs']} pairs, loss "
