@@ -7,6 +7,11 @@
     python scripts/bench_world.py --budget table --out runs/world-holdout \\
         --budget-set 'holdout=[red:circle, blue:square]'
 
+    python scripts/bench_world.py --budget demo --seeds 0 1 --out runs/world-seeds --budget-set eval_graphs=128 \
+        --budget-set 'eval_seeds=[0, 1, 2]'
+
+``--seeds``: one job per training seed (OUT/seed-<s>), all scored on the same graphs and noise seeds, then
+OUT/seeds_table.md: pooled Δ per method (graph-resampled) and each seed's Δ, FID and training diagnostics.
 ``method@gold`` / ``method@shuffled``: the same trainer on gold pairs (true render over the base's worst candidate, a
 ceiling) or reward-shuffled pairs (a floor), derived once from pairs/ into pairs-gold/ / pairs-shuffled/.
 ``holdout``: pairs from train graphs without those colour:shape pairs, test graphs that all contain one.
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
+from sgalign.jobs.seeds import write_seeds_table  # noqa: E402
 from sgalign.jobs.world_job import ALL_METHODS, BUDGETS, TASKS, JobBudget, run_world_job  # noqa: E402
 
 
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="job folder (default: runs/world-<budget>; t2i: runs/world-t2i-<budget>)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method ids")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="several training seeds: one job per seed in OUT/seed-<s> (the same evaluation graphs), "
+                         "then OUT/seeds_table.md pooling them (compositional task)")
     ap.add_argument("--base-model", default=None, help="base SG model folder (default: the world SD1.5-SG)")
     ap.add_argument("--budget-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one JobBudget field (e.g. lr=5e-5, train_steps=400); recorded in job.json")
@@ -50,8 +59,19 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(k for k in JobBudget.__dataclass_fields__ if k != 'name')}")
         overrides[key] = yaml.safe_load(value)
     default_out = f"runs/world-{args.budget}" if args.task == "compositional" else f"runs/world-t2i-{args.budget}"
-    run_world_job(args.out or default_out, budget=args.budget, methods=[m for m in args.methods.split(",") if m],
-                  seed=args.seed, base_model=args.base_model, task=args.task, **overrides)
+    out = Path(args.out or default_out)
+    methods = [m for m in args.methods.split(",") if m]
+    if not args.seeds:
+        run_world_job(out, budget=args.budget, methods=methods, seed=args.seed, base_model=args.base_model,
+                      task=args.task, **overrides)
+        return 0
+    if args.task != "compositional":
+        ap.error("--seeds: the pooled table exists for the compositional task only")
+    for s in args.seeds:
+        run_world_job(out / f"seed-{s}", budget=args.budget, methods=methods, seed=s, base_model=args.base_model,
+                      **overrides)
+    paths = write_seeds_table(out, [out / f"seed-{s}" for s in args.seeds], methods)
+    print(f"[world-job] table over seeds {args.seeds} -> {paths['markdown']}", flush=True)
     return 0
 
 

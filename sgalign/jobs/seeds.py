@@ -1,0 +1,114 @@
+"""One table over several training seeds of the world job (compositional task).
+
+Each seed is a finished job folder (``run_world_job(..., seed=s)``) whose evaluations score the same graphs and
+noise seeds (``specs.EVAL_GRAPHS_SEED``), so the base's images are identical across folders and every method's
+Δ vs the base is paired image by image. Pooled Δ: per graph, the mean over training seeds and noise seeds of
+(method − base); the interval resamples graphs (the independent unit), so it covers evaluation noise on the
+graphs drawn, while the per-seed columns and their spread show what a different training seed does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..evaluation.stats import bootstrap_ci
+from .specs import METRICS
+
+KEY = "phrase/normalized"
+
+
+def _per_image(res: dict[str, Any], role: str, metric: str, key: str) -> np.ndarray:
+    return np.array([r[metric] for r in res["metrics"]["iou"][role][key]["per_image"]], dtype=np.float64)
+
+
+def _n_seeds(res: dict[str, Any]) -> int:
+    return len(res["protocol"]["sampling"]["seeds"])
+
+
+def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str = KEY, n_resamples: int = 1000,
+                seed: int = 0) -> dict[str, Any]:
+    """Per method: per-seed Δ (metric and interval as the job computed them), the pooled Δ with a graph-resampled
+    interval, the spread across seeds, FID per seed, and each seed's training diagnostics (implicit accuracy, weight
+    drift). Raises ValueError when folders did not score the same images for the base."""
+    dirs = [Path(d) for d in job_dirs]
+    jobs = [json.loads((d / "job.json").read_text()) for d in dirs]
+    out: dict[str, Any] = {"key": key, "jobs": [str(d) for d in dirs], "seeds": [j["seed"] for j in jobs],
+                           "budget": jobs[0]["budget"], "methods": {}}
+    base0 = None
+    for method in methods:
+        per_seed, deltas = [], {m: [] for m, _ in METRICS}
+        for d, job in zip(dirs, jobs):
+            res = json.loads((d / "eval" / method / "results.json").read_text())
+            base = {m: _per_image(res, "baseline", m, key) for m, _ in METRICS}
+            if base0 is None:
+                base0 = base
+            elif any(not np.array_equal(base[m], base0[m], equal_nan=True) for m in base):
+                raise ValueError(f"{d}: its base scores differ from {dirs[0]}'s; the folders did not evaluate the same "
+                                 "graphs and seeds (rerun them with one budget)")
+            k = _n_seeds(res)
+            for m, _ in METRICS:
+                diff = _per_image(res, "model", m, key) - base[m]
+                deltas[m].append(np.nanmean(diff.reshape(-1, k), axis=1))  # one value per graph
+            summary = json.loads((d / "train" / method / "summary.json").read_text())
+            fid = res["metrics"]["fid"]
+            per_seed.append({"seed": job["seed"],
+                             "delta": {m: res["metrics"]["vs_baseline"][key][m] for m, _ in METRICS},
+                             "fid": fid["model"]["fid"], "fid_base": fid["baseline"]["fid"],
+                             "fid_p_value": fid.get("vs_baseline", {}).get("p_value"),
+                             "implicit_acc": summary.get("implicit_acc"), "weight_drift": summary.get("weight_drift"),
+                             "train_s": summary.get("seconds")})
+        pooled = {}
+        for m, _ in METRICS:
+            graphs = np.mean(np.stack(deltas[m]), axis=0)  # per graph: mean over training seeds
+            ci = bootstrap_ci(graphs, n_resamples=n_resamples, seed=seed, unit="graph (all training and noise seeds)")
+            est = [s["delta"][m]["estimate"] for s in per_seed]
+            pooled[m] = {**ci.to_dict(), "seed_spread": float(max(est) - min(est)),
+                         "seed_sd": float(np.std(est, ddof=1)) if len(est) > 1 else None}
+        out["methods"][method] = {"per_seed": per_seed, "pooled": pooled,
+                                  "fid_mean": float(np.mean([s["fid"] for s in per_seed])),
+                                  "fid_base": per_seed[0]["fid_base"]}
+    return out
+
+
+def _d(ci: dict[str, Any]) -> str:
+    star = " *" if ci["low"] > 0 or ci["high"] < 0 else ""
+    return f"{ci['estimate']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]{star}"
+
+
+def seeds_markdown(t: dict[str, Any]) -> str:
+    """The pooled table (one row per method) and the per-seed table (one row per method and seed)."""
+    b = t["budget"]
+    n_seeds = len(t["seeds"])
+    lines = [f"Training seeds {t['seeds']}; {b['eval_graphs']} world {b['eval_split']} graphs x noise seeds "
+             f"{b['eval_seeds']} per model, the same for every seed; IoU `{t['key']}`. Pooled Δ: per graph, the mean "
+             f"over the {n_seeds} training seeds and the noise seeds of (method − base); 95 % interval resampling "
+             "graphs; `*` = it excludes 0. spread = max − min of the per-seed Δ.", "",
+             "| method | Δ SG-IoU | Δ Entity-IoU | Δ Relation-IoU | SG-IoU spread | FID (base "
+             f"{next(iter(t['methods'].values()))['fid_base']:.2f}) |", "|---|---|---|---|---|---|"]
+    for name, r in t["methods"].items():
+        p = r["pooled"]
+        lines.append(f"| {name} | {_d(p['sg_iou'])} | {_d(p['entity_iou'])} | {_d(p['relation_iou'])} | "
+                     f"{p['sg_iou']['seed_spread']:.3f} | {r['fid_mean']:.2f} |")
+    lines += ["", "| method | seed | Δ SG-IoU | Δ Entity-IoU | FID | FID p (paired permutation) | implicit acc | "
+              "weight drift | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in t["methods"].items():
+        for s in r["per_seed"]:
+            drift = "n/a" if s["weight_drift"] is None else f"{s['weight_drift']:.2e}"
+            p = "n/a" if s["fid_p_value"] is None else f"{s['fid_p_value']:.3f}"
+            lines.append(f"| {name} | {s['seed']} | {_d(s['delta']['sg_iou'])} | {_d(s['delta']['entity_iou'])} | "
+                         f"{s['fid']:.2f} | {p} | {s['implicit_acc']:.3f} | {drift} | {s['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_seeds_table(out: str | Path, job_dirs: Sequence[str | Path], methods: Sequence[str],
+                      key: str = KEY) -> dict[str, Path]:
+    """``OUT/seeds_table.json`` and ``OUT/seeds_table.md`` over the given seed folders."""
+    t = seeds_table(job_dirs, methods, key)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds_table.json").write_text(json.dumps(t, indent=2) + "\n")
+    (out / "seeds_table.md").write_text("# World results over training seeds\n\n" + seeds_markdown(t))
+    return {"json": out / "seeds_table.json", "markdown": out / "seeds_table.md"}
