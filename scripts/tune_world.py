@@ -9,6 +9,12 @@ Each (β, lr, option set) is one training run of max(steps) steps, evaluated at 
 checkpoints on world *validation* graphs (never test). The choice: the best validation SG-IoU among cells whose FID
 is not above the base's x --fid-guard. Writes OUT/grid.json and OUT/grid.md; --write-config also writes the chosen
 method options into configs/world/compositional.yaml. Resumable: rerun the same command.
+
+    python scripts/tune_world.py --task t2i --method diffusion-dpo --steps 50,100,200,400 --budget demo
+
+``--task t2i``: world Pick-a-Pic pairs; each cell's win-rate over the base on validation prompts under the training
+reward and the held-out world-CLIP (the curve over steps); the choice: the best training-reward win-rate among cells
+that do not lose on world-CLIP (early stopping chosen on validation); --write-config writes configs/world/t2i.yaml.
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ def _floats(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=["compositional", "t2i"], default="compositional",
+                    help="t2i: world Pick-a-Pic pairs, win-rates on validation prompts (training reward and held-out "
+                         "world-CLIP)")
     ap.add_argument("--method", required=True, help="a world job method id (e.g. diffusion-dpo, smpo@gold)")
     ap.add_argument("--betas", default="", help="comma-separated β values (default: the config's)")
     ap.add_argument("--lrs", default="", help="comma-separated lr values per pair (default: the budget's)")
@@ -59,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         steps = [int(x) for x in args.steps.split(",") if x]
         grid = TuneGrid(args.method, betas=_floats(args.betas), lrs=_floats(args.lrs), steps=steps,
-                        option_sets=options, fid_guard=args.fid_guard)
+                        option_sets=options, fid_guard=args.fid_guard, task=args.task)
     except ValueError as e:
         ap.error(str(e))
-    out = args.out or f"runs/tune-{args.method.replace('@', '-')}-{args.budget}"
+    out = args.out or f"runs/tune-{'t2i-' if args.task == 't2i' else ''}{args.method.replace('@', '-')}-{args.budget}"
     run_tune(out, grid, budget=args.budget, seed=args.seed, base_model=args.base_model,
              write_config=args.write_config, **overrides)
     return 0

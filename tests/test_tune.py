@@ -95,3 +95,39 @@ def test_paired_delta_resamples_graphs_with_their_seeds():
     # NaN images are left out on both sides
     d2 = paired_delta(_res([1, float("nan"), 1, 1, 0, 0, 0, 0]), base, "phrase/normalized", n_seeds=2)
     assert d2["estimate"] == pytest.approx(3 / 7)
+
+
+def _t2i_cell(name, step, reward, heldout_high):
+    return {"cell": name, "step": step,
+            "scorers": {"world_reward": {"win_rate": {"estimate": reward, "low": reward - 0.05, "high": reward + 0.05}},
+                        "world_clip": {"win_rate": {"estimate": heldout_high - 0.05, "low": heldout_high - 0.1,
+                                                    "high": heldout_high}}}}
+
+
+def test_t2i_choice_is_early_stopping_under_the_heldout_scorer():
+    from sgalign.jobs.tune import choose_t2i
+    cells = [_t2i_cell("a", 50, 0.55, 0.60), _t2i_cell("a", 100, 0.60, 0.52), _t2i_cell("a", 200, 0.70, 0.45)]
+    pick = choose_t2i(cells)  # step 200 wins most on the reward but loses on world-CLIP (interval below 0.5)
+    assert (pick["cell"]["cell"], pick["cell"]["step"]) == ("a", 100)
+    assert choose_t2i([cells[2]])["cell"] is None
+    with pytest.raises(ValueError, match="compositional task only"):
+        TuneGrid("diffusion-dpo@gold", task="t2i")
+
+
+def test_t2i_grid_end_to_end_scores_win_rates_against_the_base(tmp_path):
+    import numpy as np
+    base = make_tiny("sd15-sg", tmp_path / "tiny-base", seed=0)
+    rec = run_tune(tmp_path / "tune", TuneGrid("diffusion-dpo", betas=[1000.0], lrs=[1e-5], steps=[1, 2], task="t2i"),
+                   budget="micro", base_model=base)
+    out = tmp_path / "tune"
+    base_res = json.loads((out / "eval" / "base" / "results.json").read_text())
+    assert base_res["protocol"]["task"] == "t2i" and base_res["protocol"]["inputs"]["split"] == "validation"
+    for c in rec["cells"]:
+        res = json.loads((out / c["results"]).read_text())
+        for name, sc in c["scorers"].items():  # the win-rate is the paired outcome of the cell vs the base images
+            a = np.array(res["metrics"]["scores"]["model"][name]["per_image"])
+            b = np.array(base_res["metrics"]["scores"]["model"][name]["per_image"])
+            assert sc["win_rate"]["estimate"] == pytest.approx(np.mean((a > b) + 0.5 * (a == b)))
+    resolved = yaml.safe_load((out / "train" / "beta1000-lr1e-05" / "resolved_config.yaml").read_text())
+    assert resolved["task"] == "t2i" and rec["task"] == "t2i" and rec["chosen"] is not None
+    assert "win-rate world_clip" in (out / "grid.md").read_text()

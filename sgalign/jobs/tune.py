@@ -14,6 +14,11 @@ Output in ``out_dir``: ``grid.json`` (the grid, the budget, every cell's figures
 ``grid.md`` (the same as a table). ``write_config=True`` also writes the chosen method options (β and the option
 set) into ``configs/world/compositional.yaml``; the YAML's lr / max_steps are shared by every method, so the
 chosen lr and steps are written there as a comment only (and recorded in grid.json).
+
+``task="t2i"``: the same grid on world Pick-a-Pic pairs, each cell scored on world *validation* prompts by win-rate
+over the base under the training reward (``world_reward``) and the held-out scorer (``world_clip``), intervals
+resampling prompts. The choice: the highest training-reward win-rate among cells that do not lose on the held-out
+scorer (its win-rate interval reaches 0.5); over steps this is early stopping chosen on validation.
 """
 from __future__ import annotations
 
@@ -24,15 +29,17 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from .specs import (TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
+from .specs import (TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
                     trainer_method)
 
 KEY = "phrase/normalized"  # the strict "colour size shape" SG-IoU: the issue's headline
 FID_GUARD = 1.10
+TuneTask = Literal["compositional", "t2i"]
+T2I_REWARD, T2I_HELDOUT = "world_reward", "world_clip"  # what the t2i pairs were labelled by / a scorer they were not
 
 # Suggested option sets (issue 20: Inversion-DPO's N and points per pair, SmPO's smoothing range); {} = the YAML's
 DEFAULT_OPTION_SETS: dict[str, list[dict[str, Any]]] = {
@@ -51,9 +58,13 @@ class TuneGrid:
     steps: list[int] = field(default_factory=list)  # checkpoints of one run per (β, lr, option set)
     option_sets: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # method options per cell
     fid_guard: float = FID_GUARD  # a cell is eligible when its FID <= base FID x fid_guard
+    task: TuneTask = "compositional"  # t2i: win-rates over the base on validation prompts (module docstring)
 
     def __post_init__(self) -> None:
-        split_method_id(self.method)  # an unknown id is a one-line ValueError
+        if split_method_id(self.method)[1] is not None and self.task != "compositional":  # unknown id: ValueError
+            raise ValueError(f"tune grid {self.method!r}: pairs variants exist for the compositional task only")
+        if self.task not in get_args(TuneTask):
+            raise ValueError(f"tune grid task {self.task!r}: choose one of {', '.join(get_args(TuneTask))}")
         if any(s < 1 for s in self.steps):
             raise ValueError(f"tune grid steps {self.steps}: every step must be >= 1")
         if any(x <= 0 for x in [*self.betas, *self.lrs]):
@@ -105,6 +116,37 @@ def _figures(results: dict[str, Any], role: str = "model") -> dict[str, Any]:
             "fid": fid["fid"] if fid else None}
 
 
+def _figures_t2i(results: dict[str, Any], base: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
+    """Per scorer: the win-rate of the cell over the base on the same prompts and seeds (ties half), with an interval
+    resampling prompts, and the paired mean difference."""
+    from ..evaluation.preference import summarize_preference
+
+    k = len(results["protocol"]["sampling"]["seeds"])
+    groups = [i for i in results["inputs"]["ids"] for _ in range(k)]
+    out: dict[str, Any] = {}
+    for name, sc in results["metrics"]["scores"]["model"].items():
+        ps = summarize_preference(np.asarray(sc["per_image"]), np.asarray(base["metrics"]["scores"]["model"][name]
+                                                                          ["per_image"]),
+                                  metric=name, groups=groups, n_resamples=n_resamples, seed=seed, unit="prompt")
+        out[name] = {"win_rate": ps.win_rate.to_dict(), "mean_difference": ps.mean_difference.to_dict()}
+    return {"scorers": out, "fid": None}
+
+
+def choose_t2i(cells: list[dict[str, Any]], reward: str = T2I_REWARD, heldout: str = T2I_HELDOUT) -> dict[str, Any]:
+    """The t2i choice rule: among cells whose held-out win-rate interval reaches 0.5 (no measured loss there), the
+    highest training-reward win-rate; ties go to fewer steps, then to grid order."""
+    def wr(c: dict[str, Any], name: str) -> dict[str, Any]:
+        return c["scorers"][name]["win_rate"]
+
+    eligible = [c for c in cells if heldout not in c["scorers"] or wr(c, heldout)["high"] >= 0.5]
+    if not eligible:
+        return {"cell": None, "limit": None, "why": f"every cell loses on the held-out {heldout} (interval below 0.5)"}
+    best = max(eligible, key=lambda c: (wr(c, reward)["estimate"], -c["step"], -cells.index(c)))
+    why = (f"highest validation {reward} win-rate ({wr(best, reward)['estimate']:.3f}) among {len(eligible)} of "
+           f"{len(cells)} cells that do not lose on the held-out {heldout}")
+    return {"cell": best, "limit": None, "why": why}
+
+
 def paired_delta(results: dict[str, Any], base: dict[str, Any], key: str, n_seeds: int, metric: str = "sg_iou",
                  n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired Δ ``metric`` (model − base) on the same validation images, 95 % interval resampling graphs with all
@@ -136,9 +178,9 @@ def choose(cells: list[dict[str, Any]], base_fid: float | None, fid_guard: float
 
 def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "demo", seed: int = 0,
              base_model: str | Path | None = None, write_config: bool = False,
-             config_path: str | Path = TRAIN_CONFIG, **budget_overrides: Any) -> dict[str, Any]:
+             config_path: str | Path | None = None, **budget_overrides: Any) -> dict[str, Any]:
     """Train and evaluate every cell of ``grid`` on validation graphs; write ``grid.json`` / ``grid.md``; return the
-    record. ``write_config``: also write the choice into ``config_path`` (the world compositional YAML)."""
+    record. ``write_config``: also write the choice into ``config_path`` (default: the task's world YAML)."""
     import diffusers  # noqa: F401  (first, so that quiet_library_bars also silences its bars)
     import torch
 
@@ -161,18 +203,21 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     _log(f"{grid.method}: {len(betas)} β x {len(lrs)} lr x {len(grid.option_sets)} option set(s) runs of "
          f"{steps[-1]} steps, evaluated at steps {steps} on {b.eval_graphs} validation graphs")
     # a folder holds one method's grid at one budget: cells of another budget or method would mix in silently
-    setup = {"method": grid.method, "budget": asdict(b), "seed": seed}
+    task = grid.task
+    config_path = TASK_CONFIGS[task][0] if config_path is None else config_path
+    setup = {"method": grid.method, "budget": asdict(b), "seed": seed, **({"task": task} if task != "compositional"
+                                                                           else {})}
     setup_file = out / "tune.json"
     if setup_file.exists() and json.loads(setup_file.read_text()) != json.loads(json.dumps(setup)):
         raise ValueError(f"{out} holds a tuning run of another method/budget/seed (see {setup_file}); use a new "
                          "out_dir")
     setup_file.write_text(json.dumps(setup, indent=2) + "\n")
     base = stage_base(out, base_model)
-    pairs = stage_pairs(out, base, b, seed)
+    pairs = stage_pairs(out, base, b, seed, task)
     variant = split_method_id(grid.method)[1]
     if variant is not None:
         pairs = stage_pairs_variant(out, pairs, variant, seed)
-    protocol = eval_protocol(b, seed)
+    protocol = eval_protocol(b, seed, task)
 
     def _eval(model: Path, dst: Path, what: str) -> dict[str, Any]:
         if not (dst / "results.json").exists():
@@ -181,7 +226,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
         return json.loads((dst / "results.json").read_text())
 
     base_res = _eval(base, out / "eval" / "base", "base")
-    base_fig = _figures(base_res)
+    base_fig = _figures(base_res) if task == "compositional" else {"fid": None}
     cells = []
     for beta, lr, opts in itertools.product(betas, lrs, grid.option_sets):
         cname = cell_name(beta, lr, opts)
@@ -197,7 +242,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
                 extra["method"] = {"options": {name: options}}
             _log(f"[train {cname}] {steps[-1]} steps ...")
             train(train_config(grid.method, run, base, pairs, replace(b, lr=lr, train_steps=steps[-1]), seed,
-                               extra=extra))
+                               task, extra=extra))
         summary = json.loads((run / "summary.json").read_text())
         for s in steps:
             dst = out / "eval" / cname / f"step-{s}"
@@ -206,22 +251,28 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
                 _eval(_model_at(run, s, steps[-1], base, tmp), dst, f"{cname} step {s}")
                 shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
             res = json.loads((dst / "results.json").read_text())
-            fig = _figures(res)
+            if task == "compositional":
+                fig = _figures(res)
+                fig["delta_sg_iou"] = paired_delta(res, base_res, fig["key"], len(b.eval_seeds),
+                                                   n_resamples=b.n_resamples, seed=seed)
+            else:
+                fig = _figures_t2i(res, base_res, b.n_resamples, seed)
             cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s, **fig,
-                          "delta_sg_iou": paired_delta(res, base_res, fig["key"], len(b.eval_seeds),
-                                                       n_resamples=b.n_resamples, seed=seed),
                           "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc",
                                                                         "weight_drift")},
                           "results": str(dst.relative_to(out) / "results.json")})
-    pick = choose(cells, base_fig["fid"], grid.fid_guard)
-    record = {"method": grid.method, "trainer_method": name, "grid": asdict(grid), "steps": steps,
+    pick = choose(cells, base_fig["fid"], grid.fid_guard) if task == "compositional" else choose_t2i(cells)
+    record = {"method": grid.method, "task": task, "trainer_method": name, "grid": asdict(grid), "steps": steps,
               "budget": asdict(b), "seed": seed, "base": base_fig,
               "base_snapshot": json.loads((base / "snapshot.json").read_text()),
               "fid_limit": pick["limit"], "chosen": pick["cell"], "why": pick["why"], "cells": cells}
     for c in cells:
-        c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
+        if task == "compositional":
+            c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
+        else:
+            c["eligible"] = T2I_HELDOUT not in c["scorers"] or c["scorers"][T2I_HELDOUT]["win_rate"]["high"] >= 0.5
     (out / "grid.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "grid.md").write_text(grid_markdown(record))
+    (out / "grid.md").write_text(grid_markdown(record) if task == "compositional" else grid_markdown_t2i(record))
     _log(f"choice: {pick['cell']['cell'] + ' step ' + str(pick['cell']['step']) if pick['cell'] else None} "
          f"({pick['why']}) -> {out / 'grid.md'}")
     if write_config and pick["cell"] is not None:
@@ -254,6 +305,25 @@ def grid_markdown(record: dict[str, Any]) -> str:
                      f"{f(c['relation_iou'])} | {f(c['fid'], 2)} | {'yes' if c['eligible'] else 'no'} | {mark} |")
     lines += ["", f"Choice: {record['why']}.", ""]
     return "\n".join(lines)
+
+
+def grid_markdown_t2i(record: dict[str, Any]) -> str:
+    """``grid.md`` of a t2i grid: per cell and step, the win-rate over the base under each scorer."""
+    b = record["budget"]
+    names = [T2I_REWARD, T2I_HELDOUT]
+    lines = [f"# Validation grid: {record['method']} (t2i, {b['name']} budget, seed {record['seed']})", "",
+             f"{b['eval_graphs']} world {b['eval_split']} prompts x {len(b['eval_seeds'])} seeds, {b['eval_steps']} "
+             "DDIM steps; win-rate over the base on the same prompts and seeds (ties half), 95 % interval "
+             f"resampling prompts. Choice: {record['why']}.", "",
+             "| cell | step | " + " | ".join(f"win-rate {n}" for n in names) + " | chosen |",
+             "|" + "---|" * (len(names) + 3)]
+    ch = record["chosen"]
+    for c in record["cells"]:
+        mark = "**yes**" if ch and (c["cell"], c["step"]) == (ch["cell"], ch["step"]) else ""
+        wr = [c["scorers"][n]["win_rate"] if n in c["scorers"] else None for n in names]
+        cols = ["n/a" if w is None else f"{w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]" for w in wr]
+        lines.append(f"| {c['cell']} | {c['step']} | " + " | ".join(cols) + f" | {mark} |")
+    return "\n".join(lines + [""])
 
 
 def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid_json: Path) -> None:
