@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-model", default=None, help="base SG model folder (default: the world SD1.5-SG)")
     ap.add_argument("--budget-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one JobBudget field (e.g. eval_graphs=128)")
+    ap.add_argument("--set", dest="train_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a trainer setting for every cell (e.g. data.proportion_empty_prompts=0.2); recorded")
     ap.add_argument("--write-config", action="store_true", help="write the choice into the world YAML")
     args = ap.parse_args(argv)
     overrides = {}
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         steps = [int(x) for x in args.steps.split(",") if x]
         grid = TuneGrid(args.method, betas=_floats(args.betas), lrs=_floats(args.lrs), steps=steps,
-                        option_sets=options, fid_guard=args.fid_guard, task=args.task)
+                        option_sets=options, fid_guard=args.fid_guard, task=args.task,
+                        train_sets=args.train_sets)
     except ValueError as e:
         ap.error(str(e))
     out = args.out or f"runs/tune-{'t2i-' if args.task == 't2i' else ''}{args.method.replace('@', '-')}-{args.budget}"

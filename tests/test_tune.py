@@ -45,7 +45,8 @@ def test_two_cell_grid_end_to_end(tmp_path):
     base = make_tiny("sd15-sg", tmp_path / "tiny-base", seed=0)
     cfg = tmp_path / "compositional.yaml"
     shutil.copy(TRAIN_CONFIG, cfg)
-    grid = TuneGrid("diffusion-dpo", betas=[1000.0], lrs=[1e-5], steps=[1, 2])
+    grid = TuneGrid("diffusion-dpo", betas=[1000.0], lrs=[1e-5], steps=[1, 2],
+                    train_sets=["data.proportion_empty_prompts=0.2"])
     rec = run_tune(tmp_path / "tune", grid, budget="micro", base_model=base, config_path=cfg)
     out = tmp_path / "tune"
     assert [(c["cell"], c["step"]) for c in rec["cells"]] == [("beta1000-lr1e-05", 1), ("beta1000-lr1e-05", 2)]
@@ -60,7 +61,7 @@ def test_two_cell_grid_end_to_end(tmp_path):
     # one training run, checkpointed at step 1, with the cell's β
     resolved = yaml.safe_load((out / "train" / "beta1000-lr1e-05" / "resolved_config.yaml").read_text())
     assert resolved["method"]["options"]["diffusion-dpo"]["beta"] == 1000.0
-    assert resolved["trainer"]["max_steps"] == 2
+    assert resolved["trainer"]["max_steps"] == 2 and resolved["data"]["proportion_empty_prompts"] == 0.2
     base_res = json.loads((out / "eval" / "base" / "results.json").read_text())
     assert rec["base"]["fid"] == base_res["metrics"]["fid"]["model"]["fid"]
     assert rec["fid_limit"] == pytest.approx(rec["base"]["fid"] * 1.10)

@@ -33,6 +33,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from ..config import apply_overrides
 from .specs import (TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
                     trainer_method)
 
@@ -59,6 +60,9 @@ class TuneGrid:
     option_sets: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # method options per cell
     fid_guard: float = FID_GUARD  # a cell is eligible when its FID <= base FID x fid_guard
     task: TuneTask = "compositional"  # t2i: win-rates over the base on validation prompts (module docstring)
+    # ``--set``-style trainer settings applied to every cell (e.g. "data.proportion_empty_prompts=0.2"): a grid
+    # compares one such setting against another by running twice into two folders
+    train_sets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if split_method_id(self.method)[1] is not None and self.task != "compositional":  # unknown id: ValueError
@@ -205,8 +209,9 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     # a folder holds one method's grid at one budget: cells of another budget or method would mix in silently
     task = grid.task
     config_path = TASK_CONFIGS[task][0] if config_path is None else config_path
-    setup = {"method": grid.method, "budget": asdict(b), "seed": seed, **({"task": task} if task != "compositional"
-                                                                           else {})}
+    setup = {"method": grid.method, "budget": asdict(b), "seed": seed,
+             **({"task": task} if task != "compositional" else {}),
+             **({"train_sets": grid.train_sets} if grid.train_sets else {})}
     setup_file = out / "tune.json"
     if setup_file.exists() and json.loads(setup_file.read_text()) != json.loads(json.dumps(setup)):
         raise ValueError(f"{out} holds a tuning run of another method/budget/seed (see {setup_file}); use a new "
@@ -237,7 +242,8 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
 
             if run.exists():
                 shutil.rmtree(run)  # no resume across grid cells: a partial run starts clean
-            extra: dict[str, Any] = {"checkpointing": {"every": every, "keep": None}}
+            extra: dict[str, Any] = apply_overrides({}, grid.train_sets)
+            extra["checkpointing"] = {"every": every, "keep": None}
             if options:
                 extra["method"] = {"options": {name: options}}
             _log(f"[train {cname}] {steps[-1]} steps ...")
