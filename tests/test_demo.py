@@ -34,9 +34,9 @@ def test_demo_runs_the_world_job_and_prints_the_report(tmp_path, monkeypatch, ca
     smoke = next(i for i, x in enumerate(lines) if x.startswith("smoke ok"))
     job = next(i for i, x in enumerate(lines) if x.startswith("[world-job] budget micro"))
     assert smoke < job  # cheap checks first
-    for m in ("diffusion-dpo", "smpo"):  # the demo's two methods, trained and evaluated
+    for m in ("diffusion-dpo", "inpo"):  # the demo's two methods, trained and evaluated
         assert (out / "train" / m / "final" / "model_index.json").exists()
         assert (out / "eval" / m / "report.html").exists()
     assert lines[-1] == (f"report: {out / 'index.html'} (table: {out / 'results_table.md'}; per-method reports: "
                          f"{out / 'eval'}/*/report.html)")
-    assert (out / "index.html").exists() and "smpo" in (out / "results_table.md").read_text()
+    assert (out / "index.html").exists() and "inpo" in (out / "results_table.md").read_text()

@@ -110,7 +110,7 @@ BUDGETS: dict[str, JobBudget] = {
     "table": JobBudget("table", annotations=256, k=4, gen_steps=20, train_steps=400, batch_size=4, lr=1e-5,
                        warmup_steps=10, eval_graphs=128, eval_seeds=[0, 1, 2], eval_steps=20),
 }
-DEMO_METHODS = ("diffusion-dpo", "smpo")
+DEMO_METHODS = ("diffusion-dpo", "inpo")  # InPO: the best validation cell of the demo-budget grids (RESULTS)
 
 
 def resolve_budget(budget: str | JobBudget, **overrides: Any) -> JobBudget:
