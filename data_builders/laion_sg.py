@@ -34,7 +34,7 @@ from sgalign.scene_graph.io import DUPLICATE_IMG_ID
 from . import shards as sh
 from .config import WORLD_MODEL, BuildPairsConfig, ModelSection
 from sgalign.errors import UserError
-from sgalign.hashing import identity_hash
+from sgalign.hashing import identity_hash, is_random_init, model_index
 
 from .scoring import build_reward, check_vocabulary, score_batch, score_columns
 
@@ -131,9 +131,8 @@ def load_pipeline(model: ModelSection, sha256: str | None = None):
     if device != "cpu":
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    index = json.loads((path / "model_index.json").read_text())
     info = {"name": path.name, "arch": model.arch, "sha256": sha256 or sh.folder_sha256(path),
-            "random_init": "_sgalign_random_init" in index, "sg_encoder": model.sg_encoder,
+            "random_init": is_random_init(model_index(path)), "sg_encoder": model.sg_encoder,
             "torch_dtype": model.torch_dtype}
     return pipe, info
 

@@ -103,12 +103,12 @@ def pickapic_features():
 
 # ---- the base model's text path ------------------------------------------------------------------------------------
 def model_identity(path: Path) -> dict[str, Any]:
-    from sgalign.hashing import folder_sha256
+    from sgalign.hashing import folder_sha256, is_random_init, model_index
 
-    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    index = model_index(path)
     return {"name": index.get("_sgalign_t2i_view_of") or path.name, "folder": path.name,
             "class": index.get("_class_name"), "sha256": folder_sha256(path),
-            "random_init": "_sgalign_random_init" in index}
+            "random_init": is_random_init(index)}
 
 
 def text_pipeline(path: str | Path):

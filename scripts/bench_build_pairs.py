@@ -52,10 +52,10 @@ def model_folder(arg: str | None, tmp: Path) -> tuple[Path, str]:
 
 def model_state(folder: Path) -> dict:
     """What the folder says about itself: random-init flag, training steps and completeness when recorded."""
-    index = json.loads((folder / "model_index.json").read_text())
-    rec = folder / "training_record.json"
-    r = json.loads(rec.read_text()) if rec.is_file() else {}
-    return {"random_init": "_sgalign_random_init" in index, "steps": r.get("steps"),
+    from sgalign.hashing import is_random_init, model_index, read_record
+
+    r = read_record(folder) or {}
+    return {"random_init": is_random_init(model_index(folder)), "steps": r.get("steps"),
             "planned_steps": r.get("planned_steps"), "complete": r.get("complete")}
 
 

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from sgalign.hashing import read_record
     from sgalign.machine import machine_info
     from sgalign.world.models.vae import blend_test, evaluate_world_vae, load_world_vae
     from sgalign.world.sampler import sample_split
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         t0 = time.time()
         vae = load_world_vae(folder)
-        rec_path = Path(folder) / "training_record.json"
-        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+        rec = read_record(folder) or {}
         rows[name] = {"folder": folder, "recon": evaluate_world_vae(vae, scenes), "blend": blend_test(vae),
                       "trained": {k: rec.get(k) for k in ("command", "steps", "steps_done", "interp_weight",
                                                           "train_wall_s")},

@@ -2,6 +2,8 @@
 
 * ``file_sha256`` / ``folder_sha256``: content hashes (a model folder's identity: sha256 over (relative path, file
   sha256) of every file, sorted by path; hidden files and README.md left out: they do not change the model);
+* ``model_index`` / ``is_random_init`` / ``read_record``: what a model folder says about itself (its
+  ``model_index.json``, the random-init mark tiny factories write there, its ``training_record.json``);
 * ``identity_hash``: a run's short id over a JSON-able mapping;
 * ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic``: a temporary file in the same folder, fsync, then
   ``os.replace``: readers see the old file or the complete new one, never a partial one.
@@ -13,7 +15,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+MODEL_INDEX = "model_index.json"
+TRAINING_RECORD = "training_record.json"
+RANDOM_INIT_KEY = "_sgalign_random_init"  # model_index.json key: random weights (sgalign.pipelines.tiny writes it)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -39,6 +45,22 @@ def folder_sha256(path: str | Path, *, skip_nested_readme: bool = False) -> str:
             continue
         h.update(f"{rel}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
+
+
+def model_index(folder: str | Path) -> dict[str, Any]:
+    """A model folder's ``model_index.json``."""
+    return json.loads((Path(folder) / MODEL_INDEX).read_text(encoding="utf-8"))
+
+
+def is_random_init(index: Mapping[str, Any]) -> bool:
+    """The folder's weights are random (tests and plumbing only): its ``model_index.json`` carries the mark."""
+    return RANDOM_INIT_KEY in index
+
+
+def read_record(folder: str | Path, name: str = TRAINING_RECORD) -> dict[str, Any] | None:
+    """The JSON record ``name`` next to a model's files (by default its training record); None where there is none."""
+    path = Path(folder) / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def identity_hash(obj: Any) -> str:

@@ -66,7 +66,7 @@ def t2i(models, tiny_clip, tmp_path_factory):
 
 
 def test_compositional_results_have_every_metric_protocol_and_provenance(comp, models):
-    from sgalign.evaluation.run import folder_sha256
+    from sgalign.hashing import folder_sha256
 
     out, r = comp
     assert r["task"] == "compositional" and r["protocol"]["sampling"]["seeds"] == [0, 1]
@@ -141,7 +141,7 @@ def test_per_image_scores_and_paired_differences_equal_direct_computation(comp):
 def test_fid_equals_direct_feature_computation(comp):
     from sgalign.evaluation.fid import extract_features, fid_from_features
     from sgalign.evaluation.protocol import EvalProtocol
-    from sgalign.evaluation.run import build_fid_features
+    from sgalign.evaluation.fid_features import build_fid_features
     from sgalign.world import render_array, sample_split
 
     out, r = comp
@@ -201,6 +201,21 @@ def test_t2i_scores_win_rates_and_fallbacks(t2i):
     assert "win-rate of model" in html and html.count("data:image/png;base64,") == 4
 
 
+def test_t2i_world_clip_scores_are_the_reward_backends(t2i, tiny_clip):
+    """The world_clip scorer is the rewards' world-CLIP backend (one implementation): the same cosine per image."""
+    from PIL import Image
+
+    from sgalign.rewards.backends.world_clip import WorldCLIPSimilarity
+
+    out, r = t2i
+    sim = WorldCLIPSimilarity.from_pretrained(tiny_clip, device="cpu")
+    prompts = [p for p in r["inputs"]["prompts"] for _ in range(2)]  # image g*K + k = prompt g
+    for role in ("model", "baseline"):
+        imgs = np.load(out / "images" / f"{role}.npz")["images"]
+        direct = sim.similarity([Image.fromarray(a) for a in imgs], prompts)
+        assert r["metrics"]["scores"][role]["world_clip"]["per_image"] == direct
+
+
 def test_world_prompt_round_trip_and_errors():
     from sgalign.world.prompts import parse_world_prompt
     from sgalign.world import sample_split
@@ -216,33 +231,35 @@ def test_world_prompt_round_trip_and_errors():
 
 def test_results_json_is_written_atomically(tmp_path, monkeypatch):
     import os
+    from functools import partial
 
-    from sgalign.evaluation import run
+    from sgalign.hashing import write_json_atomic
 
     path = tmp_path / "results.json"
-    run.write_json_atomic(path, {"a": 1})
+    write = partial(write_json_atomic, path, allow_nan=False)  # as evaluate writes results.json / failure.json
+    write({"a": 1})
     with pytest.raises(TypeError):
-        run.write_json_atomic(path, {"a": 2, "bad": object()})  # serialisation fails before any write
+        write({"a": 2, "bad": object()})  # serialisation fails before any write
     with pytest.raises(ValueError):
-        run.write_json_atomic(path, {"a": float("nan")})
+        write({"a": float("nan")})
 
     def crash(*_):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        run.write_json_atomic(path, {"a": 3})
+        write({"a": 3})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
-    run.write_json_atomic(path, {"a": 4})
+    write({"a": 4})
     assert json.loads(path.read_text()) == {"a": 4} and path.stat().st_mode & 0o044
 
 
 def test_protocol_and_model_errors(models, tmp_path):
     from sgalign.config import ConfigError
     from sgalign.evaluation.protocol import load_protocol
-    from sgalign.evaluation.run import load_model
+    from sgalign.evaluation.sampling import load_model
 
     with pytest.raises(ConfigError, match="sampling.stepz"):
         load_protocol(None, ["sampling.stepz=3"])
@@ -278,7 +295,8 @@ def test_lora_export_is_applied(models, tmp_path):
     UNet it was saved from, different from the base."""
     from peft import LoraConfig
 
-    from sgalign.evaluation.run import folder_sha256, load_model
+    from sgalign.evaluation.sampling import load_model
+    from sgalign.hashing import folder_sha256
 
     folder = tmp_path / "lora_model"
     shutil.copytree(models["sg_base"], folder)
@@ -300,7 +318,7 @@ def test_lora_export_is_applied(models, tmp_path):
 
 def test_fid_features_auto_picks_trained_world_clip_else_labelled_fallback(tiny_clip, tmp_path):
     from sgalign.evaluation.protocol import load_protocol
-    from sgalign.evaluation.run import build_fid_features
+    from sgalign.evaluation.fid_features import build_fid_features
 
     untrained = load_protocol(None, [f"compositional.world_clip_path={tiny_clip}"])
     feats, prov, fallbacks = build_fid_features(untrained)

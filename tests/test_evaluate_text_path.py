@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sgalign.evaluation.run import load_model
+from sgalign.evaluation.sampling import load_model
 
 
 @pytest.fixture(scope="module")

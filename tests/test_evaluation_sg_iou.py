@@ -190,7 +190,7 @@ def test_paper_mode_is_exactly_one_on_ground_truth_world_renders():
     # LAION-SG's GPT could only name the GT triples' items, so isolated items never reach its object_list; the
     # oracle in paper mode follows the same rule and perfect images score exactly 1.0 (not 0.87-0.95)
     from sgalign.evaluation import GraphParserExtractor
-    from sgalign.evaluation.run import _ParsedImages
+    from sgalign.evaluation.extraction import ParsedImages
     from sgalign.world import WorldOracle, render_array, sample_split
 
     scenes = sample_split("test", 8, seed=0)
@@ -198,7 +198,7 @@ def test_paper_mode_is_exactly_one_on_ground_truth_world_renders():
     in_triples = [{x for s, _, o in g.triples() for x in (s, o)} for g in gts]
     assert all(g.label_triples() for g in gts)  # every graph has a relation (else every IoU is 0 by definition)
     assert any(len(g.items) > len(t) for g, t in zip(gts, in_triples))  # some have isolated items
-    parsed = _ParsedImages(WorldOracle(), render_array(scenes))
+    parsed = ParsedImages(WorldOracle(), render_array(scenes))
     for gran in ("phrase", "label"):
         preds = [GraphParserExtractor(parsed, gran, paper=True).extract(i, g) for i, g in enumerate(gts)]
         rep = evaluate_sg_iou(gts, preds, mode="paper", granularity=gran, n_resamples=10)

@@ -37,8 +37,9 @@ def _ci(d: dict[str, Any], digits: int = 3) -> str:
     return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
-class _Doc:
-    """Collects blocks once and renders them as Markdown and as HTML."""
+class Document:
+    """Collects blocks once and renders them as Markdown and as HTML: the one renderer of the evaluation report and
+    the world job's results table (``sgalign.jobs.tables``). Inline markup: **bold**, `code`, [text](link)."""
 
     def __init__(self) -> None:
         self.blocks: list[tuple[str, Any]] = []
@@ -80,7 +81,7 @@ class _Doc:
         body = []
         for kind, v in self.blocks:
             if kind == "h":
-                body.append(f"<h{v[0]}>{html.escape(v[1])}</h{v[0]}>")
+                body.append(f"<h{v[0]}>{_inline(v[1])}</h{v[0]}>")
             elif kind == "p":
                 body.append(f"<p>{_inline(v)}</p>")
             elif kind == "ul":
@@ -104,12 +105,13 @@ class _Doc:
 
 
 def _inline(text: str) -> str:
-    """Markdown's **bold** and `code` as HTML (the only inline markup the report uses)."""
+    """Markdown's **bold**, `code` and [text](link) as HTML (the only inline markup the documents use)."""
     import re
 
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    return re.sub(r"\[([^\[\]]+)\]\(([^()\s]+)\)", r'<a href="\2">\1</a>', t)
 
 
 # ---- plots --------------------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def _grid(path: Path, title: str, record: dict[str, Any] | None, rows: dict[str,
 
 
 # ---- sections -----------------------------------------------------------------------------------------------------
-def _header(doc: _Doc, r: dict[str, Any]) -> None:
+def _header(doc: Document, r: dict[str, Any]) -> None:
     prov, proto, res = r["provenance"], r["protocol"], r["resolved"]
     doc.h(1, f"sgalign evaluation: {r['task']}")
     if prov["fallbacks"]:
@@ -232,7 +234,7 @@ def _header(doc: _Doc, r: dict[str, Any]) -> None:
     ])
 
 
-def _compositional(doc: _Doc, r: dict[str, Any], files: Path) -> None:
+def _compositional(doc: Document, r: dict[str, Any], files: Path) -> None:
     m = r["metrics"]
     roles = list(m["iou"])
     doc.h(2, "Scene-graph fidelity (SG-IoU family)")
@@ -300,7 +302,7 @@ def _fid_ci(d: dict[str, Any]) -> str:
     return _ci(ci, 2)
 
 
-def _t2i(doc: _Doc, r: dict[str, Any], files: Path) -> None:
+def _t2i(doc: Document, r: dict[str, Any], files: Path) -> None:
     m = r["metrics"]
     roles = list(m["scores"])
     doc.h(2, "Preference scores")
@@ -323,7 +325,7 @@ def _t2i(doc: _Doc, r: dict[str, Any], files: Path) -> None:
                   "win-rates (0.5 = no preference)")
 
 
-def _grids(doc: _Doc, r: dict[str, Any], root: Path, files: Path) -> None:
+def _grids(doc: Document, r: dict[str, Any], root: Path, files: Path) -> None:
     n = r["protocol"]["report"]["grid_graphs"]
     if n == 0:
         return
@@ -370,7 +372,7 @@ def write_report(out_dir: str | Path, results: dict[str, Any] | None = None) -> 
 
         shutil.rmtree(files)
     files.mkdir(parents=True)
-    doc = _Doc()
+    doc = Document()
     _header(doc, results)
     (_compositional if results["task"] == "compositional" else _t2i)(doc, results, files)
     _grids(doc, results, root, files)

@@ -1,8 +1,8 @@
 """The world job's results tables: rows collected from each method's evaluation and training summary, written as
-``results_table.md`` / ``.json`` and ``index.html`` (compositional: IoU per granularity; t2i: per scorer)."""
+``results_table.md`` / ``.json`` and ``index.html`` (compositional: IoU per granularity; t2i: per scorer), rendered
+by the evaluation report's ``Document``."""
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -87,23 +87,9 @@ def _rows(t: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _md_table(head: list[str], rows: list[Row]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, report, cells in rows:
-        name = f"[{method}]({report})" if report else method
-        lines.append("| " + " | ".join([name, *cells]) + " |")
-    return lines
-
-
-def _html_table(head: list[str], rows: list[Row]) -> str:
-    def cells(xs: Sequence[str], tag: str = "td") -> str:
-        return "".join(f"<{tag}>{x}</{tag}>" for x in xs)
-
-    body = [f"<tr>{cells(head, 'th')}</tr>"]
-    for method, report, rest in rows:
-        name = f'<a href="{html.escape(report)}">{html.escape(method)}</a>' if report else html.escape(method)
-        body.append("<tr>" + cells([name, *rest]) + "</tr>")
-    return f"<table>{''.join(body)}</table>"
+def _cells(rows: list[Row]) -> list[list[str]]:
+    """Table rows with the method cell linked to its evaluation report."""
+    return [[f"[{method}]({report})" if report else method, *cells] for method, report, cells in rows]
 
 
 def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[str, Path]:
@@ -131,8 +117,7 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
                   "within each graph (a floor).")
     notes, fallbacks, missing = _job_notes(job, rows, methods)
     return _write_files(out, f"World results table ({b['name']} budget)", intro, notes, fallbacks, missing, job,
-                        tables, [(f"IoU granularity `{k}`", f"IoU granularity {k}", _md_table(head, _rows(t)),
-                                  _html_table(head, _rows(t))) for k, t in tables.items()])
+                        tables, [(f"IoU granularity `{k}`", head, _cells(_rows(t))) for k, t in tables.items()])
 
 
 def _job_notes(job: dict[str, Any], rows: list[dict[str, Any]], methods: Sequence[str]):
@@ -153,27 +138,26 @@ def _job_notes(job: dict[str, Any], rows: list[dict[str, Any]], methods: Sequenc
 
 
 def _write_files(out: Path, title: str, intro: str, notes: list[str], fallbacks: list[str], missing: list[str],
-                 job: dict[str, Any], tables: dict[str, Any], sections: list[tuple[str, str, list[str], str]],
+                 job: dict[str, Any], tables: dict[str, Any], sections: list[tuple[str, list[str], list[list[str]]]],
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """results_table.md / .json and index.html; ``sections``: (markdown heading, html heading, md lines, html)."""
-    b = job["budget"]
-    lines = [f"# {title}", "", intro, ""]
-    for md_head, _, md_lines, _ in sections:
-        lines += [f"## {md_head}", "", *md_lines, ""]
-    lines += [x for n in notes for x in (n, "")]
+    """results_table.md / .json and index.html; ``sections``: (heading, table header, table rows)."""
+    from ..evaluation.report import Document
+
+    doc = Document()
+    doc.h(1, title)
+    doc.p(intro)
+    for heading, head, rows in sections:
+        doc.h(2, heading)
+        doc.table(head, rows)
+    for n in notes:
+        doc.p(n)
     md = out / "results_table.md"
-    md.write_text("\n".join(lines))
+    md.write_text(doc.markdown(out), encoding="utf-8")
     js = out / "results_table.json"
     js.write_text(json.dumps({"tables": tables, "job": job, "missing": missing, "fallbacks": fallbacks,
                               **(extra or {})}, indent=2) + "\n")
-    page = (f"<!doctype html><meta charset='utf-8'><title>World results ({html.escape(b['name'])})</title>"
-            "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}"
-            "table{border-collapse:collapse}</style>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
-            + "".join(f"<h2>{html.escape(h)}</h2>{tab}" for _, h, _, tab in sections)
-            + "".join(f"<p>{html.escape(n)}</p>" for n in notes))
     idx = out / "index.html"
-    idx.write_text(page)
+    idx.write_text(doc.html(f"World results ({job['budget']['name']})"), encoding="utf-8")
     return {"markdown": md, "json": js, "html": idx}
 
 
@@ -256,7 +240,6 @@ def write_table_t2i(out: Path, job: dict[str, Any], methods: Sequence[str]) -> d
         notes.append(f"World Pick-a-Pic labels: image 0 wins {lab['wins_image_0']}, image 1 wins "
                      f"{lab['wins_image_1']}, ties {lab['ties']} (tie tolerance {lab['tie_tolerance']}).")
     return _write_files(out, f"World t2i results table ({b['name']} budget)", intro, notes, fallbacks, missing,
-                        job, tables, [(f"Scorer `{k}` ({dict(T2I_SCORERS)[k]})", f"Scorer {k}",
-                                       _md_table(head, _rows_t2i(t)), _html_table(head, _rows_t2i(t)))
+                        job, tables, [(f"Scorer `{k}` ({dict(T2I_SCORERS)[k]})", head, _cells(_rows_t2i(t)))
                                       for k, t in tables.items()],
                         extra)

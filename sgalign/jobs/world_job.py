@@ -78,7 +78,7 @@ def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: st
 
 # ---- stages -------------------------------------------------------------------------------------------------------
 def stage_base(out: Path, base_model: str | Path | None) -> Path:
-    from ..hashing import folder_sha256
+    from ..hashing import folder_sha256, is_random_init, model_index, read_record
     from ..world.paths import world_model_path
 
     dst = out / "base"
@@ -95,10 +95,9 @@ def stage_base(out: Path, base_model: str | Path | None) -> Path:
     if dst.exists():
         shutil.rmtree(dst)  # an interrupted copy
     shutil.copytree(src, dst)
-    rec = src / "training_record.json"
-    record = json.loads(rec.read_text()) if rec.exists() else None
+    record = read_record(src)
     snap = {"source_name": src.name, "source_sha256": folder_sha256(dst), "training_record": record,
-            "random_init": "_sgalign_random_init" in json.loads((src / "model_index.json").read_text())}
+            "random_init": is_random_init(model_index(src))}
     (dst / "snapshot.json").write_text(json.dumps(snap, indent=2) + "\n")
     state = "complete" if record and record.get("complete") else "INTERMEDIATE/unknown"
     _log(f"[base] snapshot of {src.name} -> {dst} (training record: {state})")

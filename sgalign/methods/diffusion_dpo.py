@@ -9,7 +9,7 @@ import torch
 from ..diffusion.inversion import broadcast_like as _bc
 from .base import (Method, MethodConfig, MethodContext, MethodOutput, PairBatch, Positive, randn_like,
                    sample_timesteps)
-from .functional import diffusion_dpo_loss, per_sample_mse
+from .functional import diffusion_dpo_loss, per_sample_mse, preference_metrics
 from .registry import register_method
 
 
@@ -49,8 +49,4 @@ class DiffusionDPO(Method):
         beta = self.config.beta
         out, m, r = dpo_forward(ctx.policy, ctx.reference, p["x_w"], p["x_l"], p["t"], p["t"], p["target"],
                                 p["target"], batch.cond, lambda a, b, c, d: diffusion_dpo_loss(a, b, c, d, beta))
-        return MethodOutput(out.loss.mean(), out.loss.detach(), _metrics(out, m, r))
-
-
-def _metrics(out, m, r) -> dict[str, float]:
-    return {"implicit_acc": out.implicit_acc.mean().item(), "model_mse": m.mean().item(), "ref_mse": r.mean().item()}
+        return MethodOutput(out.loss.mean(), out.loss.detach(), preference_metrics(out, m, r))

@@ -1,8 +1,8 @@
 """The losses as pure functions of per-pair (or per-pair × point) mean squared errors.
 
 Conventions (METHODS.md): m(a − b) is the mean over all latent elements; the ½ factor sits inside the sigmoid
-argument, so β values transfer from the official scripts; implicit accuracy = argument > 0. Every function
-returns per-pair values; the trainer averages.
+argument, so β values transfer from the official scripts; implicit accuracy = argument > 0. Every loss returns
+per-pair values; the trainer averages (``preference_metrics``: the step's logged means of those values).
 """
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ class PreferenceLoss(NamedTuple):
 
 def _pref(logits: Tensor) -> PreferenceLoss:
     return PreferenceLoss(-F.logsigmoid(logits), (logits > 0).to(logits.dtype), logits)
+
+
+def preference_metrics(out: PreferenceLoss, model_mse: Tensor, ref_mse: Tensor) -> dict[str, float]:
+    """What a DPO-family step logs: implicit accuracy, and the policy's and the reference's mean MSE over the
+    stacked winners and losers (Diffusion-DPO, InPO, SmPO report the same three numbers)."""
+    return {"implicit_acc": out.implicit_acc.mean().item(), "model_mse": model_mse.mean().item(),
+            "ref_mse": ref_mse.mean().item()}
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -10,8 +10,7 @@ from typing import Any
 from .base import (Count, Grid, InitialAlpha, Inverter, Label, Method, MethodConfig, MethodContext, MethodOutput,
                    NonNegative, Offset, PairBatch, Positive)
 from ._inverted import inverted_loss, provide_inverted
-from .diffusion_dpo import _metrics
-from .functional import diffusion_dpo_loss
+from .functional import diffusion_dpo_loss, preference_metrics
 from .registry import register_method
 
 INVERTED_CORRECTED = {"grid": "exact", "eta": 0.0, "per_pair_t": True, "initial_alpha": "one"}
@@ -44,5 +43,5 @@ class InPO(Method):
     def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
         beta = self.config.beta
         out, m, r = inverted_loss(p, batch, ctx, lambda a, b, c, d: diffusion_dpo_loss(a, b, c, d, beta))
-        return MethodOutput(out.loss.mean(), out.loss.detach(), _metrics(out, m, r),
+        return MethodOutput(out.loss.mean(), out.loss.detach(), preference_metrics(out, m, r),
                             provenance={"cache_used": p["cache_used"]})

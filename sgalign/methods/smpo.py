@@ -12,8 +12,7 @@ import torch
 from .base import (Count, Grid, InitialAlpha, Inverter, Label, Method, MethodConfig, MethodContext, MethodOutput,
                    NonNegative, Offset, PairBatch, Positive)
 from ._inverted import inverted_loss, provide_inverted
-from .diffusion_dpo import _metrics
-from .functional import PICKSCORE_MAX, PICKSCORE_MIN, smoothed_preference, smpo_loss
+from .functional import PICKSCORE_MAX, PICKSCORE_MIN, preference_metrics, smoothed_preference, smpo_loss
 from .inpo import INVERTED_CORRECTED, INVERTED_OFFICIAL
 from .registry import register_method
 
@@ -71,7 +70,7 @@ class SmPO(Method):
         c = self.config
         out, m, r = inverted_loss(p, batch, ctx,
                                   lambda a, b, cc, d: smpo_loss(a, b, cc, d, c.beta, p["prob_w"].to(a.device), c.gamma))
-        met = _metrics(out, m, r)
+        met = preference_metrics(out, m, r)
         met["prob_w"] = p["prob_w"].mean().item()
         return MethodOutput(out.loss.mean(), out.loss.detach(), met, provenance={"cache_used": p["cache_used"]})
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..hashing import RANDOM_INIT_KEY
+
 ARCHS = ("sd15", "sdxl", "sd15-sg", "sdxl-sg")
 RANDOM_INIT_NOTE = "RANDOM-INIT tiny model from sgalign.pipelines.tiny: for tests and plumbing only, meaningless weights"
 
@@ -127,7 +129,7 @@ def make_tiny(arch: str, out: str | Path, seed: int = 0, sg_mode: str = "object"
     pipe = tiny_pipeline(arch, seed, sg_mode, gate_init)
     pipe.save_pretrained(out, safe_serialization=True)
     index = json.loads((out / "model_index.json").read_text())
-    index["_sgalign_random_init"] = RANDOM_INIT_NOTE
+    index[RANDOM_INIT_KEY] = RANDOM_INIT_NOTE
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(
         f"# tiny {arch} (random init)\n\n{RANDOM_INIT_NOTE}.\n\nMade by `python scripts/make_tiny.py --arch {arch} "

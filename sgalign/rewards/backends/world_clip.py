@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...hashing import read_record
 from ..provenance import BackendInfo
 from ._hf import CONFIG, PREPROCESSOR, WEIGHTS, is_random_init, version_string
 from .clip_similarity import CLIPSimilarity, load_clip
@@ -76,8 +77,7 @@ class WorldCLIPSimilarity(CLIPSimilarity):
         files = _weight_files(root)
         tok_root = root / "tokenizer" if (root / "tokenizer" / "tokenizer.json").is_file() else root
         model, tok, proc = load_clip(root, NAME, device, dtype, tokenizer_root=tok_root)
-        record_path = root / "training_record.json"
-        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
+        record = read_record(root)
         random_init = is_random_init(model.config)
         trained = record is not None and not random_init
         training = None if record is None else {k: record.get(k) for k in ("steps", "batch", "seed", "test_metrics")}

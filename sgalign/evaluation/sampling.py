@@ -1,0 +1,180 @@
+"""What an evaluation samples: its inputs (world graph sets, a LAION-SG split, a prompt file), the model folder's
+pipeline, the protocol's scheduler and guidance, and the images (image ``g * K + k`` = input ``g``, seed ``k``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..hashing import TRAINING_RECORD, file_sha256, folder_sha256, is_random_init, model_index, read_record
+from ..scene_graph import SceneGraph, load_split
+from ..world.prompts import parse_world_prompt
+from .protocol import EvalProtocol
+
+_SG_CLASSES = {"StableDiffusionSGPipeline": "sd15", "StableDiffusionXLSGPipeline": "sdxl"}
+_T2I_CLASSES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+_RECORD_KEYS = ("model", "method", "task", "step", "steps", "complete", "random_init_base", "ema")
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    pipe: Any
+    info: dict[str, Any]
+
+
+def _pipeline(path: Path, cls_name: str, task: str) -> Any:
+    """The diffusers pipeline of a folder whose ``_class_name`` the task accepts."""
+    if task == "compositional":
+        from ..pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+
+        cls = StableDiffusionSGPipeline if cls_name == "StableDiffusionSGPipeline" else StableDiffusionXLSGPipeline
+        return cls.from_pretrained(path)
+    if cls_name in _SG_CLASSES:
+        from ..pipelines.text_only import text_only_pipeline
+
+        return text_only_pipeline(path)[0]
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if cls_name == "StableDiffusionPipeline":
+        return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+    return StableDiffusionXLPipeline.from_pretrained(path)
+
+
+def load_model(path: str | Path, task: str) -> LoadedModel:
+    """The pipeline of a model folder (``model_index.json``), with a ``unet_lora/`` adapter applied when present
+    (the trainer's LoRA export), and what provenance needs to know about it."""
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
+                                "e.g. a training run's final/ or scripts/make_tiny.py output")
+    index = model_index(path)
+    cls_name = index.get("_class_name", "")
+    # t2i also takes an SG folder (e.g. train.py --task t2i from the world SD1.5-SG): its text path, SG encoder unused
+    wanted = _SG_CLASSES if task == "compositional" else {**_T2I_CLASSES, **_SG_CLASSES}
+    if cls_name not in wanted:
+        raise ValueError(f"{index_file}: _class_name {cls_name!r} cannot run the {task} task; expected one of "
+                         f"{sorted(wanted)} ({'scene-graph' if task == 'compositional' else 'text'}-conditioned)")
+    pipe = _pipeline(path, cls_name, task)
+    lora = path / "unet_lora"
+    if lora.is_dir():
+        pipe.unet.load_lora_adapter(str(lora), prefix=None, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    records = {}
+    for name in (TRAINING_RECORD, "training.json"):
+        rec = read_record(path, name)
+        if rec is not None:
+            records[name] = {k: rec.get(k) for k in _RECORD_KEYS if k in rec}
+    random_init = is_random_init(index) or any(r.get("random_init_base") for r in records.values())
+    info = {"path_name": path.name, "class": cls_name, "arch": wanted[cls_name], "sha256": folder_sha256(path),
+            "random_init": bool(random_init), "lora": lora.is_dir(), "records": records,
+            "text_path_of_sg_model": task == "t2i" and cls_name in _SG_CLASSES}
+    return LoadedModel(pipe, info)
+
+
+def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
+    """Apply the protocol's scheduler; return the values that were actually used (recorded in results)."""
+    s = protocol.sampling
+    if s.scheduler == "ddim":
+        from diffusers import DDIMScheduler
+
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    g = s.guidance_scale if s.guidance_scale is not None else getattr(pipe, "default_guidance_scale",
+                                                                        5.0 if "XL" in type(pipe).__name__ else 7.5)
+    return {"scheduler_class": type(pipe.scheduler).__name__, "guidance_scale": float(g),
+            "prediction_type": pipe.scheduler.config.get("prediction_type")}
+
+
+@torch.no_grad()
+def generate(pipe: Any, inputs: Sequence[Any], protocol: EvalProtocol, guidance_scale: float) -> np.ndarray:
+    """uint8 [G*K, H, W, 3]; image ``g*K + k`` is input ``g`` with seed ``seeds[k]`` (same noise for every g)."""
+    s = protocol.sampling
+    size = {} if s.resolution is None else {"height": s.resolution, "width": s.resolution}
+    chunks = []
+    for start in range(0, len(inputs), s.batch_graphs):
+        part = list(inputs[start:start + s.batch_graphs])
+        common = dict(num_inference_steps=s.steps, guidance_scale=guidance_scale, eta=s.eta, output_type="np", **size)
+        if protocol.task == "compositional":
+            out = pipe(part, seeds=s.seeds, **common)
+        else:
+            gens = [torch.Generator("cpu").manual_seed(int(seed)) for _ in part for seed in s.seeds]
+            out = pipe(prompt=part, num_images_per_prompt=len(s.seeds), generator=gens, **common)
+        chunks.append(np.asarray(out.images))
+    images = np.concatenate(chunks)
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+# ---- inputs -------------------------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    ids: list[str]
+    graphs: list[SceneGraph | None]  # None: a t2i prompt that is not a world prompt
+    prompts: list[str] | None  # t2i only
+    reference_images: np.ndarray | None  # uint8 [G, H, W, 3] renders (world graph sets), for FID
+    provenance: dict[str, Any]
+
+
+class InputsError(UserError, ValueError):
+    """The configured input file is missing, empty or malformed (exit 2 in evaluate.py)."""
+
+
+def holdout_kwargs(src: Any) -> dict[str, Any]:
+    """``sample_split``'s holdout arguments of a world input set; {} without a holdout (provenance as before)."""
+    if not src.holdout:
+        return {}
+    return {"holdout": list(src.holdout), **({"novel_only": True} if src.novel_only else {})}
+
+
+def load_inputs(protocol: EvalProtocol) -> Inputs:
+    src = protocol.inputs
+    if src.source == "world":
+        from ..world import img_id_for, render_array, sample_split
+
+        scenes = sample_split(src.split, src.n, seed=src.seed, **holdout_kwargs(src))
+        graphs = [sc.graph() for sc in scenes]
+        ids = [img_id_for(src.split, i) for i in range(len(scenes))]
+        prompts = [g.serialize().strip() for g in graphs] if protocol.task == "t2i" else None
+        extra = "".join(f", {k}={v!r}" for k, v in holdout_kwargs(src).items())
+        prov = {"source": "world", "split": src.split, "n": len(scenes), "seed": src.seed, **holdout_kwargs(src),
+                "definition": f"sgalign.world.sample_split({src.split!r}, {src.n}, seed={src.seed}{extra})"}
+        return Inputs(ids, list(graphs), prompts, render_array(scenes), prov)
+    path = Path(src.path)
+    if not path.is_file():
+        raise InputsError(f"inputs.path {path}: file not found")
+    if protocol.task == "compositional":
+        records = load_split(path).records[:src.n]
+        graphs = [SceneGraph.from_record(r) for r in records]
+        ids = [str(r.img_id) for r in records]
+        prompts = None
+    else:
+        prompts = _read_prompts(path)[:src.n]
+        graphs = [_world_graph_or_none(p) for p in prompts]
+        ids = [str(i) for i in range(len(prompts))]
+    if len(ids) < 2:
+        raise InputsError(f"inputs.path {path}: need at least 2 graphs/prompts, got {len(ids)}")
+    prov = {"source": "file", "file": path.name, "file_sha256": file_sha256(path),
+            "n": len(ids)}
+    return Inputs(ids, graphs, prompts, None, prov)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """A prompt file: a JSON list of strings (``.json``) or one prompt a non-blank line."""
+    text = path.read_text(encoding="utf-8")
+    prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise InputsError(f"inputs.path {path}: expected a JSON list of prompt strings")
+    return prompts
+
+
+def _world_graph_or_none(prompt: str) -> SceneGraph | None:
+    """The world graph a prompt serialises (the world reward scores it); None for any other prompt."""
+    try:
+        return parse_world_prompt(prompt)
+    except ValueError:
+        return None
