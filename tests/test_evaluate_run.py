@@ -332,3 +332,33 @@ def test_fid_features_auto_picks_trained_world_clip_else_labelled_fallback(tiny_
     forced = load_protocol(None, [f"compositional.world_clip_path={tiny_clip}", "compositional.fid_features=world-clip"])
     _, prov, fallbacks = build_fid_features(forced)
     assert prov["trained"] is False and "no training_record.json" in fallbacks[0]
+
+
+def test_image_cache_serves_the_same_model_and_protocol_only(models, tmp_path, monkeypatch):
+    from sgalign.evaluation import run as run_mod
+    from sgalign.evaluation.protocol import load_protocol
+    from sgalign.evaluation.run import evaluate
+
+    sets = ["inputs.n=2", "sampling.seeds=[0]", "sampling.steps=2", "sampling.torch_threads=1",
+            "stats.n_resamples=20", "report.grid_graphs=1", "compositional.fid_features=random-init",
+            "compositional.fid_resamples=5"]
+    p = load_protocol(str(REPO / "configs/evaluate/world_compositional.yaml"), sets, task="compositional")
+    cache = tmp_path / "cache"
+    a = evaluate(models["sg_aligned"], tmp_path / "a", p, baseline=models["sg_base"], image_cache=cache)
+    assert [a["provenance"]["models"][r]["images_from_cache"] for r in ("model", "baseline")] == [False, False]
+    calls = []
+    real = run_mod.generate
+    monkeypatch.setattr(run_mod, "generate", lambda *x, **k: calls.append(1) or real(*x, **k))
+    # another model against the same base: the base's images come from the cache, bit for bit
+    b = evaluate(models["sg_base"], tmp_path / "b", p, baseline=models["sg_base"], image_cache=cache)
+    assert len(calls) == 0 and b["provenance"]["models"]["baseline"]["images_from_cache"]
+    base_a = np.load(tmp_path / "a" / "images" / "baseline.npz")["images"]
+    assert np.array_equal(np.load(tmp_path / "b" / "images" / "baseline.npz")["images"], base_a)
+    assert np.array_equal(np.load(tmp_path / "b" / "images" / "model.npz")["images"], base_a)
+    assert b["metrics"]["iou"]["baseline"] == a["metrics"]["iou"]["baseline"]
+    # another protocol (other noise seed): a new entry, generated
+    p2 = load_protocol(str(REPO / "configs/evaluate/world_compositional.yaml"), [*sets, "sampling.seeds=[1]"],
+                       task="compositional")
+    c = evaluate(models["sg_aligned"], tmp_path / "c", p2, baseline=models["sg_base"], image_cache=cache)
+    assert len(calls) == 2 and not c["provenance"]["models"]["baseline"]["images_from_cache"]
+    assert len(list(cache.glob("*.npz"))) == 4 and not list(cache.glob(".*"))  # no partial entry

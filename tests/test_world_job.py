@@ -65,6 +65,10 @@ def test_rerun_skips_finished_stages_and_redoes_a_missing_one(job, capsys):
     assert "[train diffusion-dpo] done" in log and "[eval diffusion-dpo] 2 test graphs" in log
     assert (out / "eval" / "diffusion-dpo" / "report.html").exists()
     assert final.stat().st_mtime_ns == before[1]
+    # the redone evaluation took both models' images from the job's image cache (same folders, same protocol)
+    models = json.loads(results.read_text())["provenance"]["models"]
+    assert models["model"]["images_from_cache"] and models["baseline"]["images_from_cache"]
+    assert len(list((out / "eval" / ".image-cache").glob("*.npz"))) == 2
 
 
 def test_bad_requests_are_clear_errors(job, tmp_path):

@@ -23,13 +23,15 @@ generation), ``extraction`` (scene graphs read back from images), ``scoring`` (t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -101,9 +103,11 @@ def _publish(stage: Path, out: Path, only_caches: bool = False) -> None:
 
 def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None = None,
              baseline: str | Path | None = None, command: str | None = None,
-             chain: dict[str, Any] | None = None) -> dict[str, Any]:
+             chain: dict[str, Any] | None = None, image_cache: str | Path | None = None) -> dict[str, Any]:
     """Run the protocol on ``model`` (and ``baseline``); write ``out/results.json`` and ``out/images/*.npz``.
     ``chain``: the training run's ids (run, dataset, base model hash), recorded as ``provenance.chain``.
+    ``image_cache``: a folder of generated images keyed by the model folder's content hash and everything in the
+    protocol that decides the images (a job scoring many methods against one base generates the base's once).
 
     The run writes into a fresh staging folder next to ``out`` and replaces what the previous run owned in
     ``out`` only when it finishes. Too many failed extractions (``TooManyExtractionFailures``) still replace it,
@@ -118,7 +122,8 @@ def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None =
     for cache in sorted(out.glob(CACHE_GLOB)) if out.is_dir() else []:
         shutil.copy2(cache, stage / cache.name)
     try:
-        results = _evaluate_in(model, stage, protocol, baseline, command, chain)
+        results = _evaluate_in(model, stage, protocol, baseline, command, chain,
+                               None if image_cache is None else Path(image_cache))
     except TooManyExtractionFailures as e:
         shutil.rmtree(stage / "images", ignore_errors=True)
         write_json_atomic(stage / FAILURE_NAME, {
@@ -133,8 +138,35 @@ def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None =
     return results
 
 
+def _image_key(sha256: str, protocol: EvalProtocol, used: dict[str, Any]) -> str:
+    """What decides a model's images: its folder content, the inputs, the sampling settings (threads included:
+    CPU kernels may round differently) and the resolved scheduler and guidance."""
+    spec = {"model_sha256": sha256, "task": protocol.task, "inputs": protocol.inputs.model_dump(mode="json"),
+            "sampling": protocol.sampling.model_dump(mode="json"), "resolved": used}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _generate_cached(loaded: Any, gen_inputs: Sequence[Any], protocol: EvalProtocol, used: dict[str, Any],
+                     cache: Path | None) -> tuple[np.ndarray, bool]:
+    """The model's images, from ``cache`` when an entry with the same key exists; a new entry is written
+    atomically, so an interrupted run never leaves a partial one."""
+    if cache is None:
+        return generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"]), False
+    path = cache / f"{_image_key(loaded.info['sha256'], protocol, used)}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["images"], True
+    images = generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"])
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez_compressed(tmp, images=images)
+    os.replace(tmp, path)
+    return images, False
+
+
 def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, baseline: str | Path | None,
-                 command: str | None, chain: dict[str, Any] | None) -> dict[str, Any]:
+                 command: str | None, chain: dict[str, Any] | None,
+                 image_cache: Path | None = None) -> dict[str, Any]:
     """``evaluate``'s work, every file written into ``out`` (the staging folder)."""
     import diffusers
     import transformers
@@ -160,9 +192,9 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
             raise ValueError(f"model and baseline resolve the protocol differently: {resolved} vs {used}; set "
                              "sampling.guidance_scale and sampling.scheduler explicitly")
         resolved.update(used)
-        images[role] = generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"])
+        images[role], cached = _generate_cached(loaded, gen_inputs, protocol, used, image_cache)
         np.savez_compressed(out / "images" / f"{role}.npz", images=images[role])
-        prov["models"][role] = loaded.info
+        prov["models"][role] = {**loaded.info, **({"images_from_cache": cached} if image_cache is not None else {})}
         if loaded.info["random_init"]:
             prov["fallbacks"].append(f"{role}: model folder {loaded.info['path_name']!r} is RANDOM-INIT")
         timing[f"generate_{role}_s"] = round(time.time() - t1, 2)

@@ -204,7 +204,7 @@ def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget,
          "DDIM steps, vs base ...")
     protocol = eval_protocol(b, seed, task)
     t0 = time.perf_counter()
-    results = evaluate(model, dst, protocol, baseline=base,
+    results = evaluate(model, dst, protocol, baseline=base, image_cache=out / "eval" / ".image-cache",
                        command=f"sgalign.jobs.world_job.run_world_job (budget {b.name}, method {method_id}"
                                + ("" if task == "compositional" else f", task {task}") + ")")
     write_report(dst, results)
