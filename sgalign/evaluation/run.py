@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..hashing import write_json_atomic
+from ..hashing import write_atomic, write_json_atomic
 from ..machine import machine_info
 from .protocol import EvalProtocol
 from .sampling import configure_sampling, generate, load_inputs, load_model
@@ -157,10 +157,11 @@ def _generate_cached(loaded: Any, gen_inputs: Sequence[Any], protocol: EvalProto
         with np.load(path) as z:
             return z["images"], True
     images = generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"])
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez_compressed(tmp, images=images)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, numpy would append ".npz" to the temporary name
+            np.savez_compressed(f, images=images)
+
+    write_atomic(path, write)
     return images, False
 
 
