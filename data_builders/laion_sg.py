@@ -162,37 +162,55 @@ class CandidateBuilder:
                 "guidance_scale": g.guidance_scale if g.guidance_scale is not None
                 else self.pipe.default_guidance_scale}
 
-    def generate(self, records: Sequence[LaionSGRecord], seeds: Sequence[Sequence[int]]) -> list:
-        """PIL images, image ``a * K + k`` = annotation ``a`` with ``seeds[a][k]`` (one batched call)."""
+    def generate(self, records: Sequence[LaionSGRecord], seeds: Sequence[Sequence[int]],
+                 batched: bool = True) -> list:
+        """PIL images, image ``a * K + k`` = annotation ``a`` with ``seeds[a][k]``: one batched call, or
+        (``batched=False``, the reference the benchmark and tests compare with) one call per image."""
+        if not batched:
+            return [im for r, ss in zip(records, seeds) for s in ss for im in self._generate([r], [[s]])]
+        return self._generate(records, seeds)
+
+    def _generate(self, records: Sequence[LaionSGRecord], seeds: Sequence[Sequence[int]]) -> list:
         import torch
         g = self.cfg.generation
         gens = [torch.Generator("cpu").manual_seed(int(s)) for ss in seeds for s in ss]
-        return self.pipe([SceneGraph.from_record(r) for r in records], num_images_per_graph=g.k, generator=gens,
-                         num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale, eta=g.eta,
-                         height=g.height, width=g.width, output_type="pil").images
+        return self.pipe([SceneGraph.from_record(r) for r in records], num_images_per_graph=len(seeds[0]),
+                         generator=gens, num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
+                         eta=g.eta, height=g.height, width=g.width, output_type="pil").images
 
-    def rows(self, records: Sequence[LaionSGRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Rows for ``records`` (one batched call) and failures; a failing call is retried one annotation at a time
-        so one bad annotation costs only itself."""
+    def rows(self, records: Sequence[LaionSGRecord],
+             batched: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows for ``records`` (one batched generation call and one reward call; ``batched=False``: one of each
+        per candidate, the reference) and failures; a failing call is retried one annotation at a time so one bad
+        annotation costs only itself."""
         try:
-            return self._rows(records), []
+            return self._rows(records, batched), []
         except Exception as e:
             if len(records) == 1:
                 return [], [_failure(records[0], e)]
         rows, failures = [], []
         for rec in records:
             try:
-                rows += self._rows([rec])
+                rows += self._rows([rec], batched)
             except Exception as e:  # reported, never silently dropped
                 failures.append(_failure(rec, e))
         return rows, failures
 
-    def _rows(self, records: Sequence[LaionSGRecord]) -> list[dict[str, Any]]:
+    def _score(self, images: list, graphs: list[SceneGraph], batched: bool):
+        if batched:
+            return score_batch(self.reward, images, graphs)
+        scored, prov = [], None
+        for im, g in zip(images, graphs):
+            s, prov = score_batch(self.reward, [im], [g])
+            scored += s
+        return scored, prov
+
+    def _rows(self, records: Sequence[LaionSGRecord], batched: bool = True) -> list[dict[str, Any]]:
         k = self.cfg.generation.k
         seeds = [[candidate_seed(self.cfg.generation.seed, r.img_id, j) for j in range(k)] for r in records]
-        images = _staged("generation", self.generate, records, seeds)
-        graphs = [SceneGraph.from_record(r) for r in records for _ in range(k)]
-        scored, prov = _staged("scoring", score_batch, self.reward, images, graphs)
+        images = _staged("generation", self.generate, records, seeds, batched)
+        graphs = [g for g in map(SceneGraph.from_record, records) for _ in range(k)]
+        scored, prov = _staged("scoring", self._score, images, graphs, batched)
         provenance = json.dumps({
             "builder": f"data_builders.laion_sg v{BUILDER_VERSION}", "source": self.cfg.source,
             "base_model": self.model_info, "generation": self.settings(),

@@ -1,15 +1,18 @@
 """build_pairs throughput (candidates per second, batched vs one image at a time) and the world check.
 
-    python scripts/bench_build_pairs.py [--model FOLDER] [--n 8] [--batch 4] [--steps 25] [--repeats 3]
+    python scripts/bench_build_pairs.py [--model FOLDER] [--n 8] [--batch 4] [--steps 25] [--repeats 3] [--only MODE]
     python scripts/bench_build_pairs.py --check-world [--n 200] [--out runs/bench_build_pairs_world]
 
 Throughput (benchmark, not a test): the first ``--n`` world train annotations, K = 4 candidates each, DDIM
-``--steps`` steps, guidance 3.0, world reward, one torch thread; the same candidates produced twice in one run:
-*batched* (``CandidateBuilder``: ``--batch`` annotations x K seeds per pipeline call, one reward call per batch) and
-*one image at a time* (one pipeline call and one reward call per candidate, the same seeds). Both include PNG
-encoding and scoring; generation-only times are reported too, and the largest pixel difference between the two
-(batching changes float summation order, not the images). Model: the world SD1.5-SG when it exists, else a tiny
-RANDOM-INIT SD1.5-SG (16x16 images; labelled in the output).
+``--steps`` steps, guidance 3.0, world reward, one torch thread; the same candidates built twice per repeat, the two
+passes interleaved (order alternating) in one process: *batched* (``CandidateBuilder.rows``: ``--batch``
+annotations x K seeds per pipeline call, one reward call per batch) and *one at a time* (``rows(...,
+batched=False)``: one pipeline call and one reward call per candidate, the same seeds). Both include PNG encoding
+and row assembly. Reported: process CPU seconds per pass and per stage (generation, scoring, rest) and wall
+seconds, medians over ``--repeats``; the speed-ups are medians of the per-repeat ratios (CPU time is the figure
+to quote on a shared machine); and how far the two builds differ (pixels, every score column; batching changes
+float summation order only). ``--only MODE`` runs one mode (to time the two as whole processes). Model: the world
+SD1.5-SG when it exists, else a tiny RANDOM-INIT SD1.5-SG (16x16 images; labelled in the output).
 
 World check (``--check-world``, needs the world SD1.5-SG): ``build_pairs --source shapes`` for ``--n`` annotations
 (world defaults: K = 4, 25 steps, guidance 3.0) into ``--out`` (resumable), then every candidate is parsed by the
@@ -35,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from data_builders.config import WORLD_MODEL, BuildPairsConfig  # noqa: E402
-from data_builders.laion_sg import CandidateBuilder, png_bytes, build_candidates, candidate_seed  # noqa: E402
-from data_builders.scoring import build_reward, score_batch  # noqa: E402
+from data_builders.laion_sg import CandidateBuilder, build_candidates  # noqa: E402
+from data_builders.scoring import build_reward  # noqa: E402
 from sgalign.machine import machine_line  # noqa: E402
 
 
@@ -61,7 +64,6 @@ def model_state(folder: Path) -> dict:
 
 def throughput(args) -> dict:
     from data_builders.shapes import plan_world
-    from sgalign.scene_graph import SceneGraph
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_pairs_"))
     folder, kind = model_folder(args.model, tmp)
@@ -74,64 +76,73 @@ def throughput(args) -> dict:
     b = CandidateBuilder(cfg)
     g, k = cfg.generation, cfg.generation.k
     b.rows(recs[:1])  # warm-up (first-call allocations)
-    b.reward = build_reward(cfg.rewards)  # fresh: the world reward caches oracle parses by pixel content
+    stage: dict[str, float] = {}
 
-    def batched_pass():
+    def timed(name, fn):  # process CPU seconds per stage: wall time on a shared machine measures the neighbours
+        def run(*a, **kw):
+            t = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                stage[name] = stage.get(name, 0.0) + time.process_time() - t
+        return run
+
+    b.generate, b._score = timed("generation", b.generate), timed("scoring", b._score)
+
+    def one_pass(batched: bool) -> dict:
         b.reward = build_reward(cfg.rewards)  # fresh each pass: the world reward caches oracle parses by pixels
-        t0, rows, t_gen = time.perf_counter(), [], 0.0
+        stage.clear()
+        w0, c0, rows = time.perf_counter(), time.process_time(), []
         for s in range(0, len(recs), args.batch):
-            r, fails = b.rows(recs[s:s + args.batch])
+            r, fails = b.rows(recs[s:s + args.batch], batched=batched)
             assert not fails, fails
             rows += r
-        t_all = time.perf_counter() - t0
-        for s in range(0, len(recs), args.batch):  # generation alone, same calls
-            part = recs[s:s + args.batch]
-            t1 = time.perf_counter()
-            b.generate(part, [[candidate_seed(g.seed, r.img_id, j) for j in range(k)] for r in part])
-            t_gen += time.perf_counter() - t1
-        return t_all, t_gen, [c for row in rows for c in row["candidates"]], [x for row in rows for x in row["reward"]]
+        cpu = time.process_time() - c0
+        return {"wall": time.perf_counter() - w0, "cpu": cpu, "cpu_generation": stage["generation"],
+                "cpu_scoring": stage["scoring"], "cpu_rest": cpu - stage["generation"] - stage["scoring"],
+                "rows": rows}
 
-    def single_pass():
-        b.reward = build_reward(cfg.rewards)
-        t0, out, t_gen = time.perf_counter(), [], 0.0
-        for r in recs:
-            graph = SceneGraph.from_record(r)
-            for j in range(k):
-                t1 = time.perf_counter()
-                gen = torch.Generator().manual_seed(candidate_seed(g.seed, r.img_id, j))
-                im = b.pipe([graph], num_images_per_graph=1, generator=[gen], num_inference_steps=g.num_inference_steps,
-                            guidance_scale=g.guidance_scale, eta=g.eta, height=g.height, width=g.width).images
-                t_gen += time.perf_counter() - t1
-                scored, _ = score_batch(b.reward, im, [graph])
-                out.append((png_bytes(im[0]), scored[0][1]))
-        return time.perf_counter() - t0, t_gen, [c for c, _ in out], [x for _, x in out]
+    modes = {"batched": True, "one_at_a_time": False}
+    if args.only:
+        modes = {args.only.replace("-", "_"): args.only == "batched"}
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for i in range(args.repeats):  # interleaved, the order alternating, so load changes hit both modes alike
+        for m in (list(modes) if i % 2 == 0 else list(modes)[::-1]):
+            runs[m].append(one_pass(modes[m]))
+    n = len(recs) * k
+    med = {m: {f: float(np.median([r[f] for r in v])) for f in ("wall", "cpu", "cpu_generation", "cpu_scoring",
+                                                                    "cpu_rest")} for m, v in runs.items()}
+    out = {"model": kind, "model_folder": folder.name, "model_state": model_state(folder),
+           "annotations": len(recs), "k": k, "candidates": n, "steps": g.num_inference_steps,
+           "guidance": g.guidance_scale, "batch_annotations": args.batch, "repeats (median)": args.repeats,
+           "seconds_per_pass": {m: [{f: round(r[f], 3) for f in ("wall", "cpu")} for r in v]
+                                for m, v in runs.items()},
+           **{m: {**{f: round(x, 3) for f, x in d.items()}, "cand_per_cpu_s": n / d["cpu"]} for m, d in med.items()}}
+    if len(modes) == 2:
+        bt, ot = runs["batched"], runs["one_at_a_time"]
+        paired = lambda f: float(np.median([o[f] / b_[f] for o, b_ in zip(ot, bt)]))  # noqa: E731
+        out.update(speedup_cpu=paired("cpu"), speedup_wall=paired("wall"),
+                   speedup_generation_cpu=paired("cpu_generation"), speedup_scoring_cpu=paired("cpu_scoring"),
+                   **same_outputs(bt[0]["rows"], ot[0]["rows"]))
+    return out
 
-    runs = {"batched": [], "one_at_a_time": []}
-    for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both modes alike
-        runs["batched"].append(batched_pass())
-        runs["one_at_a_time"].append(single_pass())
-    med = {m: (float(np.median([x[0] for x in v])), float(np.median([x[1] for x in v]))) for m, v in runs.items()}
-    t_batched, t_gen_batched = med["batched"]
-    t_single, t_gen_single = med["one_at_a_time"]
-    batched_png, batched_r = runs["batched"][0][2], runs["batched"][0][3]
-    single_png, single_r = runs["one_at_a_time"][0][2], runs["one_at_a_time"][0][3]
 
+def same_outputs(rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """How far two builds of the same annotations differ: largest pixel and score differences (batching changes
+    float summation order only)."""
     import io
 
     from PIL import Image
-    a = np.stack([np.asarray(Image.open(io.BytesIO(c))) for c in batched_png]).astype(int)
-    s_ = np.stack([np.asarray(Image.open(io.BytesIO(c))) for c in single_png]).astype(int)
-    n = len(recs) * k
-    return {"model": kind, "model_folder": folder.name, "model_state": model_state(folder),
-            "annotations": len(recs), "k": k, "candidates": n,
-            "steps": g.num_inference_steps, "guidance": g.guidance_scale, "batch_annotations": args.batch,
-            "image_size": list(Image.open(io.BytesIO(batched_png[0])).size), "repeats (median)": args.repeats,
-            "all_seconds": {m: [round(x[0], 3) for x in v] for m, v in runs.items()},
-            "batched": {"seconds": t_batched, "cand_per_s": n / t_batched, "gen_seconds": t_gen_batched},
-            "one_at_a_time": {"seconds": t_single, "cand_per_s": n / t_single, "gen_seconds": t_gen_single},
-            "speedup": t_single / t_batched, "gen_speedup": t_gen_single / t_gen_batched,
-            "max_pixel_diff": int(np.abs(a - s_).max()),
-            "max_reward_diff": float(max(abs(x - y) for x, y in zip(batched_r, single_r)))}
+
+    px = lambda rows: np.stack([np.asarray(Image.open(io.BytesIO(c))) for r in rows  # noqa: E731
+                                for c in r["candidates"]]).astype(int)
+    a, b = px(rows_a), px(rows_b)
+    flat = lambda rows, c: [x for r in rows for x in r["scores"][c]]  # noqa: E731
+    diffs = {c: max((abs(x - y) for x, y in zip(flat(rows_a, c), flat(rows_b, c)) if x is not None), default=0.0)
+             for c in rows_a[0]["scores"]}
+    rw = [abs(x - y) for ra, rb in zip(rows_a, rows_b) for x, y in zip(ra["reward"], rb["reward"])]
+    return {"image_size": list(a.shape[1:3]), "max_pixel_diff": int(np.abs(a - b).max()),
+            "max_reward_diff": float(max(rw)), "max_score_diff": diffs}
 
 
 def check_world(args) -> dict:
@@ -202,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="throughput: interleaved repeats, median reported")
+    ap.add_argument("--only", choices=("batched", "one-at-a-time"), default=None,
+                    help="throughput: run one mode only (to time the two as whole processes)")
     ap.add_argument("--check-world", action="store_true")
     ap.add_argument("--out", default="runs/bench_build_pairs_world")
     args = ap.parse_args(argv)

@@ -125,9 +125,9 @@ def test_backends_of_one_reward_parse_each_image_once(image):
     class CountingOracle(WorldOracle):
         calls = 0
 
-        def parse(self, im):
-            CountingOracle.calls += 1
-            return super().parse(im)
+        def parse_batch(self, images):  # parse() goes through it too
+            CountingOracle.calls += len(images)
+            return super().parse_batch(images)
 
     oracle = CountingOracle()
     reward = world_reward(oracle, similarity="oracle")

@@ -33,7 +33,8 @@ from typing import Any, Iterable, Literal, Sequence
 from PIL import Image
 
 from ..scene_graph import Item, SceneGraph
-from .backends.protocols import Detection, Detector, ImageTextSimilarity, ParsedText, TextParser, VQAQuery, YesNoVQA
+from .backends.protocols import Detection, Detector, ImageTextSimilarity, ParsedText, TextParser, VQAQuery, YesNoVQA, \
+    prepare_backends
 from .lexicon import LOCALITIES, is_spatial_predicate, predicate_locality
 from .provenance import Provenance, RewardOutput, check_unit
 
@@ -395,6 +396,24 @@ class CompBench3in1Reward:
         return [to_frame(d, image.width, image.height) for d in dets]
 
     def score_graph(self, image: Image.Image, sg: SceneGraph) -> dict[str, Any]:
+        return self._with_similarity([image], [self._graph_parts(image, sg)])[0]
+
+    def score_prompt(self, image: Image.Image, prompt: str) -> dict[str, Any]:
+        return self._with_similarity([image], [self._prompt_parts(image, prompt)])[0]
+
+    def _with_similarity(self, images: Sequence[Image.Image], parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fill C of every part that needs it with one similarity call: a batched CLIP forward costs far less per
+        image than one forward each (same cosines up to float summation order)."""
+        need = [i for i, d in enumerate(parts) if d["C_text"] is not None]
+        if need:
+            cs = self._need(self.similarity, "similarity").similarity([images[i] for i in need],
+                                                                     [parts[i]["C_text"] for i in need])
+            for i, c in zip(need, cs):
+                parts[i]["C"] = c
+        return parts
+
+    def _graph_parts(self, image: Image.Image, sg: SceneGraph) -> dict[str, Any]:
+        """Everything of ``score_graph`` but C (left None; its text is in ``C_text``)."""
         ptype = prompt_type_from_graph(sg)
         phrases = [sg.phrase(it) for it in sg.items]
         if self.config.np_cap:
@@ -415,14 +434,12 @@ class CompBench3in1Reward:
                 per_rel.append(sr)
                 spatial_details.append(det)
             s = sum(per_rel) / len(per_rel)
-        c_text = None
-        if ptype != "spatial":
-            c_text = strip_graph_attributes(sg)
-            c = self._need(self.similarity, "similarity").similarity([image], [c_text])[0]
+        c_text = strip_graph_attributes(sg) if ptype != "spatial" else None
         return {"type": ptype, "type_source": "scene-graph", "A": a, "S": s, "C": c, "questions": qs,
                 "spatial": spatial_details, "C_text": c_text}
 
-    def score_prompt(self, image: Image.Image, prompt: str) -> dict[str, Any]:
+    def _prompt_parts(self, image: Image.Image, prompt: str) -> dict[str, Any]:
+        """Everything of ``score_prompt`` but C (left None; its text is in ``C_text``)."""
         parsed = self._need(self.parser, "parser").parse(prompt)
         if self.type_lists is not None:
             ptype, source = self.type_lists.type_of(prompt), "official-lists"
@@ -438,24 +455,24 @@ class CompBench3in1Reward:
             dets = self._detect(image, [o for o in (o1, o2) if o is not None])
             s, det = spatial_score(o1, o2, find_locality(prompt), dets, self.config)
             spatial_details.append(det)
-        c_text = None
-        if ptype != "spatial":
-            c_text = strip_adjectives(parsed)
-            c = self._need(self.similarity, "similarity").similarity([image], [c_text])[0]
+        c_text = strip_adjectives(parsed) if ptype != "spatial" else None
         return {"type": ptype, "type_source": source, "A": a, "S": s, "C": c, "questions": qs,
                 "spatial": spatial_details, "C_text": c_text}
 
     def __call__(self, images: Sequence[Image.Image], targets: Sequence[SceneGraph | str]) -> RewardOutput:
         if len(images) != len(targets):
             raise ValueError(f"CompBench3in1Reward: {len(images)} images but {len(targets)} targets")
-        scores, parts = [], []
+        prepare_backends(images, self.vqa, self.detector, self.similarity)
+        found = []
         for image, target in zip(images, targets):
             if isinstance(target, SceneGraph):
-                d = self.score_graph(image, target)
+                found.append(self._graph_parts(image, target))
             elif isinstance(target, str):
-                d = self.score_prompt(image, target)
+                found.append(self._prompt_parts(image, target))
             else:
                 raise TypeError(f"CompBench3in1Reward: target must be a SceneGraph or a prompt, got {type(target)}")
+        scores, parts = [], []
+        for d in self._with_similarity(images, found):
             t = three_in_one(d["type"], d["A"], d["S"], d["C"])
             if math.isnan(t):
                 raise ValueError("3-in-1: T is NaN (a backend returned NaN)")

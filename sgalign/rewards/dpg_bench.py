@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from PIL import Image
 
 from ..scene_graph import SceneGraph
-from .backends.protocols import VQAQuery, YesNoVQA
+from .backends.protocols import VQAQuery, YesNoVQA, prepare_backends
 from .lexicon import attribute_kind, dpg_relation_kind
 from .provenance import Provenance, RewardOutput, check_unit
 
@@ -424,6 +424,7 @@ class DPGReward:
     def __call__(self, images: Sequence[Image.Image], targets: Sequence[Any]) -> RewardOutput:
         if len(images) != len(targets):
             raise ValueError(f"DPGReward: {len(images)} images but {len(targets)} targets")
+        prepare_backends(images, self.vqa)
         scores, parts = [], []
         for image, target in zip(images, targets):
             qset = self.question_set(target)

@@ -64,7 +64,8 @@ class CLIPSimilarity:
         if not texts:
             return []
         max_len = self.model.config.text_config.max_position_embeddings
-        enc = self.tokenizer(list(texts), padding=True, truncation=self.truncate,
+        row = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # a reward batch repeats each prompt: encode once
+        enc = self.tokenizer(list(row), padding=True, truncation=self.truncate,
                              max_length=max_len if self.truncate else None, return_tensors="pt")
         if enc.input_ids.shape[1] > max_len:
             raise ValueError(f"{self.info.name}: a text is {enc.input_ids.shape[1]} tokens, over the context of "
@@ -77,5 +78,6 @@ class CLIPSimilarity:
                                                                attention_mask=enc.attention_mask.to(dev)))
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
+            txt = txt[torch.tensor([row[t] for t in texts], device=txt.device)]
             cos = (img * txt).sum(-1).float()
         return [float(c) for c in cos]

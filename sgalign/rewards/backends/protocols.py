@@ -25,6 +25,10 @@ Every backend has ``info: BackendInfo`` (name, version, kind, fallback) which en
   (no x100, no clipping; CLIPScore's C).
 * ``TextParser`` -- ``parse(text) -> ParsedText``: tokens with coarse POS (Universal tags: NOUN, PROPN, ADJ, ...)
   and trailing whitespace, plus noun-chunk strings in order (spaCy's ``doc.noun_chunks``).
+
+Optional on any backend: ``prepare(images)``, told once per reward batch which images the per-image calls will
+ask about, so it can do its per-image work batched (the world backends parse them in one oracle call). It must not
+change any answer; ``prepare_backends`` calls it where present.
 """
 from __future__ import annotations
 
@@ -99,3 +103,13 @@ class TextParser(Protocol):
     info: BackendInfo
 
     def parse(self, text: str) -> ParsedText: ...
+
+
+def prepare_backends(images: Sequence[Image.Image], *backends: object) -> None:
+    """Call ``prepare(images)`` once on each distinct backend that has it (None entries skipped)."""
+    seen: set[int] = set()
+    for b in backends:
+        prepare = getattr(b, "prepare", None)
+        if prepare is not None and id(b) not in seen:
+            seen.add(id(b))
+            prepare(images)

@@ -78,10 +78,24 @@ class _ParseCache:
             return self._scenes[key]
         scene = self.oracle.parse(image)
         if key is not None:
-            self._scenes[key] = scene
-            if len(self._scenes) > self.maxsize:
-                self._scenes.popitem(last=False)
+            self._put(key, scene, self.maxsize)
         return scene
+
+    def parse_many(self, images: Sequence[Any]) -> None:
+        """Parse the images not cached yet in one ``parse_batch`` call (its colour model is vectorised over
+        images); a batch larger than ``maxsize`` stays cached whole, for the per-image calls that follow."""
+        keys = [self._key(im) for im in images]
+        todo = {k: im for k, im in zip(keys, images) if k is not None and k not in self._scenes}
+        for k, scene in zip(todo, self.oracle.parse_batch(list(todo.values())) if todo else []):
+            self._put(k, scene, max(self.maxsize, len(images)))
+        for k in keys:
+            if k in self._scenes:
+                self._scenes.move_to_end(k)
+
+    def _put(self, key: tuple, scene: OracleScene, keep: int) -> None:
+        self._scenes[key] = scene
+        while len(self._scenes) > keep:
+            self._scenes.popitem(last=False)
 
 
 def _cache(oracle: WorldOracle | _ParseCache | None) -> _ParseCache:
@@ -99,7 +113,17 @@ def _info(name: str, oracle: WorldOracle, **details: Any) -> BackendInfo:
                        details={"oracle": oracle.config(), **details})
 
 
-class WorldOracleVQA:
+class _OracleBacked:
+    """A backend answering from the shared parse cache."""
+
+    _cache: _ParseCache
+
+    def prepare(self, images: Sequence[Image.Image]) -> None:
+        """Parse the reward batch's images in one oracle call (``protocols.prepare_backends``)."""
+        self._cache.parse_many(images)
+
+
+class WorldOracleVQA(_OracleBacked):
     """Yes/no VQA answered by the world oracle (hard answer for DPG, soft P(yes) for 3-in-1's A)."""
 
     def __init__(self, oracle: WorldOracle | _ParseCache | None = None):
@@ -115,7 +139,7 @@ class WorldOracleVQA:
         return [(p, 1.0 - p) for p in (scene.p_yes(q) for q in queries)]
 
 
-class WorldOracleDetector:
+class WorldOracleDetector(_OracleBacked):
     """Open-vocabulary detector over world noun phrases (see the module docstring)."""
 
     vocabulary = None  # open vocabulary: detects exactly the queried phrases
@@ -186,7 +210,7 @@ def text_clauses(text: str) -> list[Question]:
     return clauses
 
 
-class WorldOracleSimilarity:
+class WorldOracleSimilarity(_OracleBacked):
     """Oracle stand-in for 3-in-1's C (``similarity="oracle"``; the default C is world-CLIP's cosine): mean P(yes)
     of the text's clauses (not a cosine; see ``SIMILARITY_DEFINITION``)."""
 
