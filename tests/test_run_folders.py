@@ -129,10 +129,10 @@ def test_build_that_produced_nothing_or_too_little_fails(tmp_path, monkeypatch, 
     real = laion_sg.CandidateBuilder.generate
     failing = {"all": None, "one": "10000001"}[bad]
 
-    def generate(self, records, seeds):
+    def generate(self, records, seeds, batched=True):
         if failing is None or any(r.img_id == failing for r in records):
             raise RuntimeError("renderer on fire")
-        return real(self, records, seeds)
+        return real(self, records, seeds, batched)
     monkeypatch.setattr(laion_sg.CandidateBuilder, "generate", generate)
     out = tmp_path / "pairs"
     args = [*BUILD, "--n", "3", "--out", str(out), "--set", f"max_failed_share={share}"]
