@@ -20,7 +20,8 @@ from .specs import METRICS
 KEY = "phrase/normalized"
 
 
-def _per_image(res: dict[str, Any], role: str, metric: str, key: str) -> np.ndarray:
+def per_image(res: dict[str, Any], role: str, metric: str, key: str) -> np.ndarray:
+    """One IoU metric per image of a results.json role ("model" / "baseline"), image g*K + k."""
     return np.array([r[metric] for r in res["metrics"]["iou"][role][key]["per_image"]], dtype=np.float64)
 
 
@@ -42,7 +43,7 @@ def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str
         per_seed, deltas = [], {m: [] for m, _ in METRICS}
         for d, job in zip(dirs, jobs):
             res = json.loads((d / "eval" / method / "results.json").read_text())
-            base = {m: _per_image(res, "baseline", m, key) for m, _ in METRICS}
+            base = {m: per_image(res, "baseline", m, key) for m, _ in METRICS}
             if base0 is None:
                 base0 = base
             elif any(not np.array_equal(base[m], base0[m], equal_nan=True) for m in base):
@@ -50,7 +51,7 @@ def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str
                                  "graphs and seeds (rerun them with one budget)")
             k = _n_seeds(res)
             for m, _ in METRICS:
-                diff = _per_image(res, "model", m, key) - base[m]
+                diff = per_image(res, "model", m, key) - base[m]
                 deltas[m].append(np.nanmean(diff.reshape(-1, k), axis=1))  # one value per graph
             summary = json.loads((d / "train" / method / "summary.json").read_text())
             fid = res["metrics"]["fid"]

@@ -34,6 +34,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..config import apply_overrides
+from .seeds import per_image
 from .specs import (TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
                     trainer_method)
 
@@ -158,8 +159,7 @@ def paired_delta(results: dict[str, Any], base: dict[str, Any], key: str, n_seed
     cell says whether its own change is resolved."""
     from ..evaluation.stats import paired_bootstrap_ci
 
-    per = [np.array([r[metric] for r in res["metrics"]["iou"]["model"][key]["per_image"]], dtype=np.float64)
-           for res in (results, base)]
+    per = [per_image(res, "model", metric, key) for res in (results, base)]
     keep = ~(np.isnan(per[0]) | np.isnan(per[1]))
     groups = [i // n_seeds for i in range(per[0].size)]
     ci = paired_bootstrap_ci(per[0][keep], per[1][keep], n_resamples=n_resamples, seed=seed,
