@@ -80,9 +80,22 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
     """Validate ``base`` <- YAML file <- ``updates`` <- overrides into ``cls``; errors name every bad key and its
     source. ``updates``: nested dicts of typed values (a caller's settings, e.g. a job's budget), merged in order."""
     overrides = list(overrides)
+    updates = list(updates)
     data = copy.deepcopy(base or {})
     if path is not None:
         data = _deep_merge(data, read_yaml(path))
+    layer = getattr(cls, "settings_layer", None)
+    if layer is not None:
+        # a layer the merged values select (TrainConfig: the chosen method's tuned settings); it goes above the
+        # file and under the caller's updates and overrides, so an explicit value always wins
+        merged = data
+        for u in updates:
+            merged = _deep_merge(merged, copy.deepcopy(u))
+        try:
+            extra = layer(apply_overrides(merged, overrides))
+        except ValueError as exc:
+            raise ConfigError(f"invalid {cls.__name__} config: {exc}") from None
+        data = _deep_merge(data, extra)
     for u in updates:
         data = _deep_merge(data, copy.deepcopy(u))
     data = apply_overrides(data, overrides)

@@ -90,3 +90,27 @@ def test_world_default_with_explicit_synthetic_data_labels_fallbacks(tmp_path, m
     assert {"loss", "implicit_acc", "reward_margin", "fwd/grad", "fwd/no_grad", "pairs_per_s", "peak_mem_gb",
             "grad_norm", "lr"} <= set(logs[0])
     assert logs[0]["fwd/grad"] == 2 and logs[0]["fwd/no_grad"] == 2  # Diffusion-DPO: policy 2F (grad) + ref 2F
+
+
+def test_method_settings_apply_to_their_method_only_and_yield_to_set():
+    base = {"optimizer": {"lr": 1e-5}, "trainer": {"max_steps": 150},
+            "method": {"name": "sft", "settings": {"sft": {"optimizer": {"lr": 5e-6}, "trainer": {"max_steps": 7}}}}}
+    cfg = load_config(TrainConfig, None, [], base=base)
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (5e-6, 7)
+    cfg = load_config(TrainConfig, None, ["optimizer.lr=3e-6"], base=base)  # --set wins, the rest still applies
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (3e-6, 7)
+    cfg = load_config(TrainConfig, None, [], base=base, updates=[{"trainer": {"max_steps": 2}}])  # a caller's value
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (5e-6, 2)
+    cfg = load_config(TrainConfig, None, ["method.name=inpo"], base=base)  # another method: the file's values
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (1e-5, 150)
+    _, cli = parse(["--task", "compositional", "--method", "sft"])  # the shipped world YAML's tuned SFT lr
+    assert cli.optimizer.lr == 5e-6
+
+
+@pytest.mark.parametrize("settings, key", [({"sft": {"data": {"batch_size": 2}}}, "optimizer / trainer only"),
+                                           ({"dpo": {"optimizer": {"lr": 1e-5}}}, "unknown method 'dpo'"),
+                                           ({"sft": {"optimizer": {"lr": -1}}}, "optimizer.lr")])
+def test_bad_method_settings_are_named(settings, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, [], base={"method": {"name": "sft", "settings": settings}})
+    assert key in str(e.value)

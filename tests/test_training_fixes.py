@@ -27,11 +27,13 @@ def world_config(assets, out, method_id, extra=()):
                                    "logging.tensorboard='off'", *extra))
 
 
-@pytest.mark.parametrize("method_id", ["inversion-dpo-faithful", "smpo"])
+@pytest.mark.parametrize("method_id", ["inversion-dpo-faithful", "smpo", "sft"])
 @pytest.mark.parametrize("task", ["compositional", "t2i"])
-def test_world_job_command_line_is_its_config(tmp_path, method_id, task):
-    """job_command.txt (the train.py arguments the job writes for provenance) parses to the config it trains."""
-    b = resolve_budget("micro")
+@pytest.mark.parametrize("budget", ["micro", "demo"])
+def test_world_job_command_line_is_its_config(tmp_path, method_id, task, budget):
+    """job_command.txt (the train.py arguments the job writes for provenance) parses to the config it trains
+    (demo: each method's tuned lr and steps from the task YAML's method.settings)."""
+    b = resolve_budget(budget)
     args = (method_id, tmp_path / "run", tmp_path / "base", tmp_path / "pairs", b, 0, task)
     assert parse(train_overrides(*args))[1] == train_config(*args)
     resumed = parse([*train_overrides(*args), "--resume", "latest"])[1]
@@ -129,3 +131,21 @@ def test_weight_drift_is_relative_distance_over_trainable_tensors():
     policy[1].weight.requires_grad_(False)  # frozen tensors are not counted: |Δ| = 5 over |θ_ref[0]| = 3
     assert weight_drift(policy, ref) == pytest.approx(5 / 3)
     assert math.isnan(weight_drift(policy, policy))  # LoRA: the reference is the policy itself
+
+
+def test_demo_budget_trains_each_method_with_its_tuned_settings(tmp_path):
+    """The demo budget leaves lr and steps to the task YAML: SFT's validated lr (5e-6) and t2i SmPO's early stop (50
+    steps) reach the job's config; an explicit budget (micro) overrides every method alike."""
+    import yaml
+
+    from sgalign.jobs.specs import TASK_CONFIGS
+
+    args = (tmp_path / "run", tmp_path / "base", tmp_path / "pairs")
+    for task, method, key in [("compositional", "sft", ("optimizer", "lr")), ("t2i", "smpo", ("trainer", "max_steps"))]:
+        tuned = yaml.safe_load(TASK_CONFIGS[task][0].read_text())["method"]["settings"][method][key[0]][key[1]]
+        cfg = train_config(method, *args, resolve_budget("demo"), 0, task)
+        assert getattr(getattr(cfg, key[0]), key[1]) == tuned
+        micro = train_config(method, *args, resolve_budget("micro"), 0, task)
+        assert (micro.optimizer.lr, micro.trainer.max_steps) == (1e-5, 2)
+    assert train_config("sft", *args, resolve_budget("demo"), 0).optimizer.lr == 5e-6
+    assert train_config("diffusion-dpo", *args, resolve_budget("demo"), 0).optimizer.lr == 1e-5

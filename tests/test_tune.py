@@ -76,6 +76,10 @@ def test_two_cell_grid_end_to_end(tmp_path):
         write_tuned_config(cfg, "diffusion-dpo", {**rec["cells"][0], "beta": 1000.0}, out / "grid.json")
     new = yaml.safe_load(cfg.read_text())
     assert new["method"]["options"]["diffusion-dpo"] == {"beta": 1000.0}
+    cell = rec["chosen"] or rec["cells"][0]
+    assert new["method"]["settings"]["diffusion-dpo"] == {"optimizer": {"lr": cell["lr"]},
+                                                          "trainer": {"max_steps": cell["step"]}}
+    assert new["method"]["settings"]["sft"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["settings"]["sft"]
     assert new["method"]["options"]["smpo"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["options"]["smpo"]
     assert "tuned on validation" in cfg.read_text()
     with pytest.raises(ValueError, match="another method/budget/seed"):

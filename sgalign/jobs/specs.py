@@ -68,9 +68,9 @@ class JobBudget:
     annotations: int  # world train-split graphs for build_pairs (t2i: rows of the world Pick-a-Pic file)
     k: int  # candidates per graph (t2i: not used; 2 images per caption)
     gen_steps: int  # DDIM steps of the candidate generation
-    train_steps: int  # optimizer steps per method
+    train_steps: int | None  # optimizer steps per method; None: each method's from the task config (tuned)
     batch_size: int  # pairs per step
-    lr: float  # per pair (scale_lr: x batch)
+    lr: float | None  # per pair (scale_lr: x batch); None: each method's from the task config (tuned)
     warmup_steps: int
     eval_graphs: int  # world test-split graphs
     eval_seeds: list[int]
@@ -101,9 +101,9 @@ BUDGETS: dict[str, JobBudget] = {
     "micro": JobBudget("micro", annotations=2, k=2, gen_steps=2, train_steps=2, batch_size=1, lr=1e-5,
                        warmup_steps=0, eval_graphs=2, eval_seeds=[0], eval_steps=2, n_resamples=50,
                        fid_resamples=10, grid_graphs=1),
-    # demo: lr 1e-5 with beta 5000 and 150 steps chosen for Diffusion-DPO on validation graphs (docs/RESULTS.md,
-    # "Validation grids"); one lr is shared by the demo's methods
-    "demo": JobBudget("demo", annotations=96, k=4, gen_steps=15, train_steps=150, batch_size=4, lr=1e-5,
+    # demo: each method's lr and steps as chosen on validation graphs (the task config's optimizer / trainer values
+    # and method.settings; docs/RESULTS.md, "Validation grids")
+    "demo": JobBudget("demo", annotations=96, k=4, gen_steps=15, train_steps=None, batch_size=4, lr=None,
                       warmup_steps=10, eval_graphs=64, eval_seeds=[0, 1], eval_steps=20),
     # table: ~1 pass over the 1536 same-graph pairs of 256 graphs x 4; lr 1e-5 per pair (5e-5 blew Diffusion-DPO up
     # in a demo-budget probe: FID 55 -> 106); 128 test graphs x 3 seeds so paired intervals resolve ~0.01 effects
@@ -139,14 +139,30 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def train_updates(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int) -> dict[str, Any]:
-    """The world job's values over the task's training YAML: the same budget and seed for every method."""
+def method_training(method_id: str, b: JobBudget, task: str = "compositional") -> tuple[float, int]:
+    """(lr per pair, optimizer steps) a job method trains with: the budget's, else the task config's for that method
+    (its ``method.settings``, chosen on validation, over the file's optimizer / trainer values)."""
+    if b.lr is not None and b.train_steps is not None:
+        return b.lr, b.train_steps
+    from ..config import load_config
+    from ..training.config import TrainConfig
+
+    cfg = load_config(TrainConfig, TASK_CONFIGS[task][0], [f"method.name={trainer_method(method_id)}"])
+    return (b.lr if b.lr is not None else cfg.optimizer.lr,
+            b.train_steps if b.train_steps is not None else cfg.trainer.max_steps)
+
+
+def train_updates(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobBudget, seed: int,
+                  task: str = "compositional") -> dict[str, Any]:
+    """The world job's values over the task's training YAML: the same budget and seed for every method (lr and
+    steps: the budget's, else each method's own from the YAML, written out so the command line shows them)."""
     options = METHOD_SPECS[split_method_id(method_id)[0]][1]
+    lr, steps = method_training(method_id, b, task)
     return {"model": {"path": str(base)},
             "data": {"path": str(pairs), "batch_size": b.batch_size},
-            "trainer": {"output_dir": str(run_dir), "max_steps": b.train_steps, "seed": seed},
-            "optimizer": {"lr": b.lr, "warmup_steps": b.warmup_steps},
-            "checkpointing": {"every": max(1, b.train_steps // 2), "keep": 1},
+            "trainer": {"output_dir": str(run_dir), "max_steps": steps, "seed": seed},
+            "optimizer": {"lr": lr, "warmup_steps": b.warmup_steps},
+            "checkpointing": {"every": max(1, steps // 2), "keep": 1},
             "logging": {"tqdm": False},
             **({"method": {"options": options}} if options else {})}
 
@@ -159,7 +175,7 @@ def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobB
     from ..config import load_config
     from ..training.config import TrainConfig
 
-    updates = train_updates(method_id, run_dir, base, pairs, b, seed)
+    updates = train_updates(method_id, run_dir, base, pairs, b, seed, task)
     top: dict[str, Any] = {"task": task, "method": {"name": trainer_method(method_id)}}
     if resume is not None:
         top["checkpointing"] = {"resume": resume}
@@ -171,7 +187,7 @@ def train_overrides(method_id: str, run_dir: Path, base: Path, pairs: Path, b: J
                     task: str = "compositional") -> list[str]:
     """The ``scripts/train.py`` arguments equivalent to ``train_config`` (provenance: ``job_command.txt``)."""
     name = trainer_method(method_id)
-    sets = _flatten(train_updates(method_id, run_dir, base, pairs, b, seed))
+    sets = _flatten(train_updates(method_id, run_dir, base, pairs, b, seed, task))
     return ["--task", task, "--method", name, "--config", str(TASK_CONFIGS[task][0]),
             *[a for s in sets for a in ("--set", s)]]
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..config import apply_overrides
 from .seeds import per_image
-from .specs import (TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, resolve_budget, split_method_id, train_config,
-                    trainer_method)
+from .specs import (TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, method_training, resolve_budget,
+                    split_method_id, train_config, trainer_method)
 
 KEY = "phrase/normalized"  # the strict "colour size shape" SG-IoU: the issue's headline
 FID_GUARD = 1.10
@@ -199,8 +199,9 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(b.torch_threads)
-    steps = sorted(set(grid.steps or [b.train_steps]))
-    lrs = grid.lrs or [b.lr]
+    default_lr, default_steps = method_training(grid.method, b, grid.task)
+    steps = sorted(set(grid.steps or [default_steps]))
+    lrs = grid.lrs or [default_lr]
     betas: list[float | None] = list(grid.betas) or [None]
     every = math.gcd(*steps)
     name = trainer_method(grid.method)
@@ -333,22 +334,45 @@ def grid_markdown_t2i(record: dict[str, Any]) -> str:
 
 
 def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid_json: Path) -> None:
-    """Rewrite the ``method.options.<method>: {...}`` line of the world YAML with the chosen β / options (other
-    lines and comments kept); the chosen lr and steps go into that line's comment (they are shared keys)."""
+    """Rewrite the one-line ``method.options.<method>: {...}`` entry of the world YAML with the chosen β / options,
+    and the ``method.settings.<method>: {...}`` entry with the chosen lr and steps (other lines and comments kept)."""
     import yaml
 
     path = Path(path)
     text = path.read_text()
-    pat = re.compile(rf"^(?P<indent>\s+){re.escape(method)}:\s*(?P<map>\{{[^}}]*\}})(?P<rest>.*)$", re.M)
-    m = pat.search(text)
-    if m is None:
-        raise ValueError(f"{path}: no one-line 'method.options.{method}: {{...}}' entry to write the choice into")
+
+    def entry(start: int, where: str) -> re.Match:
+        pat = re.compile(rf"^(?P<indent>\s+){re.escape(method)}:\s*(?P<map>\{{.*\}})(?P<rest>[^{{}}]*)$", re.M)
+        m = pat.search(text, start)
+        if m is None:
+            raise ValueError(f"{path}: no one-line '{where}.{method}: {{...}}' entry to write the choice into")
+        return m
+
+    def scalar(v: Any) -> str:
+        text = json.dumps(v)
+        if isinstance(v, float) and "e" in text and "." not in text.split("e")[0]:
+            m, e = text.split("e")
+            text = f"{m}.0e{e}"  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
+        return text
+
+    def flow(d: dict[str, Any]) -> str:
+        return "{" + ", ".join(f"{k}: {flow(v) if isinstance(v, dict) else scalar(v)}" for k, v in d.items()) + "}"
+
+    m = entry(0, "method.options")
     values = yaml.safe_load(m["map"]) or {}
     values.update(cell["options"])
     if cell["beta"] is not None:
         values["beta"] = cell["beta"]
-    flow = "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in values.items()) + "}"
     comment = m["rest"].split("# tuned on validation")[0].rstrip()  # the line's own comment stays; an old note goes
-    note = f"   # tuned on validation ({grid_json}): lr {cell['lr']:g}, steps {cell['step']}"
-    text = text[:m.start()] + f"{m['indent']}{method}: {flow}{comment}{note}" + text[m.end():]
+    note = f"   # tuned on validation ({grid_json})"
+    text = text[:m.start()] + f"{m['indent']}{method}: {flow(values)}{comment}{note}" + text[m.end():]
+    block = re.search(r"^  settings:", text, re.M)
+    if block is None:
+        raise ValueError(f"{path}: no 'method.settings:' block to write the chosen lr and steps into")
+    m = entry(block.end(), "method.settings")
+    settings = yaml.safe_load(m["map"]) or {}
+    settings.setdefault("optimizer", {})["lr"] = cell["lr"]
+    settings.setdefault("trainer", {})["max_steps"] = cell["step"]
+    comment = m["rest"].split("# tuned on validation")[0].rstrip()
+    text = text[:m.start()] + f"{m['indent']}{method}: {flow(settings)}{comment}{note}" + text[m.end():]
     path.write_text(text)

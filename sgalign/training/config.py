@@ -73,10 +73,16 @@ class DataConfig(ConfigModel):
         return self
 
 
+SETTINGS_SECTIONS = ("optimizer", "trainer")  # what a method's tuned settings may set (method.settings)
+
+
 class MethodSection(ConfigModel):
     name: str = "diffusion-dpo"
     # per method name: {option: value}; every entry is validated by that method's config class
     options: dict[str, dict[str, Any]] = {}
+    # per method name: optimizer / trainer values chosen for that method (e.g. on validation graphs), used when it is
+    # the method trained; any --set or caller value of the same key wins (``TrainConfig.settings_layer``)
+    settings: dict[str, dict[str, dict[str, Any]]] = {}
 
     @field_validator("name")
     @classmethod
@@ -91,6 +97,19 @@ class MethodSection(ConfigModel):
     def _valid_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, opts in v.items():
             method_options(name, opts)
+        return v
+
+    @field_validator("settings")
+    @classmethod
+    def _valid_settings(cls, v: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        from ..methods import available_methods
+        for name, sections in v.items():
+            if name not in available_methods():
+                raise ValueError(f"settings given for unknown method {name!r}; available: "
+                                 f"{', '.join(available_methods())}")
+            bad = sorted(set(sections) - set(SETTINGS_SECTIONS))
+            if bad:
+                raise ValueError(f"{name}: settings may set {' / '.join(SETTINGS_SECTIONS)} only, not {', '.join(bad)}")
         return v
 
     def chosen(self) -> dict[str, Any]:
@@ -162,6 +181,17 @@ class TrainConfig(ConfigModel):
     trainer: TrainerConfig = TrainerConfig()
     checkpointing: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_layer(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The tuned ``method.settings`` of the method ``data`` trains, as a layer for ``load_config`` (above the
+        file, under updates and overrides). The sections are checked again by validation of the result."""
+        method = data.get("method") or {}
+        name = method.get("name", MethodSection.model_fields["name"].default)
+        chosen = (method.get("settings") or {}).get(name) or {}
+        if not isinstance(chosen, dict):
+            raise ValueError(f"method.settings.{name}: expected a mapping of sections, got {chosen!r}")
+        return {k: v for k, v in chosen.items() if k in SETTINGS_SECTIONS}
 
     @model_validator(mode="after")
     def _trainable(self) -> "TrainConfig":
