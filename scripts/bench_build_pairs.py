@@ -2,6 +2,7 @@
 
     python scripts/bench_build_pairs.py [--model FOLDER] [--n 8] [--batch 4] [--steps 25] [--repeats 3] [--only MODE]
     python scripts/bench_build_pairs.py --check-world [--n 200] [--out runs/bench_build_pairs_world]
+    python scripts/bench_build_pairs.py --check-world --pairs runs/world-demo/pairs     # a dataset already built
 
 Throughput (benchmark, not a test): the first ``--n`` world train annotations, K = 4 candidates each, DDIM
 ``--steps`` steps, guidance 3.0, world reward, one torch thread; the same candidates built twice per repeat, the two
@@ -19,7 +20,9 @@ World check (``--check-world``, needs the world SD1.5-SG): ``build_pairs --sourc
 world oracle (``GraphParserExtractor``, phrase granularity) and scored with SG-IoU against its graph
 (``sgalign.evaluation.sg_iou_scores``, normalized mode; label granularity reported too). Reports Spearman rho
 between combined reward and SG-IoU over all candidates, the within-annotation rho (both centred per annotation),
-and the share of same-annotation candidate pairs with different SG-IoU whose reward orders them the same way.
+and the share of same-annotation candidate pairs with different SG-IoU whose reward orders them the same way, and
+the mean SG-IoU of each graph's best and worst candidate by reward beside all candidates and the oracle's best of K
+(what selecting by the reward is worth). ``--pairs DIR`` scores an existing candidates dataset instead of building.
 """
 from __future__ import annotations
 
@@ -146,15 +149,10 @@ def same_outputs(rows_a: list[dict], rows_b: list[dict]) -> dict:
 
 
 def check_world(args) -> dict:
-    from scipy.stats import spearmanr
-
-    from data_builders.laion_sg import load_candidates
     from data_builders.shapes import plan_world
-    from sgalign.evaluation import GraphParserExtractor, sg_iou_scores
-    from sgalign.scene_graph import LaionSGRecord, SceneGraph
-    from sgalign.training.data import decode_image
-    from sgalign.world import WorldOracle
 
+    if args.pairs:  # score a dataset already built (e.g. a world job's pairs/) instead of building one
+        return score_candidates(args, Path(args.pairs), None, None)
     if not args.model and not (WORLD_MODEL / "model_index.json").is_file():
         raise SystemExit("--check-world needs the world SD1.5-SG (sgalign/world/weights/world-sd15-sg/); not built "
                          "yet (or pass --model)")
@@ -165,7 +163,20 @@ def check_world(args) -> dict:
     t0 = time.perf_counter()
     summary = build_candidates(plan_world(cfg.world), cfg, args.out, rank=0, world_size=1)
     build_s = time.perf_counter() - t0
-    ds = load_candidates(args.out)
+    return score_candidates(args, Path(args.out), summary, build_s)
+
+
+def score_candidates(args, folder: Path, summary: dict | None, build_s: float | None) -> dict:
+    """Reward vs the oracle's phrase SG-IoU of every candidate of a candidates dataset (``--check-world``)."""
+    from scipy.stats import spearmanr
+
+    from data_builders.laion_sg import load_candidates
+    from sgalign.evaluation import GraphParserExtractor, sg_iou_scores
+    from sgalign.scene_graph import LaionSGRecord, SceneGraph
+    from sgalign.training.data import decode_image
+    from sgalign.world import WorldOracle
+
+    ds = load_candidates(folder)
     oracle = WorldOracle()
     ex = GraphParserExtractor(oracle, granularity="phrase")
     ex_label = GraphParserExtractor(oracle, granularity="label")
@@ -193,8 +204,17 @@ def check_world(args) -> dict:
                 if d != 0:
                     tot += 1
                     agree += np.sign(d) == np.sign(rw[idx[a]] - rw[idx[b_]])
-    folder = Path(args.model) if args.model else WORLD_MODEL
-    return {"model_folder": folder.name, "model_state": model_state(folder),
+    # what selecting by the reward is worth: the SG-IoU of each graph's best / worst candidate by reward, against
+    # all candidates and the oracle's own best of K (the headroom a method trained on these pairs could reach)
+    by = [np.flatnonzero(gr == g) for g in np.unique(gr)]
+    selection = {"all": float(io_.mean()),
+                 "best_by_reward": float(np.mean([io_[i[np.argmax(rw[i])]] for i in by])),
+                 "worst_by_reward": float(np.mean([io_[i[np.argmin(rw[i])]] for i in by])),
+                 "oracle_best_of_k": float(np.mean([io_[i].max() for i in by]))}
+    model = Path(args.model) if args.model else (None if args.pairs else WORLD_MODEL)
+    return {"pairs": str(folder) if args.pairs else None,
+            "model_folder": model.name if model else None, "model_state": model_state(model) if model else None,
+            "phrase_sg_iou_by_selection": selection,
             "annotations": len(ds), "candidates": len(rw), "spearman_rho": float(rho),
             "spearman_rho_within_annotation": float(rho_within), "pairs_with_different_sg_iou": tot,
             "pair_agreement": float(agree / tot) if tot else None, "mean_sg_iou": float(io_.mean()),
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=("batched", "one-at-a-time"), default=None,
                     help="throughput: run one mode only (to time the two as whole processes)")
     ap.add_argument("--check-world", action="store_true")
+    ap.add_argument("--pairs", default=None, help="--check-world: score this candidates dataset (e.g. a world job's "
+                    "pairs/) instead of building one")
     ap.add_argument("--out", default="runs/bench_build_pairs_world")
     args = ap.parse_args(argv)
     args.n = args.n or (200 if args.check_world else 8)

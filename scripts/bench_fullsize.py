@@ -241,6 +241,9 @@ def main() -> None:
     ap.add_argument("--inv-steps", type=int, default=None, help="override the profile's Inversion-DPO N")
     ap.add_argument("--inv-sweep", default="", help="extra Inversion-DPO cases at these N (first arch with 'xl' "
                     "if any, compositional), e.g. 10,40,80")
+    ap.add_argument("--frozen-dtype", choices=["fp32", "bf16"], default=None,
+                    help="override the profile's dtype of the frozen VAE / text encoders (fp32 on a CPU without "
+                         "native bf16: emulated bf16 is slower than fp32 there)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-rss-gb", type=float, default=14.0)
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
@@ -277,15 +280,16 @@ def main() -> None:
         p = profile(device, arch)
         if a.tiny:
             p.update(resolution=16, inv_steps=2)
-        p.update({k: v for k, v in (("resolution", a.resolution), ("inv_steps", a.inv_steps)) if v})
-        for task in a.tasks.split(","):
-            for m in a.methods.split(","):
+        p.update({k: v for k, v in (("resolution", a.resolution), ("inv_steps", a.inv_steps),
+                                    ("frozen_dtype", a.frozen_dtype)) if v})
+        for task in [x for x in a.tasks.split(",") if x]:
+            for m in [x for x in a.methods.split(",") if x]:  # --methods "": only the --inv-sweep cases
                 cases.append({**p, "arch": arch, "task": task, "method": m})
     sweep = [int(n) for n in a.inv_sweep.split(",") if n]
     if sweep:
         arch = next((x for x in archs if "xl" in x), archs[0])
         p = profile(device, arch) if not a.tiny else {**profile(device, arch), "resolution": 16}
-        p.update({k: v for k, v in (("resolution", a.resolution),) if v})
+        p.update({k: v for k, v in (("resolution", a.resolution), ("frozen_dtype", a.frozen_dtype)) if v})
         cases += [{**p, "arch": arch, "task": "compositional", "method": "inversion-dpo", "inv_steps": n,
                    "sweep": True} for n in sweep]
     peak_tflops = a.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in info["device"]), None)
