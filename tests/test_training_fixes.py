@@ -149,3 +149,11 @@ def test_demo_budget_trains_each_method_with_its_tuned_settings(tmp_path):
         assert (micro.optimizer.lr, micro.trainer.max_steps) == (1e-5, 2)
     assert train_config("sft", *args, resolve_budget("demo"), 0).optimizer.lr == 5e-6
     assert train_config("diffusion-dpo", *args, resolve_budget("demo"), 0).optimizer.lr == 1e-5
+
+
+def test_budget_lr_from_the_command_line_is_a_number():
+    """``--budget-set lr=1e-5`` arrives as the string '1e-5' (YAML 1.1); the budget holds the float, so a resumed
+    job or tuning folder compares equal to the one that started it."""
+    assert resolve_budget("demo", lr="1e-5") == resolve_budget("demo", lr=1e-5)
+    with pytest.raises(ValueError, match="budget lr 'fast'"):
+        resolve_budget("demo", lr="fast")

@@ -88,6 +88,11 @@ class JobBudget:
     def __post_init__(self) -> None:
         from ..world import parse_holdout
 
+        if isinstance(self.lr, str):  # YAML 1.1 reads --budget-set lr=1e-5 as a string
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise ValueError(f"budget lr {self.lr!r}: expected a number, e.g. 1e-5") from None
         if self.eval_split not in get_args(EvalSplit):
             raise ValueError(f"budget eval_split {self.eval_split!r}: choose one of {', '.join(get_args(EvalSplit))}")
         if isinstance(self.holdout, str):  # "red:circle" alone would be read letter by letter
