@@ -15,8 +15,10 @@ Profiles::
 
     --device cpu   256 px, fp32; SD1.5-SG full fine-tuning (Adafactor: AdamW's two fp32 moments on 860 M parameters
                    do not fit beside policy + reference + gradients); SDXL-SG LoRA (rank 16) with gradient
-                   checkpointing and the frozen VAE / text encoders in bf16 (full fine-tuning of 2.6 B parameters does
-                   not fit 24 GiB); Inversion-DPO at N = 2 (its ~24N UNet-forward equivalents per pair take hours at N = 80 here)
+                   checkpointing and the frozen VAE / text encoders in fp32 (~16 GiB; full fine-tuning of 2.6 B
+                   parameters does not fit 24 GiB; bf16 is emulated and slower on CPUs without native bf16, so
+                   ``--frozen-dtype bf16`` only where the CPU has it); Inversion-DPO at N = 2 (its ~24N UNet-forward
+                   equivalents per pair take hours at N = 80 here)
     --device cuda  bf16; SD1.5-SG at 512 px, SDXL-SG at 1024 px, both full fine-tuning, Inversion-DPO N = 80
 
     python scripts/bench_fullsize.py --count-only                  # parameter counts + FLOPs per forward (seconds)
@@ -50,7 +52,7 @@ def profile(device: str, arch: str) -> dict:
         xl = arch.startswith("sdxl")
         return {"resolution": 256, "mixed_precision": "no", "inv_steps": 2, "optimizer": "adafactor",
                 "train_unet": "lora" if xl else "full", "gradient_checkpointing": True,
-                "frozen_dtype": "bf16" if xl else "fp32"}
+                "frozen_dtype": "fp32"}  # bf16 is emulated (slower than fp32) on CPUs without native bf16
     return {"resolution": 1024 if arch.startswith("sdxl") else 512, "mixed_precision": "bf16", "inv_steps": 80,
             "optimizer": "adafactor", "train_unet": "full", "gradient_checkpointing": True, "frozen_dtype": "bf16"}
 
@@ -245,7 +247,7 @@ def main() -> None:
                     help="override the profile's dtype of the frozen VAE / text encoders (fp32 on a CPU without "
                          "native bf16: emulated bf16 is slower than fp32 there)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-rss-gb", type=float, default=14.0)
+    ap.add_argument("--max-rss-gb", type=float, default=19.0, help="stop a case whose process passes this RSS (CPU)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by GPU name)")
     ap.add_argument("--count-only", action="store_true", help="parameter counts and FLOPs only (meta device)")
