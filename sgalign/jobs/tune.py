@@ -349,11 +349,11 @@ def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid
         return m
 
     def scalar(v: Any) -> str:
-        text = json.dumps(v)
-        if isinstance(v, float) and "e" in text and "." not in text.split("e")[0]:
-            m, e = text.split("e")
-            text = f"{m}.0e{e}"  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
-        return text
+        out = json.dumps(v)
+        if isinstance(v, float) and "e" in out and "." not in out.split("e")[0]:
+            mantissa, exponent = out.split("e")
+            out = f"{mantissa}.0e{exponent}"  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
+        return out
 
     def flow(d: dict[str, Any]) -> str:
         return "{" + ", ".join(f"{k}: {flow(v) if isinstance(v, dict) else scalar(v)}" for k, v in d.items()) + "}"
