@@ -172,25 +172,24 @@ def score_candidates(args, folder: Path, summary: dict | None, build_s: float | 
 
     from data_builders.laion_sg import load_candidates
     from sgalign.evaluation import GraphParserExtractor, sg_iou_scores
+    from sgalign.evaluation.extraction import ParsedImages
     from sgalign.scene_graph import LaionSGRecord, SceneGraph
     from sgalign.training.data import decode_image
     from sgalign.world import WorldOracle
 
-    ds = load_candidates(folder)
-    oracle = WorldOracle()
-    ex = GraphParserExtractor(oracle, granularity="phrase")
-    ex_label = GraphParserExtractor(oracle, granularity="label")
-    rewards, ious, ent, ious_label, groups = [], [], [], [], []
-    for i, row in enumerate(ds):
+    images, gts, rewards, groups = [], [], [], []
+    for i, row in enumerate(load_candidates(folder)):
         gt = SceneGraph.from_record(LaionSGRecord.model_validate_json(row["annotation"]))
         for png, r in zip(row["candidates"], row["reward"]):
-            im = decode_image(png)
-            sc = sg_iou_scores(gt, ex.extract(im, gt), granularity="phrase")
-            ious.append(sc.sg_iou)
-            ent.append(sc.entity_iou)
-            ious_label.append(sg_iou_scores(gt, ex_label.extract(im, gt), granularity="label").sg_iou)
+            images.append(decode_image(png))
+            gts.append(gt)
             rewards.append(r)
             groups.append(i)
+    parsed = ParsedImages(WorldOracle(), np.stack(images))  # one oracle pass, read at both granularities
+    by_phrase, by_label = (GraphParserExtractor(parsed, granularity=g) for g in ("phrase", "label"))
+    phrase = [sg_iou_scores(g, by_phrase.extract(k, g), granularity="phrase") for k, g in enumerate(gts)]
+    ious, ent = [sc.sg_iou for sc in phrase], [sc.entity_iou for sc in phrase]
+    ious_label = [sg_iou_scores(g, by_label.extract(k, g), granularity="label").sg_iou for k, g in enumerate(gts)]
     rw, io_, gr = map(np.asarray, (rewards, ious, groups))
     rho = spearmanr(rw, io_).statistic
     cen = lambda x: x - np.array([x[gr == g].mean() for g in gr])  # noqa: E731
@@ -215,7 +214,7 @@ def score_candidates(args, folder: Path, summary: dict | None, build_s: float | 
     return {"pairs": str(folder) if args.pairs else None,
             "model_folder": model.name if model else None, "model_state": model_state(model) if model else None,
             "phrase_sg_iou_by_selection": selection,
-            "annotations": len(ds), "candidates": len(rw), "spearman_rho": float(rho),
+            "annotations": int(gr.max()) + 1, "candidates": len(rw), "spearman_rho": float(rho),
             "spearman_rho_within_annotation": float(rho_within), "pairs_with_different_sg_iou": tot,
             "pair_agreement": float(agree / tot) if tot else None, "mean_sg_iou": float(io_.mean()),
             "entity_iou": {"spearman_rho": float(spearmanr(rw, ent).statistic), "mean": float(np.mean(ent))},
