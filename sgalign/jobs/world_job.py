@@ -51,7 +51,7 @@ from typing import Any, Sequence
 
 from .specs import (ALL_METHODS, BUDGETS, DEMO_METHODS, METHOD_SPECS, PAIRS_VARIANTS,  # noqa: F401 (API)
                     T2I_GUIDANCE, TASKS, JobBudget, eval_protocol, pairs_command, pairs_config, resolve_budget,
-                    method_training, split_method_id, train_config, train_overrides)
+                    split_method_id, train_config, train_overrides)
 from .tables import write_table, write_table_t2i
 
 
@@ -183,9 +183,10 @@ def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget
         _log(f"[train {method_id}] resuming {run} from its last checkpoint")
     elif run.exists():
         shutil.rmtree(run)  # started but nothing saved: start clean (metrics.jsonl would double up)
-    lr, steps = method_training(method_id, b, task)
-    _log(f"[train {method_id}] {steps} steps x {b.batch_size} pairs, lr {lr:g} per pair, seed {seed} ...")
-    res = train(train_config(method_id, run, base, pairs, b, seed, task, resume=resume))
+    cfg = train_config(method_id, run, base, pairs, b, seed, task, resume=resume)
+    _log(f"[train {method_id}] {cfg.trainer.max_steps} steps x {b.batch_size} pairs, lr {cfg.optimizer.lr:g} per "
+         f"pair, seed {seed} ...")
+    res = train(cfg)
     (run / "job_command.txt").write_text("python scripts/train.py " + " ".join(argv) + "\n")
     _log(f"[train {method_id}] {res.step} steps in {res.summary['seconds']:.0f} s, "
          f"{res.summary['unet_forwards_per_pair']:.1f} UNet fwd/pair -> {run / 'final'}")
