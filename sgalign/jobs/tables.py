@@ -142,6 +142,7 @@ def _write_files(out: Path, title: str, intro: str, notes: list[str], fallbacks:
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """results_table.md / .json and index.html; ``sections``: (heading, table header, table rows)."""
     from ..evaluation.report import Document
+    from ..hashing import write_text_atomic
 
     doc = Document()
     doc.h(1, title)
@@ -152,12 +153,12 @@ def _write_files(out: Path, title: str, intro: str, notes: list[str], fallbacks:
     for n in notes:
         doc.p(n)
     md = out / "results_table.md"
-    md.write_text(doc.markdown(out), encoding="utf-8")
+    write_text_atomic(md, doc.markdown(out))
     js = out / "results_table.json"
-    js.write_text(json.dumps({"tables": tables, "job": job, "missing": missing, "fallbacks": fallbacks,
-                              **(extra or {})}, indent=2) + "\n")
+    write_text_atomic(js, json.dumps({"tables": tables, "job": job, "missing": missing, "fallbacks": fallbacks,
+                                      **(extra or {})}, indent=2) + "\n")
     idx = out / "index.html"
-    idx.write_text(doc.html(f"World results ({job['budget']['name']})"), encoding="utf-8")
+    write_text_atomic(idx, doc.html(f"World results ({job['budget']['name']})"))
     return {"markdown": md, "json": js, "html": idx}
 
 
