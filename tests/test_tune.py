@@ -136,3 +136,74 @@ def test_t2i_grid_end_to_end_scores_win_rates_against_the_base(tmp_path):
     resolved = yaml.safe_load((out / "train" / "beta1000-lr1e-05" / "resolved_config.yaml").read_text())
     assert resolved["task"] == "t2i" and rec["task"] == "t2i" and rec["chosen"] is not None
     assert "win-rate world_clip" in (out / "grid.md").read_text()
+
+
+def _draw_res(sg, key="phrase/normalized"):
+    return {"metrics": {"iou": {"model": {key: {"per_image": [
+        {"sg_iou": v, "entity_iou": v / 2, "relation_iou": v} for v in sg]}}}}}
+
+
+def test_tune_over_pair_draws_pools_each_graph_and_chooses_on_the_pool(tmp_path, monkeypatch):
+    """Worked example, 2 draws x 2 validation graphs x 2 noise seeds, base all 0. Cell b is the best of draw 0 but
+    its mean FID over the draws (12) is over the guard (11); cell c gains on both graphs in draw 0 only: pooled
+    +0.5; cell a gains on graph 0 in draw 0 only: +0.25. The pooled choice is c."""
+    import sgalign.jobs.tune as tune
+    per_draw = {0: {"a": ([1, 1, 0, 0], 10.0), "b": ([1, 1, 1, 1], 10.0), "c": ([1, 1, 1, 1], 10.0)},
+                1: {"a": ([0, 0, 0, 0], 10.0), "b": ([1, 1, 1, 1], 14.0), "c": ([0, 0, 0, 0], 10.0)}}
+    budget = {"name": "micro", "eval_graphs": 2, "eval_seeds": [0, 1], "eval_steps": 2, "eval_split": "validation",
+              "n_resamples": 500}
+    calls = []
+
+    def fake_run_tune(out, grid, budget_, seed, base_model=None, **kw):
+        calls.append(seed)
+        out.mkdir(parents=True)
+        (out / "eval" / "base").mkdir(parents=True)
+        (out / "eval" / "base" / "results.json").write_text(json.dumps(_draw_res([0, 0, 0, 0])))
+        cells = []
+        for name, (sg, fid) in per_draw[seed].items():
+            (out / name).mkdir()
+            (out / name / "results.json").write_text(json.dumps(_draw_res(sg)))
+            cells.append({"cell": name, "beta": 1000.0, "lr": 1e-5, "options": {}, "step": 2, "sg_iou": sum(sg) / 4,
+                          "entity_iou": sum(sg) / 8, "relation_iou": sum(sg) / 4, "fid": fid,
+                          "delta_sg_iou": {"estimate": sum(sg) / 4, "low": 0.0, "high": 1.0},
+                          "train_summary": {"implicit_acc": 0.6}, "results": f"{name}/results.json"})
+        return {"method": grid.method, "task": "compositional", "trainer_method": "diffusion-dpo",
+                "grid": {"fid_guard": 1.1}, "steps": [2], "budget": budget, "seed": seed, "base_snapshot": {},
+                "base": {"key": "phrase/normalized", "sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0,
+                         "fid": 10.0}, "cells": cells}
+
+    monkeypatch.setattr(tune, "run_tune", fake_run_tune)
+    rec = tune.run_tune_draws(tmp_path / "t", TuneGrid("diffusion-dpo"), seeds=[0, 1, 0])
+    assert calls == [0, 1] and rec["seeds"] == [0, 1]
+    cells = {c["cell"]: c for c in rec["cells"]}
+    assert cells["a"]["delta_sg_iou"]["estimate"] == pytest.approx(0.25)
+    assert cells["c"]["delta_sg_iou"]["estimate"] == pytest.approx(0.5)
+    assert cells["c"]["delta_entity_iou"]["estimate"] == pytest.approx(0.25)
+    # a resample holds each graph with all its draws and seeds: a's graphs pool to +0.5 and 0, so its bounds are
+    # graph 1 twice (0) and graph 0 twice (0.5); both of c's graphs pool to +0.5
+    assert (cells["a"]["delta_sg_iou"]["low"], cells["a"]["delta_sg_iou"]["high"]) == (0.0, 0.5)
+    assert (cells["c"]["delta_sg_iou"]["low"], cells["c"]["delta_sg_iou"]["high"]) == (0.5, 0.5)
+    assert cells["b"]["fid"] == pytest.approx(12.0) and not cells["b"]["eligible"] and cells["c"]["eligible"]
+    assert rec["chosen"]["cell"] == "c" and rec["fid_limit"] == pytest.approx(11.0)
+    assert [d["seed"] for d in cells["c"]["draws"]] == [0, 1]
+    assert cells["c"]["draws"][1]["results"] == "seed-1/c/results.json"
+    md = (tmp_path / "t" / "grid.md").read_text()
+    assert "pair draws [0, 1], pooled" in md and "+1.000 (10.00), +0.000 (10.00)" in md
+    assert json.loads((tmp_path / "t" / "grid.json").read_text())["chosen"]["cell"] == "c"
+    # draws scored on different images cannot be pooled
+    per_draw[2] = per_draw[1]
+    orig = fake_run_tune
+
+    def other_base(out, grid, budget_, seed, base_model=None, **kw):
+        r = orig(out, grid, budget_, seed, base_model)
+        if seed == 2:
+            (out / "eval" / "base" / "results.json").write_text(json.dumps(_draw_res([0, 0, 0, 1])))
+        return r
+
+    monkeypatch.setattr(tune, "run_tune", other_base)
+    with pytest.raises(ValueError, match="base scores differ"):
+        tune.run_tune_draws(tmp_path / "t2", TuneGrid("diffusion-dpo"), seeds=[0, 2])
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        tune.run_tune_draws(tmp_path / "t3", TuneGrid("diffusion-dpo"), seeds=[1, 1])
+    with pytest.raises(ValueError, match="compositional task only"):
+        tune.run_tune_draws(tmp_path / "t4", TuneGrid("diffusion-dpo", task="t2i"), seeds=[0, 1])

@@ -29,6 +29,19 @@ def _n_seeds(res: dict[str, Any]) -> int:
     return len(res["protocol"]["sampling"]["seeds"])
 
 
+def graph_deltas(model: np.ndarray, base: np.ndarray, n_seeds: int) -> np.ndarray:
+    """Per graph: the mean over its noise seeds of (model − base), from per-image values (image g*K + k)."""
+    return np.nanmean((model - base).reshape(-1, n_seeds), axis=1)
+
+
+def pooled_ci(deltas: Sequence[np.ndarray], n_resamples: int = 1000, seed: int = 0,
+              unit: str = "graph (all training and noise seeds)") -> dict[str, Any]:
+    """Pooled Δ over training runs scored on the same graphs: per graph, the mean of the runs' ``graph_deltas``;
+    the 95 % interval resamples graphs, so each graph carries all its runs and seeds."""
+    graphs = np.mean(np.stack(deltas), axis=0)
+    return bootstrap_ci(graphs, n_resamples=n_resamples, seed=seed, unit=unit).to_dict()
+
+
 def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str = KEY, n_resamples: int = 1000,
                 seed: int = 0) -> dict[str, Any]:
     """Per method: per-seed Δ (metric and interval as the job computed them), the pooled Δ with a graph-resampled
@@ -49,10 +62,8 @@ def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str
             elif any(not np.array_equal(base[m], base0[m], equal_nan=True) for m in base):
                 raise ValueError(f"{d}: its base scores differ from {dirs[0]}'s; the folders did not evaluate the same "
                                  "graphs and seeds (rerun them with one budget)")
-            k = _n_seeds(res)
             for m, _ in METRICS:
-                diff = per_image(res, "model", m, key) - base[m]
-                deltas[m].append(np.nanmean(diff.reshape(-1, k), axis=1))  # one value per graph
+                deltas[m].append(graph_deltas(per_image(res, "model", m, key), base[m], _n_seeds(res)))
             summary = json.loads((d / "train" / method / "summary.json").read_text())
             fid = res["metrics"]["fid"]
             per_seed.append({"seed": job["seed"],
@@ -63,10 +74,8 @@ def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str
                              "train_s": summary.get("seconds")})
         pooled = {}
         for m, _ in METRICS:
-            graphs = np.mean(np.stack(deltas[m]), axis=0)  # per graph: mean over training seeds
-            ci = bootstrap_ci(graphs, n_resamples=n_resamples, seed=seed, unit="graph (all training and noise seeds)")
             est = [s["delta"][m]["estimate"] for s in per_seed]
-            pooled[m] = {**ci.to_dict(), "seed_spread": float(max(est) - min(est)),
+            pooled[m] = {**pooled_ci(deltas[m], n_resamples, seed), "seed_spread": float(max(est) - min(est)),
                          "seed_sd": float(np.std(est, ddof=1)) if len(est) > 1 else None}
         out["methods"][method] = {"per_seed": per_seed, "pooled": pooled,
                                   "fid_mean": float(np.mean([s["fid"] for s in per_seed])),
