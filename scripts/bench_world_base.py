@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--section", default="World base model", help="the RESULTS.md section this run (re)writes")
     ap.add_argument("--machine-shared", action="store_true", help="record that other jobs shared the machine")
     ap.add_argument("--gap-graphs", type=int, default=512,
-                    help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled eps-MSE); 0 skips")
+                    help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled vs inverted-predicate "
+                         "eps-MSE); 0 skips")
+    ap.add_argument("--predicate-probe", type=int, default=0, metavar="N",
+                    help="sample the first N graphs again with every predicate inverted, at the same seeds, and score "
+                         "both against the true graphs: does the model draw what the predicates say? 0 skips")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,6 +134,14 @@ def main(argv: list[str] | None = None) -> None:
 
         gap = conditioning_gap(pipe, sample_split(args.split, args.gap_graphs, seed=0), seed=0)
 
+    probe = None
+    if args.predicate_probe:
+        from sgalign.evaluation.conditioning_gap import predicate_probe
+
+        n = min(args.predicate_probe, len(gts))
+        probe = predicate_probe(pipe, gts[:n], gen[:n * len(args.seeds)], args.seeds, steps=args.steps,
+                                guidance_scale=args.guidance, eta=args.eta, graphs_per_call=args.graphs_per_call)
+
     rec_file = next((Path(args.model) / f for f in ("training_record.json", "stage_record.json")
                      if (Path(args.model) / f).is_file()), None)  # a recipe stage folder has only its stage record
     train_rec = json.loads(rec_file.read_text()) if rec_file else {}
@@ -152,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "iou": iou, "mean_detected_objects": float(np.mean(n_objects)),
         "mean_gt_objects": float(np.mean([len(g.items) for g in gts])),
         "fid_world_clip": fid, "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap,
+        "predicate_probe": probe,
         "generation_seconds": round(gen_seconds, 1), "total_seconds": round(time.time() - t0, 1),
         "machine": machine_info(args.machine_shared or None),
     }
@@ -171,8 +184,20 @@ def _gap_text(gap: dict | None) -> str:
     e = gap["eps_mse"]
     return (f"Conditioning gap ({gap['n_graphs']} graphs, one seeded noise and timestep each, the same for every "
             f"conditioning): eps-MSE true {e['true']:.4f}, text only (no SG residual) {e['text_only']:.4f}, "
-            f"empty text {e['empty']:.4f}, shuffled graphs {e['shuffled']:.4f}; the conditioning explains "
-            f"{100 * gap['share_of_loss_explained']:.0f} % of the empty-text loss.\n")
+            f"empty text {e['empty']:.4f}, shuffled graphs {e['shuffled']:.4f}"
+            + (f", every predicate inverted {e['inverted']:.4f}" if "inverted" in e else "")
+            + f"; the conditioning explains {100 * gap['share_of_loss_explained']:.0f} % of the empty-text loss.\n")
+
+
+def _probe_text(probe: dict | None) -> str:
+    if not probe:
+        return ""
+    r, d = probe["relation_iou_vs_true_graph"], probe["relation_iou_drop"]
+    return (f"Predicate probe ({probe['n_graphs']} graphs with relations x seeds {probe['seeds']}, each sampled again "
+            f"with every predicate inverted at the same seeds, both scored against the true graph): phrase "
+            f"Relation-IoU {r['true']:.3f} (true graph) vs {r['inverted']:.3f} (inverted), drop {d['estimate']:+.3f} "
+            f"[{d['low']:+.3f}, {d['high']:+.3f}]; mean pixel change {probe['pixel_change_inverted']:.1f} / 255 "
+            f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f}).\n")
 
 
 def write_results_md(path: Path, r: dict, title: str = "World base model") -> None:
@@ -232,7 +257,7 @@ renders of the same graphs: **{fid['fid']:.2f}** [{fid['ci']['low']:.2f}, {fid['
 ({fid['n_real']} renders vs {fid['n_fake']} images). Floor at this N (renders vs renders of other test graphs):
 {floor['fid']:.2f}.
 
-{_gap_text(r.get("conditioning_gap"))}
+{_gap_text(r.get("conditioning_gap"))}{_probe_text(r.get("predicate_probe"))}
 {target}
 
 Model training: {recipe}; in all {total['steps']} optimiser steps, {total['wall_seconds']:.0f} s wall.

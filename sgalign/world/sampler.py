@@ -106,6 +106,15 @@ class WorldScene:
         return cls(tuple(objs), rels)
 
 
+def invert_predicates(graph: SceneGraph) -> SceneGraph:
+    """The graph with every predicate replaced by its inverse ("left of" -> "right of", "bigger than" -> "smaller
+    than"): the same objects, and every stated relation false of any layout that satisfied the original. A model that
+    reads predicates draws a different layout for it at the same noise; one that does not draws the same image."""
+    from dataclasses import replace
+
+    return SceneGraph(list(graph.items), [replace(r, predicate=rules.INVERSE[r.predicate]) for r in graph.relations])
+
+
 def graph_key(phrases: Iterable[str], triples: Iterable[tuple[str, str, str]]) -> str:
     """Canonical key of a graph: sorted phrases | sorted triples in canonical direction."""
     return "|".join(sorted(phrases)) + "||" + "|".join(
