@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--section", default="World base model", help="the RESULTS.md section this run (re)writes")
     ap.add_argument("--machine-shared", action="store_true", help="record that other jobs shared the machine")
     ap.add_argument("--gap-graphs", type=int, default=512,
-                    help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled vs inverted-predicate "
-                         "eps-MSE); 0 skips")
+                    help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled vs "
+                         "inverted-predicate eps-MSE); 0 skips")
     ap.add_argument("--predicate-probe", type=int, default=0, metavar="N",
                     help="sample the first N graphs again with every predicate inverted, at the same seeds, and score "
                          "both against the true graphs: does the model draw what the predicates say? 0 skips")
@@ -197,7 +197,18 @@ def _probe_text(probe: dict | None) -> str:
             f"with every predicate inverted at the same seeds, both scored against the true graph): phrase "
             f"Relation-IoU {r['true']:.3f} (true graph) vs {r['inverted']:.3f} (inverted), drop {d['estimate']:+.3f} "
             f"[{d['low']:+.3f}, {d['high']:+.3f}]; mean pixel change {probe['pixel_change_inverted']:.1f} / 255 "
-            f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f}).\n")
+            f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f})." + _kinds_text(probe) + "\n")
+
+
+def _kinds_text(probe: dict) -> str:
+    kinds = probe.get("triples_by_kind", {})
+    out = ""
+    for kind, v in kinds.get("true", {}).items():
+        inv = kinds["inverted"][kind]["holds_given_found"]
+        if v["both_found"] is not None and v["holds_given_found"] is not None and inv is not None:
+            out += (f" {kind} triples: both phrases drawn {v['both_found']:.3f}, then holding "
+                    f"{v['holds_given_found']:.3f} (true graph) / {inv:.3f} (inverted);")
+    return out
 
 
 def write_results_md(path: Path, r: dict, title: str = "World base model") -> None:

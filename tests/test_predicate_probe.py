@@ -71,6 +71,10 @@ def test_predicate_probe_tells_a_model_that_reads_predicates_from_one_that_does_
         assert rel["inverted"] == pytest.approx(1.0) and r["relation_iou_drop"]["estimate"] == pytest.approx(0.0)
         assert r["pixel_change_inverted"] == 0.0
     assert r["pixel_change_other_seed"] == 0.0  # the stand-ins ignore the seed
+    k = r["triples_by_kind"]
+    assert k["true"]["spatial"]["both_found"] == 1.0 and k["true"]["spatial"]["holds_given_found"] == 1.0
+    assert k["inverted"]["spatial"]["holds_given_found"] == (0.0 if reads else 1.0)
+    assert k["true"]["size"]["triples"] == 0 and k["true"]["size"]["both_found"] is None
 
 
 def test_predicate_probe_needs_a_relation():

@@ -89,12 +89,12 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     per_gt = [gr for gr in true for _ in range(k)]
     groups = [g for g in range(len(true)) for _ in range(k)]
     ex = GraphParserExtractor(WorldOracle(), granularity="phrase")
-    scores = {}
+    scores, kinds = {}, {}
     for name, ims in (("true", mine), ("inverted", inverted)):
-        rep = evaluate_sg_iou(per_gt, [ex.extract(im, reference=gr) for im, gr in zip(ims, per_gt)],
-                              mode="normalized", granularity="phrase", n_resamples=n_resamples, seed=seed,
-                              groups=groups)
-        scores[name] = rep
+        preds = [ex.extract(im, reference=gr) for im, gr in zip(ims, per_gt)]
+        scores[name] = evaluate_sg_iou(per_gt, preds, mode="normalized", granularity="phrase",
+                                       n_resamples=n_resamples, seed=seed, groups=groups)
+        kinds[name] = _triples_by_kind(per_gt, preds)
     rel = {n: np.array([s.relation_iou if s is not None else np.nan for s in r.per_image]) for n, r in scores.items()}
     ok = ~(np.isnan(rel["true"]) | np.isnan(rel["inverted"]))
     drop = paired_bootstrap_ci(rel["true"][ok], rel["inverted"][ok], n_resamples=n_resamples, seed=seed,
@@ -106,5 +106,31 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
             "relation_iou_vs_true_graph": {n: float(r.mean["relation_iou"]) for n, r in scores.items()},
             "sg_iou_vs_true_graph": {n: float(r.mean["sg_iou"]) for n, r in scores.items()},
             "relation_iou_drop": drop.to_dict(),
+            # per predicate kind, over the true graph's triples: how often both phrases were drawn, and how often the
+            # triple then holds. A size relation is implied by the two phrases ("large ... bigger than ... small"),
+            # so only the spatial row says whether the layout follows the predicate (chance: about 1 in 4)
+            "triples_by_kind": kinds,
             "pixel_change_inverted": float(pixel.mean()),
             "pixel_change_other_seed": None if noise_pixel is None else float(noise_pixel.mean())}
+
+
+def _triples_by_kind(graphs: Sequence, preds: Sequence) -> dict:
+    """Per predicate kind (spatial / size) of the graphs' triples: their number, the share whose two phrases the
+    extraction found, and the share of those that hold in it (directions made canonical on both sides)."""
+    from ..scene_graph.graph import phrase_of
+    from ..world.rules import SPATIAL, canonical_triple
+
+    counts = {"spatial": [0, 0, 0], "size": [0, 0, 0]}
+    for g, e in zip(graphs, preds):
+        found = set(e.object_list or [])
+        held = {canonical_triple(*t) for t in (e.triples or [])}
+        phrase = {it.item_id: phrase_of(it.label, it.attributes) for it in g.items}
+        for r in g.relations:
+            c = counts["spatial" if r.predicate in SPATIAL else "size"]
+            a, b = phrase[r.subject], phrase[r.object]
+            c[0] += 1
+            if a in found and b in found:
+                c[1] += 1
+                c[2] += canonical_triple(a, r.predicate, b) in held
+    return {k: {"triples": n, "both_found": f / n if n else None, "holds_given_found": h / f if f else None}
+            for k, (n, f, h) in counts.items()}
