@@ -15,6 +15,10 @@ Output in ``out_dir``: ``grid.json`` (the grid, the budget, every cell's figures
 set) into ``configs/world/compositional.yaml``; the YAML's lr / max_steps are shared by every method, so the
 chosen lr and steps are written there as a comment only (and recorded in grid.json).
 
+``run_tune_draws(out_dir, grid, seeds=[0, 1, 2])``: the grid once per pair draw (``OUT/seed-<s>/``), each cell pooled
+per validation graph over the draws and the choice made on the pool: at the demo budget the draw of the 96 pair
+graphs moves SG-IoU more than the settings a grid compares.
+
 ``task="t2i"``: the same grid on world Pick-a-Pic pairs, each cell scored on world *validation* prompts by win-rate
 over the base under the training reward (``world_reward``) and the held-out scorer (``world_clip``), intervals
 resampling prompts. The choice: the highest training-reward win-rate among cells that do not lose on the held-out
