@@ -186,7 +186,9 @@ def _gap_text(gap: dict | None) -> str:
             f"conditioning): eps-MSE true {e['true']:.4f}, text only (no SG residual) {e['text_only']:.4f}, "
             f"empty text {e['empty']:.4f}, shuffled graphs {e['shuffled']:.4f}"
             + (f", every predicate inverted {e['inverted']:.4f}" if "inverted" in e else "")
-            + f"; the conditioning explains {100 * gap['share_of_loss_explained']:.0f} % of the empty-text loss.\n")
+            + f"; the conditioning explains {100 * gap['share_of_loss_explained']:.0f} % of the empty-text loss."
+            + ("" if "embedding_change" not in gap else " Conditioning embeddings moved (relative to the true graph's): "
+               + ", ".join(f"{k} {v:.3f}" for k, v in gap["embedding_change"].items()) + ".") + "\n")
 
 
 def _probe_text(probe: dict | None) -> str:

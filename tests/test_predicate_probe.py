@@ -96,6 +96,8 @@ def test_conditioning_gap_scores_the_inverted_predicates_on_the_same_noise(tmp_p
     scenes = [s for s in sample_split("validation", 20, seed=0) if s.relations][:3]
     bare = conditioning_gap(pipe, [replace(s, relations=()) for s in scenes], seed=0)
     assert bare["eps_mse"]["inverted"] == bare["eps_mse"]["true"] and bare["gap_inverted"] == 0.0
+    assert bare["embedding_change"]["inverted"] == 0.0 and bare["embedding_change"]["text_only"] == 0.0  # gate 0
+    assert bare["embedding_change"]["empty"] > 0 and bare["embedding_change"]["shuffled"] > 0
     full = conditioning_gap(pipe, scenes, seed=0)
-    assert full["eps_mse"]["inverted"] != full["eps_mse"]["true"]
+    assert full["eps_mse"]["inverted"] != full["eps_mse"]["true"] and full["embedding_change"]["inverted"] > 0
     assert set(full["eps_mse"]) == {"true", "text_only", "empty", "shuffled", "inverted"}

@@ -11,6 +11,10 @@ predicts epsilon under
 * ``inverted``: the graph with every predicate inverted (``world.invert_predicates``: "left of" -> "right of"), the
   same objects. ``inverted - true`` is what the predicates alone explain.
 
+``embedding_change``: how far each conditioning's token embeddings (``prompt_embeds``) are from the true graph's,
+relative to the true ones' norm, per graph then averaged. It locates a lost predicate: a text tower that no longer
+encodes predicates changes little under ``inverted`` however well the UNet could use them.
+
 The gap ``empty - true`` (and ``shuffled - true``) is how much of the loss the conditioning explains; a model that
 ignores its conditioning has gaps near 0. Noise and timesteps depend only on ``seed``, so two models compared on the
 same graphs see exactly the same noisy latents.
@@ -32,6 +36,7 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
     sched = pipe.scheduler
     gen = torch.Generator().manual_seed(seed)
     sums = {"true": [], "text_only": [], "empty": [], "shuffled": [], "inverted": []}
+    moved: dict[str, list] = {k: [] for k in sums if k != "true"}
     for start in range(0, len(scenes), batch):
         chunk = list(scenes[start:start + batch])
         graphs = [s.graph() for s in chunk]
@@ -45,7 +50,11 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
         conds = {"true": cond, "text_only": pipe.encode_graphs(graphs, use_graph=False),
                  "empty": pipe.unconditional(cond), "shuffled": cond[torch.arange(len(chunk)).roll(1)],
                  "inverted": pipe.encode_graphs([invert_predicates(g) for g in graphs])}
+        ref = cond.prompt_embeds.float()
         for k, c in conds.items():
+            if k != "true":
+                d = (c.prompt_embeds.float() - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+                moved[k].append(d.cpu().numpy())
             pred = pipe.unet(noisy, t, **c.unet_kwargs(), return_dict=False)[0]
             sums[k].append(((pred - noise) ** 2).mean((1, 2, 3)).float().cpu().numpy())
     per = {k: np.concatenate(v) for k, v in sums.items()}
@@ -53,7 +62,8 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
     out = {"n_graphs": len(scenes), "seed": seed, "eps_mse": mse,
            "gap_empty": mse["empty"] - mse["true"], "gap_shuffled": mse["shuffled"] - mse["true"],
            "gap_text_only": mse["text_only"] - mse["true"], "gap_inverted": mse["inverted"] - mse["true"],
-           "share_of_loss_explained": (mse["empty"] - mse["true"]) / mse["empty"]}
+           "share_of_loss_explained": (mse["empty"] - mse["true"]) / mse["empty"],
+           "embedding_change": {k: float(np.concatenate(v).mean()) for k, v in moved.items()}}
     return out
 
 
