@@ -127,20 +127,17 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
 def _triples_by_kind(graphs: Sequence, preds: Sequence) -> dict:
     """Per predicate kind (spatial / size) of the graphs' triples: their number, the share whose two phrases the
     extraction found, and the share of those that hold in it (directions made canonical on both sides)."""
-    from ..scene_graph.graph import phrase_of
     from ..world.rules import SPATIAL, canonical_triple
 
     counts = {"spatial": [0, 0, 0], "size": [0, 0, 0]}
     for g, e in zip(graphs, preds):
         found = set(e.object_list or [])
         held = {canonical_triple(*t) for t in (e.triples or [])}
-        phrase = {it.item_id: phrase_of(it.label, it.attributes) for it in g.items}
-        for r in g.relations:
-            c = counts["spatial" if r.predicate in SPATIAL else "size"]
-            a, b = phrase[r.subject], phrase[r.object]
+        for a, p, b in g.triples():
+            c = counts["spatial" if p in SPATIAL else "size"]
             c[0] += 1
             if a in found and b in found:
                 c[1] += 1
-                c[2] += canonical_triple(a, r.predicate, b) in held
+                c[2] += canonical_triple(a, p, b) in held
     return {k: {"triples": n, "both_found": f / n if n else None, "holds_given_found": h / f if f else None}
             for k, (n, f, h) in counts.items()}

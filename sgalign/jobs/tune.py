@@ -213,7 +213,6 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
          f"{steps[-1]} steps, evaluated at steps {steps} on {b.eval_graphs} validation graphs")
     # a folder holds one method's grid at one budget: cells of another budget or method would mix in silently
     task = grid.task
-    config_path = TASK_CONFIGS[task][0] if config_path is None else config_path
     setup = {"method": grid.method, "budget": asdict(b), "seed": seed,
              **({"task": task} if task != "compositional" else {}),
              **({"train_sets": grid.train_sets} if grid.train_sets else {})}
@@ -272,22 +271,32 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
                           "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc",
                                                                         "weight_drift")},
                           "results": str(dst.relative_to(out) / "results.json")})
-    pick = choose(cells, base_fig["fid"], grid.fid_guard) if task == "compositional" else choose_t2i(cells)
     record = {"method": grid.method, "task": task, "trainer_method": name, "grid": asdict(grid), "steps": steps,
               "budget": asdict(b), "seed": seed, "base": base_fig,
-              "base_snapshot": json.loads((base / "snapshot.json").read_text()),
-              "fid_limit": pick["limit"], "chosen": pick["cell"], "why": pick["why"], "cells": cells}
+              "base_snapshot": json.loads((base / "snapshot.json").read_text())}
+    return _choose_and_write(out, record, cells, grid, write_config, config_path)
+
+
+def _choose_and_write(out: Path, record: dict[str, Any], cells: list[dict[str, Any]], grid: TuneGrid,
+                      write_config: bool, config_path: str | Path | None) -> dict[str, Any]:
+    """The choice over ``cells`` (the task's rule), each cell's eligibility, ``grid.json`` / ``grid.md``, and the
+    chosen values in the task's world YAML when asked: the end of ``run_tune`` and ``run_tune_draws`` alike."""
+    t2i = grid.task == "t2i"
+    pick = choose_t2i(cells) if t2i else choose(cells, record["base"]["fid"], grid.fid_guard)
     for c in cells:
-        if task == "compositional":
-            c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
-        else:
+        if t2i:
             c["eligible"] = T2I_HELDOUT not in c["scorers"] or c["scorers"][T2I_HELDOUT]["win_rate"]["high"] >= 0.5
+        else:
+            c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
+    record = {**record, "fid_limit": pick["limit"], "chosen": pick["cell"], "why": pick["why"], "cells": cells}
     (out / "grid.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "grid.md").write_text(grid_markdown(record) if task == "compositional" else grid_markdown_t2i(record))
-    _log(f"choice: {pick['cell']['cell'] + ' step ' + str(pick['cell']['step']) if pick['cell'] else None} "
+    (out / "grid.md").write_text(grid_markdown_t2i(record) if t2i else grid_markdown(record))
+    draws = f" over pair draws {record['seeds']}" if "seeds" in record else ""
+    _log(f"choice{draws}: {pick['cell']['cell'] + ' step ' + str(pick['cell']['step']) if pick['cell'] else None} "
          f"({pick['why']}) -> {out / 'grid.md'}")
     if write_config and pick["cell"] is not None:
-        write_tuned_config(config_path, name, pick["cell"], out / "grid.json")
+        config_path = TASK_CONFIGS[grid.task][0] if config_path is None else config_path
+        write_tuned_config(config_path, record["trainer_method"], pick["cell"], out / "grid.json")
         _log(f"wrote the choice into {config_path}")
     return record
 
@@ -342,22 +351,9 @@ def run_tune_draws(out_dir: str | Path, grid: TuneGrid, seeds: list[int], budget
                       "draws": [{"seed": s, "delta_sg_iou": c["delta_sg_iou"], "fid": c["fid"],
                                  "train_summary": c["train_summary"], "results": f"seed-{s}/{c['results']}"}
                                 for s, c in zip(seeds, draws)]})
-    pick = choose(cells, first["base"]["fid"], grid.fid_guard)
-    for c in cells:
-        c["eligible"] = pick["limit"] is None or (c["fid"] is not None and c["fid"] <= pick["limit"])
     record = {**{f: first[f] for f in ("method", "task", "trainer_method", "grid", "steps", "budget", "base",
-                                        "base_snapshot")},
-              "seeds": seeds, "fid_limit": pick["limit"], "chosen": pick["cell"], "why": pick["why"], "cells": cells}
-    (out / "grid.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "grid.md").write_text(grid_markdown(record))
-    chosen = f"{pick['cell']['cell']} step {pick['cell']['step']}" if pick["cell"] else None
-    _log(f"choice over pair draws {seeds}: {chosen} ({pick['why']}) -> {out / 'grid.md'}")
-    if write_config and pick["cell"] is not None:
-        config_path = TASK_CONFIGS["compositional"][0] if config_path is None else config_path
-        write_tuned_config(config_path, record["trainer_method"], pick["cell"], out / "grid.json")
-        _log(f"wrote the choice into {config_path}")
-    return record
-
+                                        "base_snapshot")}, "seeds": seeds}
+    return _choose_and_write(out, record, cells, grid, write_config, config_path)
 
 def grid_markdown(record: dict[str, Any]) -> str:
     """``grid.md``: one line per cell (validation figures, eligibility), the base, the choice and its reason."""
