@@ -16,7 +16,6 @@ alone; if it fails alone it is listed with its reason in ``rejects.jsonl`` next 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sgalign.diffusion.noise import hashed_seed
 from sgalign.scene_graph import LaionSGRecord, SceneGraph, load_split
 from sgalign.scene_graph.io import DUPLICATE_IMG_ID
 
@@ -43,8 +43,7 @@ SEED_RULE = "int.from_bytes(blake2b(f'{seed}:{img_id}:{k}', digest_size=8), 'big
 
 
 def candidate_seed(global_seed: int, img_id: str, k: int) -> int:
-    h = hashlib.blake2b(f"{global_seed}:{img_id}:{k}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") & (2 ** 63 - 1)
+    return hashed_seed(global_seed, img_id, k)  # = SEED_RULE
 
 
 @dataclass

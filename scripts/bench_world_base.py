@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="validation: for choosing protocol settings (e.g. --guidance) without touching test graphs")
     ap.add_argument("--n-graphs", type=int, default=512)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--noise", choices=("per-graph", "shared"), default="per-graph",
+                    help="per-graph: image k of each graph has its own noise, hashed from the graph and seed k "
+                         "(sgalign.diffusion.noise); shared: seed k is the same noise for every graph (before v3)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=6.0,
                     help="6.0: chosen over 3.0 on 32 validation graphs (equal IoU, lower FID), never on test graphs")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="graphs for the conditioning gap (true vs text-only vs empty vs shuffled vs "
                          "inverted-predicate eps-MSE); 0 skips")
     ap.add_argument("--predicate-probe", type=int, default=0, metavar="N",
-                    help="sample the first N graphs again with every predicate inverted, at the same seeds, and score "
+                    help="sample the first N graphs again with every predicate inverted, with the same noise, and score "
                          "both against the true graphs: does the model draw what the predicates say? 0 skips")
     args = ap.parse_args(argv)
     if args.threads:
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     from sgalign.evaluation import GraphParserExtractor, evaluate_sg_iou
     from sgalign.evaluation.fid import CLIP_MEAN, CLIP_STD, FIDFeatures, ImageEncoderFeatures, extract_features, \
         fid_bootstrap
+    from sgalign.diffusion.noise import NOISE_RULES
+    from sgalign.evaluation.sampling import input_noise_keys
+    from sgalign.evaluation.sg_iou import spatial_hold, triple_counts
     from sgalign.machine import machine_info
     from sgalign.pipelines import StableDiffusionSGPipeline
     from sgalign.world import WorldOracle, render_array, sample_split
@@ -83,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     scenes = sample_split(args.split, args.n_graphs, seed=0)
     gts = [sc.graph() for sc in scenes]
+    keys = input_noise_keys(gts) if args.noise == "per-graph" else None
     pipe = StableDiffusionSGPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     images = []
     for start in range(0, len(gts), args.graphs_per_call):
         chunk = gts[start:start + args.graphs_per_call]
-        images.append(pipe(chunk, seeds=args.seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        images.append(pipe(chunk, seeds=args.seeds, noise_keys=None if keys is None else keys[start:start + len(chunk)],
+                           num_inference_steps=args.steps, guidance_scale=args.guidance,
                            eta=args.eta,
                            output_type="np").images)
         print(f"generated {start + len(chunk)}/{len(gts)} graphs x {len(args.seeds)} seeds "
@@ -101,12 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     oracle = WorldOracle()
     per_gt = [g for g in gts for _ in args.seeds]
     iou = {}
+    groups = [g for g in range(len(gts)) for _ in args.seeds]
     for gran in ("phrase", "label"):
         ex = GraphParserExtractor(oracle, granularity=gran)
         preds = [ex.extract(im, reference=g) for im, g in zip(gen, per_gt)]
         # resampled by graph (all seeds of a graph together): the seeds of one graph are not independent
         rep = evaluate_sg_iou(per_gt, preds, mode="normalized", granularity=gran, n_resamples=1000, seed=0,
-                              groups=[g for g in range(len(gts)) for _ in args.seeds])
+                              groups=groups)
+        if gran == "phrase":
+            spatial = spatial_hold(triple_counts(per_gt, preds)["spatial"], groups=groups, n_resamples=1000, seed=0,
+                                   unit="graph (all seeds together)")
+            spatial.pop("per_image")
         iou[gran] = {"mean": rep.mean, "ci": {k: v.to_dict() for k, v in rep.ci.items()}, "n_images": rep.n_images,
                      "n_failed": rep.n_failed}
     n_objects = [len(oracle.parse(im).detections) for im in gen]
@@ -139,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         from sgalign.evaluation.conditioning_gap import predicate_probe
 
         n = min(args.predicate_probe, len(gts))
-        probe = predicate_probe(pipe, gts[:n], gen[:n * len(args.seeds)], args.seeds, steps=args.steps,
+        probe = predicate_probe(pipe, gts[:n], gen[:n * len(args.seeds)], args.seeds,
+                                noise_keys=None if keys is None else keys[:n], steps=args.steps,
                                 guidance_scale=args.guidance, eta=args.eta, graphs_per_call=args.graphs_per_call)
 
     rec_file = next((Path(args.model) / f for f in ("training_record.json", "stage_record.json")
@@ -155,13 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         "protocol": {"graphs": f"first {args.n_graphs} {args.split}-split graphs, "
                                f"sample_split('{args.split}', n, seed=0)", "split": args.split,
                      "n_graphs": args.n_graphs, "seeds": args.seeds, "n_images": int(len(gen)),
+                     "noise_rule": {"rule": args.noise, "definition": NOISE_RULES[args.noise]},
                      "scheduler": type(pipe.scheduler).__name__, "steps": args.steps,
                      "guidance_scale": args.guidance, "eta": args.eta, "resolution": int(gen.shape[1]),
                      "initial_noise_mean_scale": pipe.noise_mean_scale,
                      "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
                      "ci": "95% percentile bootstrap over graphs (all seeds of a graph together), 1000 resamples; "
                            "FID: graphs (render + its seeds) resampled, interval recentred on the estimate"},
-        "iou": iou, "mean_detected_objects": float(np.mean(n_objects)),
+        "iou": iou, "spatial_hold": spatial, "mean_detected_objects": float(np.mean(n_objects)),
         "mean_gt_objects": float(np.mean([len(g.items) for g in gts])),
         "fid_world_clip": fid, "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap,
         "predicate_probe": probe,
@@ -196,10 +211,19 @@ def _probe_text(probe: dict | None) -> str:
         return ""
     r, d = probe["relation_iou_vs_true_graph"], probe["relation_iou_drop"]
     return (f"Predicate probe ({probe['n_graphs']} graphs with relations x seeds {probe['seeds']}, each sampled again "
-            f"with every predicate inverted at the same seeds, both scored against the true graph): phrase "
+            f"with every predicate inverted with the same noise, both scored against the true graph): phrase "
             f"Relation-IoU {r['true']:.3f} (true graph) vs {r['inverted']:.3f} (inverted), drop {d['estimate']:+.3f} "
             f"[{d['low']:+.3f}, {d['high']:+.3f}]; mean pixel change {probe['pixel_change_inverted']:.1f} / 255 "
             f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f})." + _kinds_text(probe) + "\n")
+
+
+def _spatial_text(sp: dict | None) -> str:
+    if not sp or sp.get("holds_given_found") is None:
+        return ""
+    c = sp["holds_given_found"]
+    return (f"Spatial hold rate (phrase granularity): of the true graphs' {sp['triples']} spatial triples, "
+            f"{sp['both_found']} had both phrases drawn, and {c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}] of "
+            f"those hold ({sp['holds']}).\n\n")
 
 
 def _kinds_text(probe: dict) -> str:
@@ -251,7 +275,7 @@ def write_results_md(path: Path, r: dict, title: str = "World base model") -> No
 World SD1.5-SG (`{r['model']}`, {total['steps']} training steps in all) on {p['n_graphs']} {p['split']}-split graphs
 x {len(p['seeds'])} seeds ({p['n_images']} images,
 {p['resolution']}x{p['resolution']}); {p['scheduler']} {p['steps']} steps, eta {p.get('eta', 0.0):g}, CFG {p['guidance_scale']}
-(unconditional = empty text), seeds {p['seeds']}, initial noise mean scale {p.get('initial_noise_mean_scale', 1.0):g} (the
+(unconditional = empty text), seeds {p['seeds']}, noise rule {p.get('noise_rule', {}).get('rule', 'shared')}, initial noise mean scale {p.get('initial_noise_mean_scale', 1.0):g} (the
 model's own, `model_index.json`). Scored by the world oracle (closed vocabulary, as LAION-SG's
 SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI, resampling graphs with all their seeds].
 
@@ -259,7 +283,7 @@ SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI, resampling graph
 |---|---|---|---|
 {chr(10).join(rows)}
 
-`phrase`: an entity is "colour size shape" and a triple holds only between objects with exactly those phrases
+{_spatial_text(r.get("spatial_hold"))}`phrase`: an entity is "colour size shape" and a triple holds only between objects with exactly those phrases
 (strict); `label`: entities are shape labels, as LAION-SG's entity lists. With only three shape labels, spurious
 blobs that the oracle reads as shapes raise label-level Entity-IoU (a random-init tiny model scores ~0.5 there),
 so the phrase level is the one to read. Mean objects detected per image {r['mean_detected_objects']:.2f} (ground

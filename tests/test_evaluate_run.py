@@ -96,7 +96,9 @@ def test_compositional_results_have_every_metric_protocol_and_provenance(comp, m
 
 
 def test_images_are_the_protocol_graphs_and_seeds(comp, models):
-    """The saved images equal a direct pipeline call on the same graphs and seeds (image g*K + k)."""
+    """The saved images equal a direct pipeline call on the same graphs, seeds and per-graph noise keys (image
+    g*K + k), and results.json records the rule and the keys."""
+    from sgalign.evaluation.sampling import input_noise_keys
     from sgalign.pipelines import StableDiffusionSGPipeline
     from sgalign.world import sample_split
 
@@ -104,7 +106,10 @@ def test_images_are_the_protocol_graphs_and_seeds(comp, models):
     pipe = StableDiffusionSGPipeline.from_pretrained(models["sg_base"])
     pipe.set_progress_bar_config(disable=True)
     graphs = [sc.graph() for sc in sample_split("test", 3, seed=0)]
-    direct = pipe(graphs, seeds=[0, 1], num_inference_steps=2, guidance_scale=6.0, output_type="np").images
+    keys = input_noise_keys(graphs)
+    assert r["inputs"]["noise_keys"] == keys and r["resolved"]["noise_rule"]["rule"] == "per-graph"
+    direct = pipe(graphs, seeds=[0, 1], noise_keys=keys, num_inference_steps=2, guidance_scale=6.0,
+                  output_type="np").images
     saved = np.load(out / "images" / "baseline.npz")["images"]
     np.testing.assert_array_equal(saved, np.clip(np.rint(direct * 255), 0, 255).astype(np.uint8))
 

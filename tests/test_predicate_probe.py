@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sgalign.evaluation.conditioning_gap import predicate_probe
+from sgalign.evaluation.sampling import input_noise_keys
 from sgalign.scene_graph import SceneGraph
 from sgalign.world import invert_predicates, render_array, sample_split
 
@@ -33,8 +34,10 @@ class _Pipe:
     def __init__(self, scenes, reads: bool):
         self.renders = {_key(s.graph()): render_array([s])[0] for s in scenes}
         self.reads = reads
+        self.keys = []  # the noise keys of every call
 
-    def __call__(self, graphs, seeds, **kw):
+    def __call__(self, graphs, seeds, noise_keys=None, **kw):
+        self.keys += list(noise_keys or [])
         out = []
         for g in graphs:
             if _key(g) in self.renders:
@@ -61,7 +64,9 @@ def test_predicate_probe_tells_a_model_that_reads_predicates_from_one_that_does_
     pipe = _Pipe(scenes, reads)
     seeds = [0, 1]
     images = (pipe(graphs, seeds).images * 255).round().astype(np.uint8)
-    r = predicate_probe(pipe, graphs, images, seeds, n_resamples=200)
+    keys = input_noise_keys(graphs)
+    r = predicate_probe(pipe, graphs, images, seeds, noise_keys=keys, n_resamples=200)
+    assert pipe.keys == keys and r["noise_rule"] == "per-graph"  # the inverted graphs are drawn with the true noise
     rel = r["relation_iou_vs_true_graph"]
     assert r["n_graphs"] == 6 and rel["true"] == pytest.approx(1.0)  # the oracle reads the true renders exactly
     if reads:
@@ -80,7 +85,7 @@ def test_predicate_probe_tells_a_model_that_reads_predicates_from_one_that_does_
 def test_predicate_probe_needs_a_relation():
     g = SceneGraph.from_triples([("circle", ("red", "large"))], [])
     with pytest.raises(ValueError, match="no graph has a relation"):
-        predicate_probe(None, [g], np.zeros((1, 64, 64, 3), np.uint8), [0])
+        predicate_probe(None, [g], np.zeros((1, 64, 64, 3), np.uint8), [0], noise_keys=None)
 
 
 def test_conditioning_gap_scores_the_inverted_predicates_on_the_same_noise(tmp_path):

@@ -138,8 +138,8 @@ def test_t2i_grid_end_to_end_scores_win_rates_against_the_base(tmp_path):
     assert "win-rate world_clip" in (out / "grid.md").read_text()
 
 
-def _draw_res(sg, key="phrase/normalized"):
-    return {"metrics": {"iou": {"model": {key: {"per_image": [
+def _draw_res(sg, key="phrase/normalized", noise="per-graph"):
+    return {"protocol": {"sampling": {"noise": noise}}, "metrics": {"iou": {"model": {key: {"per_image": [
         {"sg_iou": v, "entity_iou": v / 2, "relation_iou": v} for v in sg]}}}}}
 
 

@@ -67,13 +67,14 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
     return out
 
 
-def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[int], *, steps: int = 20,
-                    guidance_scale: float = 6.0, eta: float = 0.0, graphs_per_call: int = 16, n_resamples: int = 1000,
-                    seed: int = 0) -> dict:
+def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[int], *,
+                    noise_keys: Sequence[str] | None, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
+                    graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Does the model draw what the predicates say, or what its noise says?
 
     ``images`` (uint8, image g*K + k = graph g with ``seeds[k]``) are the model's samples of ``graphs``; the probe
-    samples every graph again with its predicates inverted (``world.invert_predicates``) at the same seeds and scores
+    samples every graph again with its predicates inverted (``world.invert_predicates``) with the same noise (the true
+    graph's ``noise_keys``, the per-graph rule; None: the shared rule, seed k for every graph) and scores
     both sets against the *true* graphs with the world oracle (phrase granularity). A model that reads predicates
     loses Relation-IoU on the inverted graphs (their layouts contradict the true relations); one whose layout comes
     from the noise scores the same on both, and its images barely change. Graphs without relations are left out.
@@ -89,12 +90,13 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     if not keep:
         raise ValueError("predicate_probe: no graph has a relation")
     true = [graphs[g] for g in keep]
+    keys = None if noise_keys is None else [noise_keys[g] for g in keep]
     mine = np.stack([images[g * k + j] for g in keep for j in range(k)])
     inv = []
     for start in range(0, len(true), graphs_per_call):
         chunk = [invert_predicates(gr) for gr in true[start:start + graphs_per_call]]
-        inv.append(pipe(chunk, seeds=list(seeds), num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta,
-                        output_type="np").images)
+        inv.append(pipe(chunk, seeds=list(seeds), noise_keys=None if keys is None else keys[start:start + len(chunk)],
+                        num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, output_type="np").images)
     inverted = (np.concatenate(inv) * 255).round().astype(np.uint8)
     per_gt = [gr for gr in true for _ in range(k)]
     groups = [g for g in range(len(true)) for _ in range(k)]
@@ -112,7 +114,7 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     pixel = np.abs(mine.astype(np.float32) - inverted.astype(np.float32)).mean((1, 2, 3))
     noise_pixel = (np.abs(mine[0::k].astype(np.float32) - mine[1::k].astype(np.float32)).mean((1, 2, 3))
                    if k > 1 else None)
-    return {"n_graphs": len(true), "seeds": list(seeds),
+    return {"n_graphs": len(true), "seeds": list(seeds), "noise_rule": "shared" if keys is None else "per-graph",
             "relation_iou_vs_true_graph": {n: float(r.mean["relation_iou"]) for n, r in scores.items()},
             "sg_iou_vs_true_graph": {n: float(r.mean["sg_iou"]) for n, r in scores.items()},
             "relation_iou_drop": drop.to_dict(),
@@ -126,18 +128,11 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
 
 def _triples_by_kind(graphs: Sequence, preds: Sequence) -> dict:
     """Per predicate kind (spatial / size) of the graphs' triples: their number, the share whose two phrases the
-    extraction found, and the share of those that hold in it (directions made canonical on both sides)."""
-    from ..world.rules import SPATIAL, canonical_triple
+    extraction found, and the share of those that hold in it (``sg_iou.triple_counts``, pooled)."""
+    from .sg_iou import triple_counts
 
-    counts = {"spatial": [0, 0, 0], "size": [0, 0, 0]}
-    for g, e in zip(graphs, preds):
-        found = set(e.object_list or [])
-        held = {canonical_triple(*t) for t in (e.triples or [])}
-        for a, p, b in g.triples():
-            c = counts["spatial" if p in SPATIAL else "size"]
-            c[0] += 1
-            if a in found and b in found:
-                c[1] += 1
-                c[2] += canonical_triple(a, p, b) in held
-    return {k: {"triples": n, "both_found": f / n if n else None, "holds_given_found": h / f if f else None}
-            for k, (n, f, h) in counts.items()}
+    out = {}
+    for kind, c in triple_counts(graphs, preds).items():
+        n, f, h = (int(v) for v in c.sum(0))
+        out[kind] = {"triples": n, "both_found": f / n if n else None, "holds_given_found": h / f if f else None}
+    return out

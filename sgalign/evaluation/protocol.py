@@ -6,8 +6,9 @@ class, guidance scale, resolution). Two models compared under one protocol see t
 same seeds, so their per-image scores pair up.
 
 Sections:
-* ``sampling``: scheduler, steps, eta, CFG scale, resolution, seeds (seed k = the same initial noise for every
-  graph/prompt; image ``g * K + k`` is graph/prompt ``g`` with seed ``k``);
+* ``sampling``: scheduler, steps, eta, CFG scale, resolution, seeds and the noise rule (``per-graph``: image ``k``
+  of graph/prompt ``g`` has its own noise from the graph's content and ``seeds[k]``; ``shared``: seed ``k`` = the
+  same noise for every graph; ``sgalign.diffusion.noise``); image ``g * K + k`` is graph/prompt ``g``, seed ``k``;
 * ``inputs``: the graph set (compositional) or prompt set (t2i): the world's test split by default, or a file;
 * ``compositional``: extractor (world oracle or an OpenAI-compatible chat endpoint), SG-IoU modes and
   granularities, failure policy, FID features and preprocessing;
@@ -21,6 +22,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..config import ConfigModel
+from ..diffusion.noise import NoiseRule
 
 Task = Literal["compositional", "t2i"]
 
@@ -32,6 +34,9 @@ class SamplingProtocol(ConfigModel):
     guidance_scale: float | None = None  # None: the pipeline default (7.5 SD1.5, 5.0 SDXL); <= 1 disables CFG
     resolution: int | None = Field(None, ge=8)  # None: the model's native size (unet sample_size x VAE factor)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    # per-graph: image k of graph g gets its own noise, hashed from the graph's content and seeds[k]; shared: seeds[k]
+    # for every graph (the rule of results before version 5; it correlates the layouts of all graphs at one seed)
+    noise: NoiseRule = "per-graph"
     batch_graphs: int = Field(16, ge=1)  # graphs (prompts) per pipeline call; every seed of a graph in one call
     torch_threads: int | None = Field(None, ge=1)
 

@@ -267,6 +267,7 @@ def _compositional(doc: Document, r: dict[str, Any], files: Path) -> None:
         png = _bar_plot(files / "iou_paired_difference.png", "model - baseline [95% paired CI]",
                         list(METRIC_NAMES.values()), series, "difference", hline=0.0)
         doc.image(png, "paired differences model - baseline")
+    _spatial_section(doc, m.get("spatial"), roles)
     doc.h(2, "FID")
     fid = m["fid"]
     if "skipped" in fid:
@@ -293,6 +294,25 @@ def _compositional(doc: Document, r: dict[str, Any], files: Path) -> None:
         png = _bar_plot(files / "fid.png", "FID [95% bootstrap CI]", ["FID"],
                         {role: [fid[role]["ci"]] for role in shown}, "FID (lower is better)")
         doc.image(png, "FID with bootstrap intervals (asymmetric)")
+
+
+def _spatial_section(doc: Document, sp: dict[str, Any] | None, roles: list[str]) -> None:
+    """The spatial hold rate per role, its counts and the paired Δ (absent before results version 3)."""
+    if sp is None:
+        return
+    doc.h(2, "Spatial relations")
+    if "skipped" in sp:
+        doc.p(f"Not computed: {sp['skipped']}.")
+        return
+    doc.p(f"Spatial hold rate: the {sp['definition']}. Size triples hold whenever both phrases are drawn, so this is "
+          "the figure that says whether the layout follows the predicates (chance is about 1 in 4).")
+    rows = [[role, _ci(sp[role]["holds_given_found"]) if sp[role]["holds_given_found"] else "n/a (none drawn)",
+             str(sp[role]["triples"]), str(sp[role]["both_found"]), str(sp[role]["holds"])] for role in roles]
+    doc.table(["role", "holds [95% CI]", "spatial triples", "both phrases drawn", "holding"], rows)
+    d = sp.get("vs_baseline")
+    if d:
+        doc.p("Model - baseline (paired, same graphs and noise): " + _ci(d)
+              + (" *" if (d["low"] > 0 or d["high"] < 0) else "") + ".")
 
 
 def _fid_ci(d: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..diffusion.noise import NOISE_RULES
 from ..hashing import write_atomic, write_json_atomic
 from ..machine import machine_info
 from .protocol import EvalProtocol
@@ -44,7 +45,9 @@ from .scoring import score_compositional, score_t2i
 
 RESULTS_NAME = "results.json"
 FAILURE_NAME = "failure.json"  # written instead of results.json when too many extractions failed
-RESULTS_VERSION = 2  # 2: intervals resample graphs/prompts (all seeds together); FID intervals re-centred
+# 2: intervals resample graphs/prompts (all seeds together); FID intervals re-centred. 3: the noise rule
+# (resolved.noise_rule; per-graph noise by default, diffusion.noise) and the spatial-hold figure
+RESULTS_VERSION = 3
 
 
 # ---- entry point --------------------------------------------------------------------------------------------------
@@ -146,17 +149,17 @@ def _image_key(sha256: str, protocol: EvalProtocol, used: dict[str, Any]) -> str
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _generate_cached(loaded: Any, gen_inputs: Sequence[Any], protocol: EvalProtocol, used: dict[str, Any],
-                     cache: Path | None) -> tuple[np.ndarray, bool]:
+def _generate_cached(loaded: Any, gen_inputs: Sequence[Any], keys: Sequence[str], protocol: EvalProtocol,
+                     used: dict[str, Any], cache: Path | None) -> tuple[np.ndarray, bool]:
     """The model's images, from ``cache`` when an entry with the same key exists; a new entry is written
     atomically, so an interrupted run never leaves a partial one."""
     if cache is None:
-        return generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"]), False
+        return generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"], keys), False
     path = cache / f"{_image_key(loaded.info['sha256'], protocol, used)}.npz"
     if path.is_file():
         with np.load(path) as z:
             return z["images"], True
-    images = generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"])
+    images = generate(loaded.pipe, gen_inputs, protocol, used["guidance_scale"], keys)
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: given a path, numpy would append ".npz" to the temporary name
             np.savez_compressed(f, images=images)
@@ -193,7 +196,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
             raise ValueError(f"model and baseline resolve the protocol differently: {resolved} vs {used}; set "
                              "sampling.guidance_scale and sampling.scheduler explicitly")
         resolved.update(used)
-        images[role], cached = _generate_cached(loaded, gen_inputs, protocol, used, image_cache)
+        images[role], cached = _generate_cached(loaded, gen_inputs, inputs.noise_keys, protocol, used, image_cache)
         np.savez_compressed(out / "images" / f"{role}.npz", images=images[role])
         prov["models"][role] = {**loaded.info, **({"images_from_cache": cached} if image_cache is not None else {})}
         if loaded.info["random_init"]:
@@ -207,6 +210,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
         np.savez_compressed(out / "images" / "reference.npz", images=inputs.reference_images)
     resolved["resolution"] = [int(images["model"].shape[1]), int(images["model"].shape[2])]
     resolved["n_images_per_model"] = int(len(images["model"]))
+    resolved["noise_rule"] = {"rule": protocol.sampling.noise, "definition": NOISE_RULES[protocol.sampling.noise]}
     t1 = time.time()
     if protocol.task == "compositional":
         metrics = score_compositional(protocol, inputs, images, out, prov)
@@ -227,7 +231,8 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
         "inputs": {"ids": inputs.ids, "prompts": inputs.prompts,
                    "graphs": [None if g is None else g.to_record(img_id=str(k)).model_dump(mode="json")
                               for k, g in enumerate(inputs.graphs)],
-                   "image_order": "image g*K + k = input g with seed sampling.seeds[k]",
+                   "image_order": "image g*K + k = input g with seed sampling.seeds[k] (resolved.noise_rule)",
+                   "noise_keys": inputs.noise_keys,
                    "images": {role: f"images/{role}.npz" for role in images},
                    "reference_images": None if inputs.reference_images is None else "images/reference.npz"},
         "metrics": metrics, "provenance": prov,

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..diffusion.noise import image_generators, noise_keys
 from ..errors import UserError
 from ..hashing import TRAINING_RECORD, file_sha256, folder_sha256, is_random_init, model_index, read_record
 from ..scene_graph import SceneGraph, load_split
@@ -92,22 +93,43 @@ def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def generate(pipe: Any, inputs: Sequence[Any], protocol: EvalProtocol, guidance_scale: float) -> np.ndarray:
-    """uint8 [G*K, H, W, 3]; image ``g*K + k`` is input ``g`` with seed ``seeds[k]`` (same noise for every g)."""
+def generate(pipe: Any, inputs: Sequence[Any], protocol: EvalProtocol, guidance_scale: float,
+             keys: Sequence[str]) -> np.ndarray:
+    """uint8 [G*K, H, W, 3]; image ``g*K + k`` is input ``g`` with seed ``seeds[k]`` under the protocol's noise rule
+    (``keys``: the inputs' noise keys, ``Inputs.noise_keys``)."""
     s = protocol.sampling
+    if len(keys) != len(inputs):
+        raise ValueError(f"got {len(keys)} noise keys for {len(inputs)} inputs")
     size = {} if s.resolution is None else {"height": s.resolution, "width": s.resolution}
     chunks = []
     for start in range(0, len(inputs), s.batch_graphs):
         part = list(inputs[start:start + s.batch_graphs])
+        gens = image_generators(s.seeds, keys[start:start + s.batch_graphs], s.noise)
         common = dict(num_inference_steps=s.steps, guidance_scale=guidance_scale, eta=s.eta, output_type="np", **size)
         if protocol.task == "compositional":
-            out = pipe(part, seeds=s.seeds, **common)
+            out = pipe(part, num_images_per_graph=len(s.seeds), generator=gens, **common)
         else:
-            gens = [torch.Generator("cpu").manual_seed(int(seed)) for _ in part for seed in s.seeds]
             out = pipe(prompt=part, num_images_per_prompt=len(s.seeds), generator=gens, **common)
         chunks.append(np.asarray(out.images))
     images = np.concatenate(chunks)
     return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def noise_rule(results: dict[str, Any]) -> str:
+    """The noise rule a results.json was sampled under: ``sampling.noise``, or "shared" for results before
+    version 3 (which had no such key and drew seed k's noise for every graph)."""
+    return results["protocol"]["sampling"].get("noise", "shared")
+
+
+def check_same_noise(named: dict[str, dict[str, Any]]) -> str:
+    """The one noise rule of several results.json (name -> results) about to be compared image by image; a
+    ValueError naming both sides when they differ (their images of one graph started from different noise)."""
+    rules = {name: noise_rule(r) for name, r in named.items()}
+    if len(set(rules.values())) > 1:
+        raise ValueError("results sampled under different noise rules cannot be paired: "
+                         + ", ".join(f"{n} {r!r}" for n, r in rules.items())
+                         + "; re-run the older evaluation (results version 3 draws per-graph noise)")
+    return next(iter(rules.values()))
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------------
@@ -118,6 +140,16 @@ class Inputs:
     prompts: list[str] | None  # t2i only
     reference_images: np.ndarray | None  # uint8 [G, H, W, 3] renders (world graph sets), for FID
     provenance: dict[str, Any]
+
+    @property
+    def noise_keys(self) -> list[str]:
+        """Each input's noise identity (``diffusion.noise``): its graph's serialised text, or its prompt."""
+        return input_noise_keys(self.graphs, self.prompts)
+
+
+def input_noise_keys(graphs: Sequence[SceneGraph | None], prompts: Sequence[str] | None = None) -> list[str]:
+    """Noise keys of an input set: a prompt's text when there are prompts, else the graph's serialised text."""
+    return noise_keys(list(prompts) if prompts is not None else [g.serialize() for g in graphs])
 
 
 class InputsError(UserError, ValueError):

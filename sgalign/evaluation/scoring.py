@@ -24,21 +24,25 @@ def score_compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str
                         prov: dict[str, Any]) -> dict[str, Any]:
     """SG-IoU / Entity-IoU / Relation-IoU per role, granularity and mode, paired differences vs the baseline, and
     FID; ``prov`` gains the extractor's (and FID features') provenance, ``out`` the chat extractor's caches."""
-    from .sg_iou import compare_sg_iou
+    from .sg_iou import compare_sg_iou, triple_counts
 
     K = len(protocol.sampling.seeds)
     st = protocol.stats
     metrics: dict[str, Any] = {"iou": {}, "fid": {}, "vs_baseline": {}, "resampling_unit": GRAPH_UNIT}
     reports: dict[str, dict[str, Any]] = {}
     prov["extractor"] = {}
+    counts: dict[str, np.ndarray] = {}
     for role, imgs in images.items():
-        reports[role] = _iou_reports(protocol, inputs, imgs, role, out, prov)
+        reports[role], phrase_preds = _iou_reports(protocol, inputs, imgs, role, out, prov)
         metrics["iou"][role] = {key: rep.to_dict() for key, rep in reports[role].items()}
+        if phrase_preds is not None:
+            counts[role] = triple_counts([g for g in inputs.graphs for _ in range(K)], phrase_preds)["spatial"]
     if "baseline" in images:
         for key, rep in reports["model"].items():
             diff = compare_sg_iou(rep, reports["baseline"][key], n_resamples=st.n_resamples, level=st.level,
                                   seed=st.seed)
             metrics["vs_baseline"][key] = {m: ci.to_dict() for m, ci in diff.items()}
+    metrics["spatial"] = _spatial(protocol, counts, len(inputs.graphs))
     c = protocol.compositional
     if not c.fid:
         metrics["fid"] = {"skipped": "compositional.fid is false"}
@@ -49,10 +53,29 @@ def score_compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str
     return metrics
 
 
+def _spatial(protocol: EvalProtocol, counts: dict[str, np.ndarray], n_graphs: int) -> dict[str, Any]:
+    """The spatial hold rate per role and its paired Δ vs the baseline (``sg_iou.spatial_hold``)."""
+    from .sg_iou import compare_spatial_hold, spatial_hold
+
+    if not counts:
+        return {"skipped": "the spatial hold rate needs the world oracle's phrase-granularity extractions "
+                           "(compositional.extractor=world-oracle with phrase in compositional.granularities)"}
+    st, K = protocol.stats, len(protocol.sampling.seeds)
+    kw = dict(groups=[g for g in range(n_graphs) for _ in range(K)], n_resamples=st.n_resamples, level=st.level,
+              seed=st.seed, unit=GRAPH_UNIT)
+    out: dict[str, Any] = {"definition": "share of the true graph's spatial triples that hold, among those whose two "
+                                         "phrases were both drawn (phrase granularity, pooled over images)"}
+    for role, c in counts.items():
+        out[role] = spatial_hold(c, **kw)
+    if "baseline" in counts:
+        out["vs_baseline"] = compare_spatial_hold(counts["model"], counts["baseline"], **kw)
+    return out
+
+
 def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role: str, out: Path,
-                 prov: dict[str, Any]) -> dict[str, Any]:
+                 prov: dict[str, Any]) -> tuple[dict[str, Any], list[Any] | None]:
     """One role's ``SGIoUReport`` per "granularity/mode"; each extraction made once and shared by the modes that
-    read it."""
+    read it. Also the phrase-granularity world-oracle extractions (None otherwise), for the spatial hold rate."""
     from .sg_iou import evaluate_sg_iou
 
     K = len(protocol.sampling.seeds)
@@ -60,7 +83,7 @@ def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role:
     per_gt = [g for g in inputs.graphs for _ in range(K)]
     graph_of_image = [g for g in range(len(inputs.graphs)) for _ in range(K)]  # resampling unit: the graph
     keys = [f"{i}/seed{s}" for i in inputs.ids for s in protocol.sampling.seeds]
-    parsed = None
+    parsed = phrase_preds = None
     if c.extractor == "world-oracle":  # parse each image once for every granularity and mode
         from ..world import WorldOracle
 
@@ -83,7 +106,10 @@ def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role:
             reports[f"{gran}/{mode}"] = evaluate_sg_iou(
                 per_gt, extractions[paper], mode=mode, granularity=gran, failures=c.failures,
                 n_resamples=st.n_resamples, level=st.level, seed=st.seed, groups=graph_of_image, unit=GRAPH_UNIT)
-    return reports
+        if gran == "phrase" and parsed is not None:
+            phrase_preds = extractions[False] if False in extractions else extract_graphs(
+                protocol, imgs, per_gt, keys, gran, out, f"{role}_{gran}", paper=False, parsed=parsed)[0]
+    return reports, (phrase_preds if parsed is not None and "phrase" in c.granularities else None)
 
 
 def _fid(protocol: EvalProtocol, reference: np.ndarray, images: dict[str, np.ndarray], K: int,

@@ -43,7 +43,8 @@ import numpy as np
 
 from ..scene_graph import SceneGraph
 from .extracted import ExtractedGraph
-from .stats import ConfidenceInterval, bootstrap_ci, paired_bootstrap_ci
+from .stats import (ConfidenceInterval, bootstrap_ci, check_bootstrap_args, paired_bootstrap_ci, percentile_interval,
+                    resample_indices)
 
 Mode = Literal["paper", "normalized"]
 MODES: tuple[str, ...] = ("paper", "normalized")
@@ -217,3 +218,69 @@ def compare_sg_iou(a: SGIoUReport, b: SGIoUReport, *, n_resamples: int = 1000, l
         out[m] = paired_bootstrap_ci(va[keep], vb[keep], n_resamples=n_resamples, level=level, seed=seed,
                                      groups=groups, unit=a.unit)
     return out
+
+
+# ---- spatial hold rate ----------------------------------------------------------------------------------------
+# Why a figure of its own: a size triple ("large ... bigger than ... small") holds as soon as both phrases are drawn,
+# so SG-IoU and Relation-IoU mostly measure entity rendering. A spatial triple holds only when the layout follows
+# its predicate; among the spatial triples whose two phrases were both drawn, the share that holds is the one figure
+# that says whether a model reads its relations (chance is about 1 in 4).
+TRIPLE_KINDS = ("spatial", "size")
+
+
+def triple_counts(gts: Sequence[SceneGraph], preds: Sequence[ExtractedGraph]) -> dict[str, np.ndarray]:
+    """Per predicate kind of the world's relations, int [N, 3] per image: the true graph's triples of that kind, how
+    many had both phrases in the extraction, and how many of those hold in it (directions made canonical on both
+    sides). A failed extraction (``None``) counts its triples, none found."""
+    from ..world.rules import SPATIAL, canonical_triple
+
+    out = {k: np.zeros((len(gts), 3), dtype=np.int64) for k in TRIPLE_KINDS}
+    for i, (g, e) in enumerate(zip(gts, preds)):
+        found = set(e.object_list or []) if e is not None else set()
+        held = {canonical_triple(*t) for t in (e.triples or [])} if e is not None else set()
+        for a, p, b in g.triples():
+            c = out["spatial" if p in SPATIAL else "size"][i]
+            c[0] += 1
+            if a in found and b in found:
+                c[1] += 1
+                c[2] += canonical_triple(a, p, b) in held
+    return out
+
+
+def _hold_rate(counts: np.ndarray, idx: np.ndarray) -> float:
+    found = counts[idx, 1].sum()
+    return float(counts[idx, 2].sum() / found) if found else float("nan")
+
+
+def _hold_ci(stat, n: int, groups: Sequence[Any], n_resamples: int, level: float, seed: int,
+             unit: str | None) -> dict[str, Any] | None:
+    """Percentile interval of ``stat(image indices)`` over graph resamples; None when the estimate is undefined (no
+    spatial triple had both phrases drawn). Resamples that drew no such triple are left out, and counted."""
+    check_bootstrap_args(n_resamples, level)
+    est = stat(np.arange(n))
+    if not np.isfinite(est):
+        return None
+    idx, units = resample_indices(n, groups, n_resamples, np.random.default_rng(seed))
+    boot = np.array([stat(i) for i in idx])
+    ok = np.isfinite(boot)
+    ci = percentile_interval(est, boot[ok], level, n_resamples, seed, units, unit or "group")
+    return {**ci.to_dict(), "resamples_undefined": int((~ok).sum())}
+
+
+def spatial_hold(counts: np.ndarray, *, groups: Sequence[Any], n_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0, unit: str | None = None) -> dict[str, Any]:
+    """The hold rate (holding / both found, pooled over images) of ``counts`` (``triple_counts``'s [N, 3]) with a
+    percentile-bootstrap interval resampling ``groups`` (a graph with all its seeds), and the counts beside it."""
+    ci = _hold_ci(lambda i: _hold_rate(counts, i), len(counts), groups, n_resamples, level, seed, unit)
+    t, f, h = (int(v) for v in counts.sum(0))
+    return {"holds_given_found": ci, "triples": t, "both_found": f, "holds": h,
+            "both_found_share": f / t if t else None, "per_image": counts.tolist()}
+
+
+def compare_spatial_hold(a: np.ndarray, b: np.ndarray, *, groups: Sequence[Any], n_resamples: int = 1000,
+                         level: float = 0.95, seed: int = 0, unit: str | None = None) -> dict[str, Any] | None:
+    """Paired Δ hold rate (``a`` - ``b``, the same images of the same graphs and noise), resampling ``groups``;
+    None when either rate is undefined."""
+    if a.shape != b.shape:
+        raise ValueError(f"spatial hold: paired counts need the same images, got {a.shape} vs {b.shape}")
+    return _hold_ci(lambda i: _hold_rate(a, i) - _hold_rate(b, i), len(a), groups, n_resamples, level, seed, unit)

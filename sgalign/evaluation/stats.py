@@ -66,8 +66,8 @@ def check_bootstrap_args(n_resamples: int, level: float) -> None:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
 
 
-def _resample_indices(n: int, groups: Sequence[Hashable] | None, n_resamples: int,
-                      rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
+def resample_indices(n: int, groups: Sequence[Hashable] | None, n_resamples: int,
+                     rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
     """Index arrays, one per resample. With ``groups`` whole groups are drawn (cluster bootstrap)."""
     if groups is None:
         return list(rng.integers(0, n, size=(n_resamples, n))), n
@@ -118,7 +118,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Statistic = np
     check_bootstrap_args(n_resamples, level)
     x = _as_1d(values, "values")
     rng = np.random.default_rng(seed)
-    idx, n = _resample_indices(x.size, groups, n_resamples, rng)
+    idx, n = resample_indices(x.size, groups, n_resamples, rng)
     boot = np.array([statistic(x[i]) for i in idx], dtype=np.float64)
     return percentile_interval(statistic(x), boot, level, n_resamples, seed, n, _unit(groups, unit))
 
@@ -138,6 +138,6 @@ def paired_bootstrap_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np
     if xa.size != xb.size:
         raise ValueError(f"paired bootstrap needs scores on the same items: len(a)={xa.size}, len(b)={xb.size}")
     rng = np.random.default_rng(seed)
-    idx, n = _resample_indices(xa.size, groups, n_resamples, rng)
+    idx, n = resample_indices(xa.size, groups, n_resamples, rng)
     boot = np.array([statistic(xa[i], xb[i]) for i in idx], dtype=np.float64)
     return percentile_interval(statistic(xa, xb), boot, level, n_resamples, seed, n, _unit(groups, unit))

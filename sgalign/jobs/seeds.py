@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..evaluation.sampling import check_same_noise
 from ..evaluation.stats import bootstrap_ci
 from .specs import METRICS
 
@@ -51,11 +52,13 @@ def seeds_table(job_dirs: Sequence[str | Path], methods: Sequence[str], key: str
     jobs = [json.loads((d / "job.json").read_text()) for d in dirs]
     out: dict[str, Any] = {"key": key, "jobs": [str(d) for d in dirs], "seeds": [j["seed"] for j in jobs],
                            "budget": jobs[0]["budget"], "methods": {}}
-    base0 = None
+    base0 = first = None
     for method in methods:
         per_seed, deltas = [], {m: [] for m, _ in METRICS}
         for d, job in zip(dirs, jobs):
             res = json.loads((d / "eval" / method / "results.json").read_text())
+            first = res if first is None else first
+            check_same_noise({f"{dirs[0]}": first, f"{d / 'eval' / method}": res})
             base = {m: per_image(res, "baseline", m, key) for m, _ in METRICS}
             if base0 is None:
                 base0 = base

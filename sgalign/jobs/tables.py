@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..evaluation.sampling import check_same_noise
 from .specs import METRICS, split_method_id, trainer_method
 
 
@@ -40,8 +41,10 @@ def _evaluated(out: Path, methods: Sequence[str]):
 
 def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalized") -> dict[str, Any]:
     """One row per evaluated method (and the base, from the first evaluation's baseline role)."""
-    rows, base, base_ids = [], None, None
+    rows, base, base_ids, first = [], None, None, None
     for mid, r, s in _evaluated(out, methods):
+        first = first or (mid, r)
+        check_same_noise({first[0]: first[1], mid: r})
         m = r["metrics"]
         if key not in m["iou"]["model"]:
             key = next(iter(m["iou"]["model"]))
@@ -53,6 +56,7 @@ def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalize
                **{f"delta_{name}": m["vs_baseline"][key][name] for name, _ in METRICS},
                "fid": {"estimate": fid["model"]["fid"], **{k: fid["model"]["ci"][k] for k in ("low", "high")}}
                if "model" in fid else None,
+               **_spatial_cells(m.get("spatial"), "model"),
                "train_seconds": s["seconds"], "train_steps": s["steps"], "pairs_seen": s["pairs"],
                "unet_forwards_per_pair": s["unet_forwards_per_pair"], "final_loss": s["final_loss"],
                "implicit_acc": s["implicit_acc"], "random_init_model": s["random_init_model"],
@@ -61,13 +65,28 @@ def collect_rows(out: Path, methods: Sequence[str], key: str = "phrase/normalize
         rows.append(row)
         b_row = {**{name: m["iou"]["baseline"][key]["ci"][name] for name, _ in METRICS},
                  "fid": {"estimate": fid["baseline"]["fid"], **{k: fid["baseline"]["ci"][k] for k in ("low", "high")}}
-                 if "baseline" in fid else None}
+                 if "baseline" in fid else None, **_spatial_cells(m.get("spatial"), "baseline")}
         per = [x for x in m["iou"]["baseline"][key]["per_image"]]
         if base is None:
             base, base_ids = b_row, per
         elif per != base_ids:  # every evaluation regenerates the base: it must give the same images/scores
             row["fallbacks"] = row["fallbacks"] + ["base scores differ from the first evaluation's (nondeterminism)"]
     return {"key": key, "base": base, "rows": rows}
+
+
+def _spatial_cells(sp: dict[str, Any] | None, role: str) -> dict[str, Any]:
+    """A row's spatial hold rate (with its counts) and paired Δ vs the base, from results.json's metrics.spatial
+    (absent before results version 3: the cells read n/a)."""
+    if not sp or role not in sp:
+        return {"spatial_hold": None, "spatial_counts": None, "delta_spatial_hold": None}
+    r = sp[role]
+    return {"spatial_hold": r["holds_given_found"], "spatial_counts": [r["both_found"], r["triples"]],
+            "delta_spatial_hold": sp.get("vs_baseline") if role == "model" else None}
+
+
+def _spatial(row: dict[str, Any]) -> str:
+    c = row.get("spatial_counts")
+    return _ci(row.get("spatial_hold")) + (f" ({c[0]}/{c[1]})" if c else "")
 
 
 Row = tuple[str, "str | None", list[str]]  # (method, its report link or None, the other cells)
@@ -79,10 +98,11 @@ def _rows(t: dict[str, Any]) -> list[Row]:
     if t["base"] is not None:
         bb = t["base"]
         rows.append(("base", None, [_ci(bb[n]) for n, _ in METRICS] + ["-"] * len(METRICS)
-                     + [_ci(bb["fid"], 2), "-", "-"]))
+                     + [_spatial(bb), "-", _ci(bb["fid"], 2), "-", "-"]))
     for r in t["rows"]:
         rows.append((r["method"], r["report"], [_ci(r[n]) for n, _ in METRICS]
                      + [_delta(r[f"delta_{n}"]) for n, _ in METRICS]
+                     + [_spatial(r), _delta(r.get("delta_spatial_hold"))]
                      + [_ci(r["fid"], 2), f"{r['train_seconds']:.0f}", f"{r['unet_forwards_per_pair']:.1f}"]))
     return rows
 
@@ -100,12 +120,15 @@ def write_table(out: Path, job: dict[str, Any], methods: Sequence[str]) -> dict[
     tables = {k: collect_rows(out, methods, k) for k in keys}
     tables = {t["key"]: t for t in tables.values()}  # an evaluation without a key falls back to its first one
     rows = next(iter(tables.values()))["rows"]
-    head = ["method", *[h for _, h in METRICS], *[f"Δ {h} vs base" for _, h in METRICS], "FID",
-            "train s", "UNet fwd/pair"]
+    head = ["method", *[h for _, h in METRICS], *[f"Δ {h} vs base" for _, h in METRICS],
+            "spatial hold (found/triples)", "Δ spatial hold", "FID", "train s", "UNet fwd/pair"]
     intro = (f"Per method vs the base: IoU mean [95 % bootstrap CI] over {b['eval_graphs']} world "
              f"{b.get('eval_split', 'test')} graphs x "
              f"{len(b['eval_seeds'])} seeds ({b['eval_steps']} DDIM steps); Δ = paired bootstrap of method - base on "
-             "the same graphs and seeds (`*` = the interval excludes 0). FID vs the renders of the same graphs, with a "
+             "the same graphs and noise (`*` = the interval excludes 0); each graph draws its own noise per seed "
+             "(per-graph rule). Spatial hold: the share of the true graphs' spatial triples that hold among those "
+             "whose two phrases were drawn (phrase level; the one figure a layout must earn), with its counts. "
+             "FID vs the renders of the same graphs, with a "
              "bootstrap interval. train s = training wall time; UNet fwd/pair from the trainer's logs.")
     if b.get("holdout"):
         intro += (f" Held-out colour:shape pairs {', '.join(b['holdout'])}: no training graph contains one"

@@ -38,6 +38,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..config import apply_overrides
+from ..evaluation.sampling import check_same_noise
 from .seeds import graph_deltas, per_image, pooled_ci
 from .specs import (METRICS, TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, method_training,
                     resolve_budget, split_method_id, train_config, trainer_method)
@@ -261,6 +262,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
                 _eval(_model_at(run, s, steps[-1], base, tmp), dst, f"{cname} step {s}")
                 shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
             res = json.loads((dst / "results.json").read_text())
+            check_same_noise({"eval/base": base_res, str(dst.relative_to(out)): res})
             if task == "compositional":
                 fig = _figures(res)
                 fig["delta_sg_iou"] = paired_delta(res, base_res, fig["key"], len(b.eval_seeds),
@@ -329,6 +331,8 @@ def run_tune_draws(out_dir: str | Path, grid: TuneGrid, seeds: list[int], budget
     base = {m: per_image(load(seeds[0], "eval/base/results.json"), "model", m, key) for m, _ in METRICS}
     for s in seeds[1:]:
         other = load(s, "eval/base/results.json")
+        check_same_noise({f"seed-{seeds[0]}/eval/base": load(seeds[0], "eval/base/results.json"),
+                          f"seed-{s}/eval/base": other})
         if any(not np.array_equal(per_image(other, "model", m, key), base[m], equal_nan=True) for m in base):
             raise ValueError(f"{out / f'seed-{s}'}: its base scores differ from seed {seeds[0]}'s; the draws did not "
                              "evaluate the same graphs and seeds (one budget for all)")

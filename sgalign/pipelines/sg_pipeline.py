@@ -2,8 +2,9 @@
 
 * ``graphs``: ``SceneGraph``s, ``LaionSGRecord``s or LAION-SG record dicts.
 * Many graphs x many seeds in one batched call: image ``g * K + k`` is graph ``g`` with seed ``k``
-  (``seeds=[...]``: the same seed gives the same initial noise for every graph), or ``num_images_per_graph``
-  with ``generator`` (one, or one per image) as in diffusers.
+  (``seeds=[...]`` with ``noise_keys=[...]``, one per graph: each graph its own noise, ``diffusion.noise``'s
+  per-graph rule; ``seeds`` alone: the same seed gives the same initial noise for every graph), or
+  ``num_images_per_graph`` with ``generator`` (one, or one per image) as in diffusers.
 * Classifier-free guidance: ``uncond + s * (cond - uncond)``; the unconditional branch is SDXL's zeros or
   SD1.5's empty text (``sgalign.models.unconditional_conditioning``).
 * Deterministic given the generator(s) / seeds.
@@ -19,7 +20,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..diffusion.noise import shrink_spatial_mean
+from ..diffusion.noise import image_generators, shrink_spatial_mean
 from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
 from ..models.graph_inputs import as_scene_graphs
 from ..models.loading import MissingModelFileError, load_components, load_sg_encoder
@@ -69,6 +70,7 @@ class SGPipelineBase(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, graphs: Any = None, *, conditioning: SGConditioning | None = None,
                  num_images_per_graph: int = 1, seeds: Sequence[int] | None = None,
+                 noise_keys: Sequence[str] | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
@@ -87,8 +89,13 @@ class SGPipelineBase(DiffusionPipeline):
         if seeds is not None:
             if generator is not None:
                 raise ValueError("pass seeds or generator, not both")
+            if noise_keys is not None and len(noise_keys) != n_graphs:
+                raise ValueError(f"got {len(noise_keys)} noise keys for {n_graphs} graphs")
             num_images_per_graph = len(seeds)
-            generator = [torch.Generator(device="cpu").manual_seed(int(s)) for _ in range(n_graphs) for s in seeds]
+            generator = image_generators(seeds, noise_keys if noise_keys is not None else range(n_graphs),
+                                         "per-graph" if noise_keys is not None else "shared")
+        elif noise_keys is not None:
+            raise ValueError("noise_keys go with seeds")
         batch = n_graphs * num_images_per_graph
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images ({n_graphs} graphs x "
