@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=d.batch)
     ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
                     help="stage 1 offset noise (per-image, per-channel constant added to the noise, x this std)")
+    ap.add_argument("--stage1-graph", action=argparse.BooleanOptionalAction, default=d.stage1_graph,
+                    help="train the SG encoder jointly in stage 1, gate open (--no-stage1-graph: text only, as before)")
+    ap.add_argument("--graph-drop-prob", type=float, default=d.graph_drop_prob,
+                    help="stage 1 with the graph: share of rows conditioned on the text alone")
+    ap.add_argument("--text-lr", type=float, default=d.text_lr, help="stage 1 text-encoder lr")
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
                         stage1=StageBudget(a.stage1_steps, d.stage1.share),
                         stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch,
-                        offset_noise=a.offset_noise)
+                        offset_noise=a.offset_noise, stage1_graph=a.stage1_graph,
+                        graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr)
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()
     final = run_world_base(r, command=command, only=a.only,

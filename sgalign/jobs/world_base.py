@@ -84,6 +84,12 @@ class WorldBaseRecipe:
     offset_noise: float = 0.0
     ema_decay: float = 0.999
     warmup_steps: int = 100
+    # stage 1 with the graph: the SG encoder trains jointly with the UNet and text encoder, its gate open, so the
+    # relation channel is there while the UNet learns to draw (a fine-tune from a text-only UNet turned a fresh SG
+    # path down: docs/RESULTS.md). graph_drop_prob of the conditioned rows use the text alone, so the text path stays
+    # a model of its own (the t2i base; LAION-SG's "SG path vs text alone" is then a comparison of two trained paths)
+    stage1_graph: bool = True
+    graph_drop_prob: float = 0.2
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -100,7 +106,8 @@ class WorldBaseRecipe:
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "cross_attention_dim": 64,
         "attention_head_dim": 8, "norm_num_groups": 32})
     sg_encoder: dict[str, Any] = field(default_factory=lambda: {
-        "mode": "object", "embed_dim": 64, "hidden_dim": 64, "num_graph_layers": 5})
+        "mode": "object", "embed_dim": 64, "hidden_dim": 64, "num_graph_layers": 5, "init": "variance-keeping",
+        "gate_init": 1.0})
     scheduler: dict[str, Any] = field(default_factory=lambda: {
         "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
         "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"})
@@ -291,7 +298,7 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
-    """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (gate 0: text only).
+    """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
     from ..models.loading import load_components, load_sg_encoder
     from ..models.sg_encoder import SGEncoder
@@ -334,7 +341,10 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.sg_encoder):
         m.requires_grad_(False).eval().to(r.device)
-    trained = {"unet": pipe.unet, "text_encoder": pipe.text_encoder} if stage == 1 else {"sg_encoder": pipe.sg_encoder}
+    with_graph = stage == 2 or r.stage1_graph
+    trained = {"unet": pipe.unet, "text_encoder": pipe.text_encoder} if stage == 1 else {}
+    if with_graph:
+        trained["sg_encoder"] = pipe.sg_encoder
     for m in trained.values():  # before param_groups, which keeps only parameters that require grad
         m.requires_grad_(True).train()
     lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr}
@@ -346,7 +356,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     warm = r.warmup_steps
 
     def lr_at(step: int) -> float:
-        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     emas = {k: EMAModel(m.parameters(), decay=r.ema_decay) for k, m in trained.items()}
@@ -396,7 +406,17 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         noise = noise.to(r.device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen).to(r.device)
         noisy = noise_sched.add_noise(lat, noise, t)
-        cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=stage == 2).prompt_embeds
+        if stage == 1 and with_graph and r.graph_drop_prob > 0:
+            text_only = torch.rand(len(idx), generator=gen) < r.graph_drop_prob
+            cond = None
+            for use_graph, rows in ((True, (~text_only).nonzero()[:, 0]), (False, text_only.nonzero()[:, 0])):
+                if len(rows):
+                    part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
+                                              use_graph=use_graph).prompt_embeds
+                    cond = part.new_zeros((len(idx),) + part.shape[1:]) if cond is None else cond
+                    cond = cond.index_copy(0, rows.to(part.device), part)
+        else:
+            cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
         if stage == 1 and r.uncond_prob > 0:
             drop = (torch.rand(len(idx), generator=gen) < r.uncond_prob).to(r.device)
             if drop.any():
@@ -437,7 +457,8 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")
     rec = {"stage": name, "trained": list(trained), "steps": step, "planned_steps": total,
            "stopped_early": stopped_early, "batch": r.batch, "wall_seconds": round(elapsed, 1),
-           "lr": {"unet": r.unet_lr, "text_encoder": r.text_lr} if stage == 1 else {"sg_encoder": r.sg_lr},
+           "lr": {k: lrs[k] for k in trained}, "graph": with_graph,
+           "graph_drop_prob": r.graph_drop_prob if stage == 1 and with_graph else None,
            "warmup_steps": warm, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
            "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,

@@ -48,6 +48,14 @@ from .graph_conv import GraphTripleConv, GraphTripleConvNet
 
 Mode = Literal["object", "faithful"]
 MODES = ("object", "faithful")
+# default: PyTorch's Linear init, as LAION-SG runs (its initialize_parameters() is never called). Six such
+# Linear-ReLU triple convolutions collapse their input spread layer by layer: a fresh encoder's object outputs are
+# near-constant and a predicate inversion moves them ~1e-7 (docs/RESULTS.md, "An SG encoder that carries its
+# graph"), and epsilon-MSE training from there only learns the gate. variance-keeping: He-normal weights (fan-in,
+# ReLU gain) and zero biases, which keep the spread through the stack; same modules and keys, a labelled non-faithful
+# choice for encoders trained from scratch.
+Init = Literal["default", "variance-keeping"]
+INITS = ("default", "variance-keeping")
 
 
 class SGEncoder(ModelMixin, ConfigMixin):
@@ -64,6 +72,8 @@ class SGEncoder(ModelMixin, ConfigMixin):
             keeps the encoder's own states of the padding tokens (plain SD/SDXL prompt encoding).
         self_loops: object mode only -- one self-loop per item (see module docstring).
         gate_init: initial value of ``alpha_obj`` (0: the encoder starts as the text-only model).
+        init: "variance-keeping" (He-normal Linear weights, zero biases; the default for fresh encoders) or "default"
+            (PyTorch's init, LAION-SG's behaviour, which collapses a six-layer stack). Loaded weights replace either.
     """
 
     config_name = "config.json"
@@ -71,10 +81,12 @@ class SGEncoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, text_dim: int = 2048, embed_dim: int = 512, hidden_dim: int = 512, num_graph_layers: int = 5,
                  pooling: str = "avg", mode: Mode = "object", pad_with_eos_copies: bool = True,
-                 self_loops: bool = True, gate_init: float = 0.0) -> None:
+                 self_loops: bool = True, gate_init: float = 0.0, init: Init = "variance-keeping") -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"SGEncoder: mode must be one of {MODES}, got {mode!r}")
+        if init not in INITS:
+            raise ValueError(f"SGEncoder: init must be one of {INITS}, got {init!r}")
         self.projection_mlp_1 = nn.Linear(text_dim, embed_dim, bias=False)
         self.projection_mlp_2 = nn.Linear(embed_dim, text_dim, bias=False)
         self.graph_conv = GraphTripleConv(embed_dim, embed_dim, hidden_dim, pooling)
@@ -82,6 +94,12 @@ class SGEncoder(ModelMixin, ConfigMixin):
         self.alpha_obj = nn.Parameter(torch.full((1,), float(gate_init)))
         if mode == "faithful":  # LAION-SG's CLIP-era leftover: in no loss, kept only for strict checkpoint loading
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        if init == "variance-keeping":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     @property
     def gate(self) -> Tensor:
@@ -101,7 +119,7 @@ class SGEncoder(ModelMixin, ConfigMixin):
     def laion_sg_config(cls, **overrides) -> dict:
         """The configuration of LAION-SG's released SDXL-SG encoder."""
         cfg = dict(text_dim=2048, embed_dim=512, hidden_dim=512, num_graph_layers=5, pooling="avg", mode="faithful",
-                   pad_with_eos_copies=True)
+                   pad_with_eos_copies=True, init="default")
         cfg.update(overrides)
         return cfg
 
