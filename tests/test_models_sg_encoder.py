@@ -176,3 +176,39 @@ def test_full_width_forward_on_the_laion_token_graph(text_dim):
         x, p = enc(torch.randn(nodes, text_dim), torch.randn(preds, text_dim), t["edges"].t())
     assert x.shape == (nodes, text_dim) and p.shape == (preds, text_dim)
     assert enc.projection_mlp_1.weight.shape == (512, text_dim)
+
+
+# ---- input sensitivity (issue 28): a fresh encoder must not start collapsed -----------------------------------
+SPREAD_MIN, INVERSION_MIN = 0.1, 2e-3  # measured: default init 0.027 / 1.2e-7, variance-keeping 0.31 / 1.5e-2
+
+
+@pytest.fixture(scope="module")
+def world_text():
+    from sgalign.models.loading import load_components
+    from sgalign.world import invert_predicates, sample_split
+    from sgalign.world.paths import world_model_path
+
+    comps = load_components(world_model_path())
+    graphs = [s.graph() for s in sample_split("validation", 64, seed=0) if s.relations][:24]
+    return graphs, [invert_predicates(g) for g in graphs], [comps["tokenizer"]], [comps["text_encoder"]]
+
+
+@pytest.mark.parametrize("init, sensitive", [("default", False), ("variance-keeping", True)])
+def test_fresh_six_layer_encoder_is_input_sensitive_only_with_the_variance_keeping_init(world_text, init, sensitive):
+    """Default (PyTorch) init, LAION-SG's: six Linear-ReLU triple convolutions collapse the spread of their inputs,
+    so objects get near-identical outputs and an inverted predicate moves them by ~1e-7. He-normal init keeps it."""
+    from sgalign.models.sg_encoder import input_sensitivity
+
+    graphs, inverted, tok, te = world_text
+    torch.manual_seed(0)
+    enc = SGEncoder(text_dim=te[0].config.hidden_size, embed_dim=64, hidden_dim=64, num_graph_layers=5, init=init)
+    s = input_sensitivity(enc, graphs, inverted, tok, te)
+    assert s["nodes"] > 50
+    ok = s["spread"] >= SPREAD_MIN and s["inversion_change"] >= INVERSION_MIN
+    assert ok == sensitive, s
+
+
+def test_laion_sg_config_keeps_pytorch_init_and_init_is_checked():
+    assert SGEncoder.laion_sg_config()["init"] == "default"
+    with pytest.raises(ValueError, match="init must be one of"):
+        SGEncoder(text_dim=8, embed_dim=4, hidden_dim=4, num_graph_layers=1, init="xavier")

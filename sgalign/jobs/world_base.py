@@ -11,7 +11,10 @@ Why these stages (measurements in docs/RESULTS.md, "World base model"):
 * **Stage 1** (LAION-SG's base model, and the world SD1.5 the t2i task starts from): UNet + text encoder trained
   jointly on the serialised-graph text, as the original LDM trained its text transformer with the UNet; a frozen
   text tower left the UNet nearly ignoring its text (conditioning gap 10 % of the loss). Min-SNR-5 weighting,
-  10 % empty-text rows for classifier-free guidance, EMA of both.
+  10 % empty-text rows for classifier-free guidance, EMA of both. By default (``stage1_graph``) the SG encoder
+  (variance-keeping init, gate open) trains with them, so the graph's relation channel exists while the UNet learns
+  to draw; ``graph_drop_prob`` of the rows use the text alone, so the text path stays a model of its own (the t2i
+  base). ``--no-stage1-graph`` is the text-only stage 1 of the base shipped before wave 3.
 * **Stage 2** (LAION-SG's SDXL-SG training): the SG encoder alone, UNet and text encoder frozen, plain epsilon-MSE.
 
 Every stage writes its output folder atomically and a ``done.json``; stages 1 and 2 also checkpoint (weights,
@@ -589,7 +592,7 @@ Load: `StableDiffusionSGPipeline.from_pretrained(this_folder)` (sgalign.pipeline
   {vae['test_metrics']['psnr_db']:.1f} dB, oracle reads {100 * vae['test_metrics']['oracle_graph_exact']:.1f} % of
   test reconstructions exactly, blend test {'passes' if vae['blend_test']['passes'] else 'FAILS'}
 * cache: {st['cache']['graphs']} train graphs (Arrow, latent mean + std)
-* stage 1: UNet + text encoder jointly, {st['stage1']['steps']} steps x batch {st['stage1']['batch']}
+* stage 1: UNet + text encoder{' + SG encoder (gate open, ' + str(st['stage1'].get('graph_drop_prob')) + ' of rows on text alone)' if st['stage1'].get('graph') else ''} jointly, {st['stage1']['steps']} steps x batch {st['stage1']['batch']}
   ({st['stage1']['wall_seconds']:.0f} s{'; ' + st['stage1']['stopped_early'] if st['stage1'].get('stopped_early') else ''})
 * stage 2: SG encoder alone (UNet, text encoder frozen), {st['stage2']['steps']} steps
   ({st['stage2']['wall_seconds']:.0f} s), gate alpha_obj {st['stage2']['alpha_obj']:+.4f}
