@@ -69,7 +69,8 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
 
 def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[int], *,
                     noise_keys: Sequence[str] | None, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
-                    graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0) -> dict:
+                    graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0,
+                    use_graph: bool = True) -> dict:
     """Does the model draw what the predicates say, or what its noise says?
 
     ``images`` (uint8, image g*K + k = graph g with ``seeds[k]``) are the model's samples of ``graphs``; the probe
@@ -95,7 +96,9 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     inv = []
     for start in range(0, len(true), graphs_per_call):
         chunk = [invert_predicates(gr) for gr in true[start:start + graphs_per_call]]
-        inv.append(pipe(chunk, seeds=list(seeds), noise_keys=None if keys is None else keys[start:start + len(chunk)],
+        # use_graph=False: the SG model's text path alone (the SG residual left out), as the images were sampled
+        how = {"graphs": chunk} if use_graph else {"conditioning": pipe.encode_graphs(chunk, use_graph=False)}
+        inv.append(pipe(**how, seeds=list(seeds), noise_keys=None if keys is None else keys[start:start + len(chunk)],
                         num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, output_type="np").images)
     inverted = (np.concatenate(inv) * 255).round().astype(np.uint8)
     per_gt = [gr for gr in true for _ in range(k)]
