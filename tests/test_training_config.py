@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sgalign.config import ConfigError, load_config
-from sgalign.training.cli import default_config, parse
+from sgalign.jobs.train_cli import default_config, parse
 from sgalign.training.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -72,11 +72,11 @@ def test_world_default_with_explicit_synthetic_data_labels_fallbacks(tmp_path, m
 
     import yaml
 
-    import sgalign.training.trainer as trainer_module
-    from sgalign.training.cli import main
+    import sgalign.world.paths as world_paths
+    from sgalign.jobs.train_cli import main
 
     # as on a checkout without the shipped world SD1.5-SG: model.path=auto must fall back to a labelled random init
-    monkeypatch.setattr(trainer_module, "world_model_path", lambda: tmp_path / "no-world-model")
+    monkeypatch.setattr(world_paths, "world_model_path", lambda: tmp_path / "no-world-model")
     assert main(["--task", "t2i", "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.max_steps=2",
                  "--set", "logging.tqdm=false", "--set", "data.path=synthetic"]) == 0
     resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())

@@ -13,7 +13,7 @@ from sgalign.config import load_config
 from sgalign.jobs.specs import TRAIN_CONFIG, BUDGETS, eval_protocol
 from sgalign.jobs.tune import TuneGrid, choose, paired_delta, run_tune, write_tuned_config
 from sgalign.pipelines.tiny import make_tiny
-from sgalign.training.cli import main as train_main
+from sgalign.jobs.train_cli import main as train_main
 from sgalign.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
