@@ -4,7 +4,7 @@ Every ``import`` / ``from ... import`` in ``sgalign/`` and ``data_builders/`` --
 function -- may name a module of its own layer or of a lower one, never of a higher one:
 
     0  scene_graph, diffusion, config, world, machine (and the small shared modules at sgalign/'s top:
-       errors, hashing, outdir, progress, _torchvision_guard)
+       errors, hashing, outdir, progress, pair_schema, _torchvision_guard)
     1  models, methods, rewards
     2  pipelines, training, evaluation, data_builders
     3  jobs
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sgalign", "data_builders")
 LAYERS = {
     0: ("scene_graph", "diffusion", "config", "world", "machine", "errors", "hashing", "outdir", "progress",
-        "_torchvision_guard"),
+        "pair_schema", "_torchvision_guard"),
     1: ("models", "methods", "rewards"),
     2: ("pipelines", "training", "evaluation", "data_builders"),
     3: ("jobs",),
