@@ -6,7 +6,7 @@
 
 Per annotation: K images from the base SG pipeline (one call = ``annotations_per_call`` annotations x K seeds),
 candidate k's seed = ``candidate_seed(generation.seed, img_id, k)`` (recorded in ``seeds``), every configured reward
-on every candidate, one row in the schema of ``sgalign.training.data`` (``candidate_features``).
+on every candidate, one row in the schema of ``sgalign.pair_schema`` (``candidate_features``).
 
 Shards: the valid annotations in file order, ``annotations_per_shard`` per shard; process ``RANK`` of ``WORLD_SIZE``
 builds shards ``i`` with ``i % WORLD_SIZE == RANK`` (``accelerate launch`` sets both); a shard's content depends
@@ -226,7 +226,7 @@ class CandidateBuilder:
 
     def build_shard(self, out: Path, i: int, records: Sequence[LaionSGRecord], progress=None,
                     rank: int = 0) -> dict[str, Any]:
-        from sgalign.training.data import candidate_features
+        from sgalign.pair_schema import candidate_features
 
         t0 = time.perf_counter()
         n = self.cfg.generation.annotations_per_call

@@ -57,7 +57,7 @@ def build_similarity(cfg: PickapicSection):
 
 
 def _decode(data: Any):
-    from sgalign.training.data import decode_image
+    from sgalign.pair_schema import decode_image
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"not image bytes ({type(data).__name__})")
     return decode_image(bytes(data))

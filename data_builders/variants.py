@@ -132,7 +132,7 @@ def derive_variant(src: str | os.PathLike[str], out: str | os.PathLike[str], var
     ``margin``: the trainer's ``data.margin``, for the summary's count of annotations with a pair."""
     import pyarrow.parquet as pq
 
-    from sgalign.training.data import candidate_features
+    from sgalign.pair_schema import candidate_features
 
     if variant not in VARIANTS:
         raise VariantError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")

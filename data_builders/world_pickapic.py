@@ -188,7 +188,7 @@ def score_images(jpegs: Sequence[bytes], prompts: Sequence[str], reward=None) ->
     reward's provenance (its members, backends and flags)."""
     from sgalign.world.prompts import parse_world_prompt
     from sgalign.rewards import world_reward
-    from sgalign.training.data import decode_image
+    from sgalign.pair_schema import decode_image
 
     reward = reward or world_reward()
     out = reward([decode_image(b) for b in jpegs], [parse_world_prompt(p) for p in prompts])

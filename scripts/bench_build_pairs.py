@@ -174,7 +174,7 @@ def score_candidates(args, folder: Path, summary: dict | None, build_s: float | 
     from sgalign.evaluation import GraphParserExtractor, sg_iou_scores
     from sgalign.evaluation.extraction import ParsedImages
     from sgalign.scene_graph import LaionSGRecord, SceneGraph
-    from sgalign.training.data import decode_image
+    from sgalign.pair_schema import decode_image
     from sgalign.world import WorldOracle
 
     images, gts, rewards, groups = [], [], [], []

@@ -3,7 +3,7 @@
     python scripts/bench_step.py [--revision ccb35ef] [--models world-sd15 tiny-sdxl] [--methods ...]
                                  [--batches 1 4] [--steps 6] [--warmup 2] [--rounds 2] [--threads 1] [--out FILE.md]
 
-Benchmark, not a test (see ``sgalign.training.step_bench``): s/pair (process CPU and wall), UNet rows per pair and
+Benchmark, not a test (see ``sgalign.jobs.step_bench``): s/pair (process CPU and wall), UNet rows per pair and
 peak RSS per method on the world SD1.5-SG (text path) and a tiny random-init SDXL, at each batch size; the
 revision runs from a temporary git worktree with the same settings. Prints the machine line and a markdown table
 (``--out``: also written there).
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sgalign.machine import machine_line
-from sgalign.training.step_bench import METHODS, MODELS, compare, table
+from sgalign.jobs.step_bench import METHODS, MODELS, compare, table
 
 
 def main() -> None:

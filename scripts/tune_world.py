@@ -2,19 +2,22 @@
 """Validation grid of one method on the world compositional task (``sgalign.jobs.tune.run_tune``).
 
     python scripts/tune_world.py --method diffusion-dpo --betas 500,2000,5000 --lrs 1e-5,3e-5 --steps 50,100,150 \\
-        --budget demo --base-model runs/world-demo/base [--out runs/tune-diffusion-dpo] [--write-config]
+        --budget demo --base-model runs/world-demo/base [--out runs/tune-diffusion-dpo] [--write-config [FILE]]
     python scripts/tune_world.py --method inversion-dpo --options '[{num_steps: 10, subsample: 2}, {num_steps: 20}]'
 
 Each (β, lr, option set) is one training run of max(steps) steps, evaluated at every listed step from its
 checkpoints on world *validation* graphs (never test). The choice: the best validation SG-IoU among cells whose FID
-is not above the base's x --fid-guard. Writes OUT/grid.json and OUT/grid.md; --write-config also writes the chosen
-method options into configs/world/compositional.yaml. Resumable: rerun the same command.
+is not above the base's x --fid-guard. Writes OUT/grid.json and OUT/grid.md; --write-config also writes the choice
+(β, options, lr, steps) to a new YAML (default OUT/tuned.yaml) that includes configs/world/compositional.yaml:
+train it with `python scripts/train.py --task compositional --config OUT/tuned.yaml`. No tracked config is edited.
+Resumable: rerun the same command.
 
     python scripts/tune_world.py --task t2i --method diffusion-dpo --steps 50,100,200,400 --budget demo
 
 ``--task t2i``: world Pick-a-Pic pairs; each cell's win-rate over the base on validation prompts under the training
 reward and the held-out world-CLIP (the curve over steps); the choice: the best training-reward win-rate among cells
-that do not lose on world-CLIP (early stopping chosen on validation); --write-config writes configs/world/t2i.yaml.
+that do not lose on world-CLIP (early stopping chosen on validation); --write-config's file includes
+configs/world/t2i.yaml.
 
     python scripts/tune_world.py --method diffusion-dpo --betas 1000,5000 --seeds 0,1 --budget demo
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one JobBudget field (e.g. eval_graphs=128)")
     ap.add_argument("--set", dest="train_sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a trainer setting for every cell (e.g. data.proportion_empty_prompts=0.2); recorded")
-    ap.add_argument("--write-config", action="store_true", help="write the choice into the world YAML")
+    ap.add_argument("--write-config", nargs="?", const="", default=None, metavar="FILE",
+                    help="write the choice to FILE (default OUT/tuned.yaml), a new YAML including the world YAML")
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.budget_set:
@@ -88,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         draws = [int(x) for x in args.seeds.split(",") if x]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1")
+    write = args.write_config is not None
     if draws:
         if args.task != "compositional" or len(set(draws)) < 2:
             ap.error(f"--seeds {args.seeds!r}: at least 2 distinct pair draws, compositional task only")
-        run_tune_draws(out, grid, draws, budget=args.budget, base_model=args.base_model,
-                       write_config=args.write_config, **overrides)
+        run_tune_draws(out, grid, draws, budget=args.budget, base_model=args.base_model, write_config=write,
+                       config_path=args.write_config or None, **overrides)
     else:
-        run_tune(out, grid, budget=args.budget, seed=args.seed, base_model=args.base_model,
-                 write_config=args.write_config, **overrides)
+        run_tune(out, grid, budget=args.budget, seed=args.seed, base_model=args.base_model, write_config=write,
+                 config_path=args.write_config or None, **overrides)
     return 0
 
 

@@ -2,6 +2,10 @@
 
 Every config model derives from ``ConfigModel`` (unknown keys are errors). ``load_config`` turns any validation
 failure into a ``ConfigError`` that names each offending dotted key and where it came from (file or --set).
+
+A YAML file may start from others: ``include: [a.yaml, ...]`` (paths relative to the including file) are merged in
+order, then the file's own keys on top (``read_config_file``). A generated file (e.g. a tuning choice) can thus
+extend a tracked config without editing it.
 """
 from __future__ import annotations
 
@@ -75,15 +79,41 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+INCLUDE_KEY = "include"
+
+
+def read_config_file(path: str | os.PathLike[str], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``read_yaml`` with ``include:`` resolved: each listed file (relative to ``path``'s folder, itself resolved
+    recursively) deep-merged in order, then ``path``'s own keys. A file that includes itself, directly or through
+    others, is refused (the same file included twice along separate branches is fine)."""
+    p = Path(path).resolve()
+    if p in _chain:
+        raise ConfigError("config include cycle: " + " -> ".join(str(c) for c in (*_chain, p)))
+    data = read_yaml(p)
+    includes = data.pop(INCLUDE_KEY, None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{p}: '{INCLUDE_KEY}' must be a file path or a list of file paths, got {includes!r}")
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        target = p.parent / inc
+        if not target.is_file():
+            raise ConfigError(f"{p}: included config file {inc} ({target}) does not exist")
+        merged = _deep_merge(merged, read_config_file(target, (*_chain, p)))
+    return _deep_merge(merged, data)
+
+
 def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
                 base: dict[str, Any] | None = None, updates: Iterable[dict[str, Any]] = ()) -> C:
-    """Validate ``base`` <- YAML file <- ``updates`` <- overrides into ``cls``; errors name every bad key and its
-    source. ``updates``: nested dicts of typed values (a caller's settings, e.g. a job's budget), merged in order."""
+    """Validate ``base`` <- YAML file (its includes resolved) <- ``updates`` <- overrides into ``cls``; errors name
+    every bad key and its source. ``updates``: nested dicts of typed values (a caller's settings, e.g. a job's
+    budget), merged in order."""
     overrides = list(overrides)
     updates = list(updates)
     data = copy.deepcopy(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = _deep_merge(data, read_config_file(path))
     layer = getattr(cls, "settings_layer", None)
     if layer is not None:
         # a layer the merged values select (TrainConfig: the chosen method's tuned settings); it goes above the

@@ -1,5 +1,11 @@
 """Shared test set-up: never touch a model hub; one torch thread (tiny models run faster and far steadier on one
-thread than on two busy cores; measured: a tiny pipeline call 0.08 s steady vs 0.1-5.8 s with 2 threads under load)."""
+thread than on two busy cores; measured: a tiny pipeline call 0.08 s steady vs 0.1-5.8 s with 2 threads under load).
+
+Parallel runs (the README's test command): ``-n 2 --dist loadfile``, pytest-xdist's two workers, one test file at a
+time each, so a module-scoped fixture is built once and the tests that share it (its folder, its subprocesses, a
+module-level cache) never run in two processes; session fixtures are built once per worker. ``--dist loadgroup``
+would allow finer units, but with pytest >= 9.2 xdist 3.8 cannot tag node ids with a group and ignores the mark.
+"""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

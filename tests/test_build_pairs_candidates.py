@@ -47,7 +47,7 @@ def built(tiny, split_file, tmp_path_factory):
 
 
 def test_schema_seeds_and_scores(built, tiny):
-    from sgalign.training.data import candidate_features
+    from sgalign.pair_schema import candidate_features
     out, cfg, summary = built
     ds = load_candidates(out)
     assert len(ds) == 4 and ds.features == candidate_features(

@@ -48,3 +48,31 @@ def test_dump_round_trip(tmp_path):
     cfg = load_config(Run, None, ["trainer.lr=3e-4"])
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(Run, tmp_path / "resolved.yaml") == cfg
+
+
+def test_include_merges_listed_files_under_the_own_keys(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.yaml").write_text("trainer:\n  lr: 1.0e-3\n  steps: 5\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("include: base/a.yaml\ntrainer:\n  steps: 7\n")
+    (tmp_path / "c.yaml").write_text("include: [b.yaml]\ntrainer:\n  mixed_precision: bf16\n")
+    cfg = load_config(Run, tmp_path / "c.yaml", ["seed=9"])
+    # a.yaml < b.yaml < c.yaml < --set; include paths are relative to the including file, not the cwd
+    assert (cfg.trainer.lr, cfg.trainer.steps, cfg.trainer.mixed_precision, cfg.seed) == (1e-3, 7, "bf16", 9)
+
+
+def test_include_cycles_and_missing_files_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(Run, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("include: [nope.yaml]\n")
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(Run, tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("include: {x: 1}\n")
+    with pytest.raises(ConfigError, match="list of file paths"):
+        load_config(Run, tmp_path / "d.yaml")
+    # one file reached along two branches is not a cycle
+    (tmp_path / "e.yaml").write_text("seed: 2\n")
+    (tmp_path / "f.yaml").write_text("include: [e.yaml]\n")
+    (tmp_path / "g.yaml").write_text("include: [e.yaml, f.yaml]\n")
+    assert load_config(Run, tmp_path / "g.yaml").seed == 2

@@ -5,7 +5,7 @@ import pytest
 from data_builders.config import BuildPairsConfig
 from sgalign.config import ConfigError, load_config
 from sgalign.methods import build_method
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 from sgalign.training.config import TrainConfig
 
 BAD_TRAIN = ["trainer.max_steps=-5", "trainer.max_steps=0", "optimizer.lr=0", "optimizer.lr=-1e-6",

@@ -10,7 +10,7 @@ from data_builders import cli as build_cli
 from sgalign.errors import run_main
 from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SplitFileError
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 from helpers import evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent

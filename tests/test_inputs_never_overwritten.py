@@ -6,7 +6,7 @@ from pathlib import Path
 
 from data_builders import cli as build_cli
 from data_builders.config import WORLD_ANNOTATIONS
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 from helpers import evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent

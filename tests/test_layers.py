@@ -4,13 +4,15 @@ Every ``import`` / ``from ... import`` in ``sgalign/`` and ``data_builders/`` --
 function -- may name a module of its own layer or of a lower one, never of a higher one:
 
     0  scene_graph, diffusion, config, world, machine (and the small shared modules at sgalign/'s top:
-       errors, hashing, outdir, progress, _torchvision_guard)
+       errors, hashing, outdir, progress, pair_schema, _torchvision_guard)
     1  models, methods, rewards
     2  pipelines, training, evaluation, data_builders
     3  jobs
     (scripts/ on top: they may import anything)
 
-and no module there edits ``sys.path``.
+and no module there edits ``sys.path``. Within that order, ``training/`` imports neither ``world`` nor
+``pipelines.tiny``: which base model a run starts from ("auto": the world model or a tiny random init) is decided
+by the command layer, and the trainer takes a folder.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sgalign", "data_builders")
 LAYERS = {
     0: ("scene_graph", "diffusion", "config", "world", "machine", "errors", "hashing", "outdir", "progress",
-        "_torchvision_guard"),
+        "pair_schema", "_torchvision_guard"),
     1: ("models", "methods", "rewards"),
     2: ("pipelines", "training", "evaluation", "data_builders"),
     3: ("jobs",),
@@ -95,6 +97,44 @@ def test_imports_only_go_down():
                 upward.append(f"{f.relative_to(ROOT)}:{line}: {src} (layer {LAYER_OF[src]}) imports {target} "
                               f"(layer {LAYER_OF[dst]})")
     assert not upward, "imports from a lower layer up to a higher one:\n" + "\n".join(upward)
+
+
+# unit -> modules it must not import even where the layer order allows it
+FORBIDDEN = {"training": ("sgalign.world", "sgalign.pipelines.tiny")}
+# known exceptions, each with its way out (an entry that no longer imports what it names fails, so it is removed)
+FORBIDDEN_KNOWN = {
+    # the SG pre-training trains on world renders and can start from tiny components; issue 30 item 2 ("one
+    # pre-training loop") moves it beside the world recipe
+    "sgalign/training/pretrain_sg.py": ("sgalign.world", "sgalign.pipelines.tiny"),
+}
+
+
+def forbidden_imports(path: Path, mod: str | None = None) -> set[str]:
+    """The FORBIDDEN prefixes that ``path`` (module ``mod``, by default its own dotted name) imports."""
+    banned = FORBIDDEN.get(unit_of(mod or module_name(path)) or "", ())
+    return {p for _, t in imports(path, mod) for p in banned if t == p or t.startswith(p + ".")}
+
+
+def test_training_imports_neither_the_world_nor_the_tiny_factory():
+    hits = {str(f.relative_to(ROOT)): h for f in source_files() if (h := forbidden_imports(f))}
+    new = {f: sorted(h - set(FORBIDDEN_KNOWN.get(f, ()))) for f, h in hits.items()}
+    assert not any(new.values()), f"training/ imports what it must not (resolve models in jobs/): {new}"
+    stale = {f: sorted(set(h) - hits.get(f, set())) for f, h in FORBIDDEN_KNOWN.items()}
+    assert not any(stale.values()), f"FORBIDDEN_KNOWN lists imports that are gone; remove them: {stale}"
+
+
+def test_the_forbidden_check_sees_what_the_trainer_used_to_import(tmp_path):
+    import textwrap
+
+    f = tmp_path / "probe.py"
+    f.write_text(textwrap.dedent("""
+        from ..world.paths import world_model_path
+        def f():
+            from ..pipelines.tiny import make_tiny
+            from ..pipelines import sg_pipeline
+    """))
+    assert forbidden_imports(f, "sgalign.training.probe") == {"sgalign.world", "sgalign.pipelines.tiny"}
+    assert forbidden_imports(f, "sgalign.jobs.probe") == set()  # the command layer may
 
 
 def test_package_init_imports_nothing_above_the_bottom():

@@ -14,7 +14,7 @@ import torch
 
 from sgalign.config import load_config
 from sgalign.training.config import TrainConfig
-from sgalign.training.data import PICKAPIC_COLUMNS
+from sgalign.pair_schema import PICKAPIC_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "recipes").glob("*/*.yaml"))

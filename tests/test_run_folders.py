@@ -13,7 +13,7 @@ from data_builders import cli as build_cli
 from data_builders import shards
 from data_builders.config import WORLD_MODEL
 from sgalign.outdir import RunMismatch, check_claim, claim, write_record
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["--task", "compositional", "--set", "data.path=synthetic", "--set", "data.resolution=64",

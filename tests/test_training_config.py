@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sgalign.config import ConfigError, load_config
-from sgalign.training.cli import default_config, parse
+from sgalign.jobs.train_cli import default_config, parse
 from sgalign.training.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -67,22 +67,36 @@ def test_cli_maps_arguments():
     assert cfg.model.path == "auto" and cfg.data.path is None  # None: build_pairs' default output
 
 
+def test_the_trainer_takes_a_model_folder_and_refuses_auto(tmp_path):
+    from sgalign.training.trainer import Trainer
+
+    cfg = load_config(TrainConfig, default_config("compositional"),
+                      ["data.path=synthetic", f"trainer.output_dir={tmp_path / 'run'}"])
+    assert cfg.model.path == "auto"
+    with pytest.raises(ConfigError, match="model.path=auto"):  # resolved by sgalign.jobs.commands, never here
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_world_default_with_explicit_synthetic_data_labels_fallbacks(tmp_path, monkeypatch):
     import json
 
     import yaml
 
-    import sgalign.training.trainer as trainer_module
-    from sgalign.training.cli import main
+    import sgalign.world.paths as world_paths
+    from sgalign.jobs.train_cli import main
 
     # as on a checkout without the shipped world SD1.5-SG: model.path=auto must fall back to a labelled random init
-    monkeypatch.setattr(trainer_module, "world_model_path", lambda: tmp_path / "no-world-model")
+    monkeypatch.setattr(world_paths, "world_model_path", lambda: tmp_path / "no-world-model")
     assert main(["--task", "t2i", "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.max_steps=2",
                  "--set", "logging.tqdm=false", "--set", "data.path=synthetic"]) == 0
     resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
     assert resolved["model"]["random_init"] is True and "base-model-random-init" in resolved["model"]["path"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["random_init_model"] and any("SYNTHETIC" in n for n in summary["notes"])
+    assert any("RANDOM-INIT base model" in n for n in summary["notes"])
+    # made by the command layer beside the run folder, which the trainer claims (and --overwrite empties)
+    assert tmp_path not in Path(resolved["model"]["path"]).parents
     assert json.loads((tmp_path / "final" / "training.json").read_text())["random_init_base"] is True
     assert "_sgalign_random_init" in (tmp_path / "final" / "model_index.json").read_text()
     logs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -10,10 +10,10 @@ import torch
 
 from sgalign.diffusion import cat_rows, zeros_like_cond
 from sgalign.models import build_conditioning
+from sgalign.pair_schema import candidate_features, decode_image
 from sgalign.pipelines.tiny import tiny_components
 from sgalign.scene_graph import SceneGraph
-from sgalign.training.data import (BatchStream, CandidatePairs, PickapicPairs, candidate_features, decode_image,
-                                   load_table)
+from sgalign.training.data import BatchStream, CandidatePairs, PickapicPairs, load_table
 from sgalign.training.modeling import ConditionEncoder, Denoiser
 from sgalign.training.synthetic import write_candidate_dataset, write_pickapic
 

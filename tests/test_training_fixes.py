@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sgalign.models.conditioning import SGConditioning, unconditional_conditioning
-from sgalign.training.cli import parse
+from sgalign.jobs.train_cli import parse
 from sgalign.training.trainer import Trainer
 from sgalign.jobs.specs import resolve_budget, train_config, train_overrides
 from training_helpers import make_config, tiny_assets  # noqa: F401

@@ -1,15 +1,22 @@
 """Validation tuning (sgalign.jobs.tune): the choice rule (FID guard), and a 2-cell grid end to end at the micro
 budget on a tiny RANDOM-INIT base (plumbing only): one training run, two checkpoints evaluated on validation graphs,
-grid.json / grid.md, the chosen options written into a copy of the world YAML only when asked."""
+grid.json / grid.md, and the choice written only when asked, to a new file that includes the world YAML (no
+tracked config edited)."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
+from sgalign.config import load_config
 from sgalign.jobs.specs import TRAIN_CONFIG, BUDGETS, eval_protocol
 from sgalign.jobs.tune import TuneGrid, choose, paired_delta, run_tune, write_tuned_config
 from sgalign.pipelines.tiny import make_tiny
+from sgalign.jobs.train_cli import main as train_main
+from sgalign.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cell(name, sg, fid, step=10):
@@ -41,13 +48,16 @@ def test_budget_eval_split_reaches_the_protocol():
         TuneGrid("dpo")
 
 
+def _configs() -> dict[str, bytes]:
+    return {str(f.relative_to(REPO)): f.read_bytes() for f in sorted((REPO / "configs").rglob("*")) if f.is_file()}
+
+
 def test_two_cell_grid_end_to_end(tmp_path):
+    tracked = _configs()
     base = make_tiny("sd15-sg", tmp_path / "tiny-base", seed=0)
-    cfg = tmp_path / "compositional.yaml"
-    shutil.copy(TRAIN_CONFIG, cfg)
     grid = TuneGrid("diffusion-dpo", betas=[1000.0], lrs=[1e-5], steps=[1, 2],
                     train_sets=["data.proportion_empty_prompts=0.2"])
-    rec = run_tune(tmp_path / "tune", grid, budget="micro", base_model=base, config_path=cfg)
+    rec = run_tune(tmp_path / "tune", grid, budget="micro", base_model=base)
     out = tmp_path / "tune"
     assert [(c["cell"], c["step"]) for c in rec["cells"]] == [("beta1000-lr1e-05", 1), ("beta1000-lr1e-05", 2)]
     for c in rec["cells"]:
@@ -67,21 +77,39 @@ def test_two_cell_grid_end_to_end(tmp_path):
     assert rec["fid_limit"] == pytest.approx(rec["base"]["fid"] * 1.10)
     assert json.loads((out / "grid.json").read_text())["cells"] == rec["cells"]
     assert "| beta1000-lr1e-05 | 2 |" in (out / "grid.md").read_text()
-    assert cfg.read_text() == TRAIN_CONFIG.read_text()  # not asked: the config is untouched
-    # asked (a rerun: every stage is skipped): the choice's β goes into that method's line, others kept
-    rec2 = run_tune(out, grid, budget="micro", base_model=base, config_path=cfg, write_config=True)
+    assert not (out / "tuned.yaml").exists()  # not asked: no config written
+    # asked (a rerun: every stage is skipped): the choice goes to a new file including the world YAML
+    rec2 = run_tune(out, grid, budget="micro", base_model=base, write_config=True)
     assert rec2["cells"] == rec["cells"] and rec2["chosen"] == rec["chosen"]
+    tuned = out / "tuned.yaml"
     if rec["chosen"] is None:  # a random-init micro run may fail the FID guard: then nothing is written
-        assert cfg.read_text() == TRAIN_CONFIG.read_text()
-        write_tuned_config(cfg, "diffusion-dpo", {**rec["cells"][0], "beta": 1000.0}, out / "grid.json")
-    new = yaml.safe_load(cfg.read_text())
-    assert new["method"]["options"]["diffusion-dpo"] == {"beta": 1000.0}
+        assert not tuned.exists()
+        write_tuned_config(tuned, "diffusion-dpo", rec["cells"][0], out / "grid.json", TRAIN_CONFIG)
     cell = rec["chosen"] or rec["cells"][0]
-    assert new["method"]["settings"]["diffusion-dpo"] == {"optimizer": {"lr": cell["lr"]},
-                                                          "trainer": {"max_steps": cell["step"]}}
-    assert new["method"]["settings"]["sft"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["settings"]["sft"]
-    assert new["method"]["options"]["smpo"] == yaml.safe_load(TRAIN_CONFIG.read_text())["method"]["options"]["smpo"]
-    assert "tuned on validation" in cfg.read_text()
+    assert _configs() == tracked  # every tracked config byte-identical
+    # the including config resolves to the tuned values over the world YAML's
+    world = yaml.safe_load(TRAIN_CONFIG.read_text())
+    cfg = load_config(TrainConfig, tuned)
+    assert cfg.method.name == "diffusion-dpo" and cfg.method.options["diffusion-dpo"] == {"beta": cell["beta"]}
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (cell["lr"], cell["step"])
+    assert cfg.method.options["smpo"] == world["method"]["options"]["smpo"]
+    assert cfg.method.settings["sft"] == world["method"]["settings"]["sft"]
+    assert cfg.data.batch_size == world["data"]["batch_size"]
+    # a run from it records the final lr / steps / β in its resolved config (the one source a run reads)
+    run = tmp_path / "run"
+    assert train_main(["--task", "compositional", "--config", str(tuned), "--set", f"model.path={base}",
+                       "--set", f"data.path={out / 'pairs'}", "--set", f"trainer.output_dir={run}",
+                       "--set", "checkpointing.every=0", "--set", "logging.tqdm=false"]) == 0
+    ran = yaml.safe_load((run / "resolved_config.yaml").read_text())
+    assert (ran["optimizer"]["lr"], ran["trainer"]["max_steps"]) == (cell["lr"], cell["step"])
+    assert ran["method"]["name"] == "diffusion-dpo" and ran["method"]["options"]["diffusion-dpo"]["beta"] == 1000.0
+    assert json.loads((run / "summary.json").read_text())["steps"] == cell["step"]
+    # a file tuning did not write (a tracked config, a copy of one) is never replaced
+    copy = tmp_path / "compositional.yaml"
+    shutil.copy(TRAIN_CONFIG, copy)
+    with pytest.raises(ValueError, match="not written by tuning"):
+        write_tuned_config(copy, "diffusion-dpo", cell, out / "grid.json", TRAIN_CONFIG)
+    assert copy.read_bytes() == TRAIN_CONFIG.read_bytes()
     with pytest.raises(ValueError, match="another method/budget/seed"):
         run_tune(out, TuneGrid("smpo"), budget="micro", base_model=base)
 

@@ -14,7 +14,7 @@ from data_builders.config import WORLD_ANNOTATIONS, WORLD_MODEL
 from sgalign.hashing import folder_sha256
 from sgalign.progress import LineProgress, progress
 from sgalign.scene_graph import load_split
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 from sgalign.world import sample_split, split_records
 
 TINY_BUILD = ["--n", "4", "--set", "generation.k=3", "--set", "generation.num_inference_steps=2",

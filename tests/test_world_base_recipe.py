@@ -15,7 +15,8 @@ from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, min_sn
 def tiny(out) -> WorldBaseRecipe:
     return WorldBaseRecipe(out=str(out), minutes=30, threads=1, vae=StageBudget(2, 0.0), vae_batch=4,
                            vae_eval_graphs=8, cache_graphs=16, stage1=StageBudget(3, 0.0),
-                           stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1)
+                           stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1,
+                           calib_graphs=4, calib_steps=2)  # the default 64 graphs x 20 steps: 14 s of each run
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,10 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert rec["stages"]["vae"]["latent_norm"] == "per-channel" and rec["stages"]["vae"]["scaling_factor"] == 1.0
     assert len(rec["stages"]["vae"]["latent_channel_norm"]["latent_mean"]) == 4
     assert rec["stages"]["vae"]["init"] == "sgalign/world/weights/world-vae"  # as named, not a machine path
+    cal = rec["sampling_calibration"]
+    assert cal["validation_graphs"] == 4 and 0.0 <= cal["initial_noise_mean_scale"] <= 1.0
+    assert json.loads((final / "model_index.json").read_text())["initial_noise_mean_scale"] == \
+        cal["initial_noise_mean_scale"]
     pipe = StableDiffusionSGPipeline.from_pretrained(final)
     s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
     # stage 2 trains the SG encoder only: UNet and text encoder are stage 1's, bit for bit

@@ -9,7 +9,8 @@ import pytest
 
 from data_builders.cli import main as build_pairs
 from data_builders.pickapic import PICKAPIC_V2_COLUMNS
-from sgalign.training.data import PickapicPairs, decode_image, load_table
+from sgalign.pair_schema import decode_image
+from sgalign.training.data import PickapicPairs, load_table
 from sgalign.world.paths import world_model_path
 from data_builders.world_pickapic import (COLUMN_DTYPES, RECORD_FILE, TIE_BEST_IMAGE_UID, WorldPickapicConfig,
                                           build_world_pickapic, preference_labels)

@@ -1,5 +1,8 @@
 """The user commands' work behind their argument parsing (top layer: calls the typed APIs below it).
 
+``train_command``: resolve train.py's defaults, ``model.path=auto`` included (``resolve_model_path``: the world
+model or a tiny random-init fallback), then train: model resolution lives here so the trainer takes a folder.
+
 ``evaluate_command``: resolve evaluate.py's defaults (``training.runs.evaluation_plan``), claim the output folder
 for this evaluation (identity = protocol + model and baseline content hashes; another evaluation's folder is
 refused unless ``overwrite``; the same one with a finished results.json is skipped), hold its lock, run.
@@ -7,9 +10,13 @@ refused unless ``overwrite``; the same one with a finished results.json is skipp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
+    from ..training.trainer import TrainResult
 
 
 def _model_folder(path: str | None, what: str) -> None:
@@ -55,3 +62,55 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
         results = evaluate(plan["model"], outp, protocol, baseline=plan["baseline"], command=command,
                            chain=plan["chain"])
         return {"plan": plan, "results": results, "paths": write_report(outp, results), "skipped": False}
+
+
+RANDOM_INIT_ARCH = {"compositional": "sd15-sg", "t2i": "sd15"}  # model.path=auto's fallback when tiny_arch is None
+
+
+def resolve_model_path(cfg: TrainConfig) -> None:
+    """``model.path=auto`` -> a model folder, in place: the world SD1.5-SG once it exists; else a tiny RANDOM-INIT
+    model (``model.tiny_arch``, by task when None; seeded by ``trainer.seed``) generated beside the run folder as
+    ``<run>.base-model-random-init-<arch>-seed<s>`` and labelled ``model.random_init``. It is made there, not inside
+    the run folder, because the trainer claims (and with --overwrite empties) that folder; the same arch and seed
+    give the same weights, so reruns reuse it. Call after ``resolve_run_paths`` (the run folder must be known)."""
+    import os
+    import shutil
+
+    from ..pipelines.tiny import make_tiny
+    from ..world.paths import world_model_path
+
+    m = cfg.model
+    if m.path != "auto":
+        return
+    main = int(os.environ.get("RANK", "0")) == 0  # under accelerate every process resolves; one logs
+    world = world_model_path()
+    if (world / "model_index.json").exists():
+        m.path = str(world)
+        if main:
+            print(f"[sgalign] model.path=auto -> world SD1.5-SG at {world}", flush=True)
+        return
+    arch = m.tiny_arch or RANDOM_INIT_ARCH[cfg.task]
+    run = Path(cfg.trainer.output_dir)
+    out = run.with_name(f"{run.name}.base-model-random-init-{arch}-seed{cfg.trainer.seed}")
+    if not (out / "model_index.json").exists():
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # whole or absent: renamed into place when complete
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_tiny(arch, tmp, seed=cfg.trainer.seed)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process made it first (the same seeded weights)
+            shutil.rmtree(tmp, ignore_errors=True)
+    m.path, m.random_init = str(out), True
+    if main:
+        print(f"[sgalign] RANDOM-INIT base model: no world SD1.5-SG at {world} yet; using a tiny random-init {arch} "
+              f"generated into {out} (plumbing only, meaningless weights)", flush=True)
+
+
+def train_command(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
+    """``scripts/train.py``'s work: the run's paths resolved (a missing dataset refused before anything is written),
+    then ``model.path=auto``, then the trainer on a config whose model is a folder."""
+    from ..training.trainer import resolve_run_paths, train
+
+    resolve_run_paths(cfg)
+    resolve_model_path(cfg)
+    return train(cfg, overwrite=overwrite)

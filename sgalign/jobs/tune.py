@@ -11,9 +11,9 @@ final model is the EMA copy and the checkpoints are not). The base is evaluated 
 seeds. Stages are skipped on a rerun once finished, as in the world job (``base/`` and ``pairs/`` are the job's).
 
 Output in ``out_dir``: ``grid.json`` (the grid, the budget, every cell's figures, the base's, the choice and why),
-``grid.md`` (the same as a table). ``write_config=True`` also writes the chosen method options (β and the option
-set) into ``configs/world/compositional.yaml``; the YAML's lr / max_steps are shared by every method, so the
-chosen lr and steps are written there as a comment only (and recorded in grid.json).
+``grid.md`` (the same as a table). ``write_config=True`` also writes the choice (β, option set, lr, steps) to a new
+YAML, ``OUT/tuned.yaml`` or ``config_path``, that includes the task's world YAML (``write_tuned_config``): train it
+with ``--config OUT/tuned.yaml``. No tracked config is edited.
 
 ``run_tune_draws(out_dir, grid, seeds=[0, 1, 2])``: the grid once per pair draw (``OUT/seed-<s>/``), each cell pooled
 per validation graph over the draws and the choice made on the pool: at the demo budget the draw of the 96 pair
@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -189,7 +188,8 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
              base_model: str | Path | None = None, write_config: bool = False,
              config_path: str | Path | None = None, **budget_overrides: Any) -> dict[str, Any]:
     """Train and evaluate every cell of ``grid`` on validation graphs; write ``grid.json`` / ``grid.md``; return the
-    record. ``write_config``: also write the choice into ``config_path`` (default: the task's world YAML)."""
+    record. ``write_config``: also write the choice to ``config_path`` (default ``OUT/tuned.yaml``), a new YAML
+    that includes the task's world YAML (``write_tuned_config``)."""
     import diffusers  # noqa: F401  (first, so that quiet_library_bars also silences its bars)
     import torch
 
@@ -282,7 +282,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
 def _choose_and_write(out: Path, record: dict[str, Any], cells: list[dict[str, Any]], grid: TuneGrid,
                       write_config: bool, config_path: str | Path | None) -> dict[str, Any]:
     """The choice over ``cells`` (the task's rule), each cell's eligibility, ``grid.json`` / ``grid.md``, and the
-    chosen values in the task's world YAML when asked: the end of ``run_tune`` and ``run_tune_draws`` alike."""
+    tuned config file when asked: the end of ``run_tune`` and ``run_tune_draws`` alike."""
     t2i = grid.task == "t2i"
     pick = choose_t2i(cells) if t2i else choose(cells, record["base"]["fid"], grid.fid_guard)
     for c in cells:
@@ -297,9 +297,10 @@ def _choose_and_write(out: Path, record: dict[str, Any], cells: list[dict[str, A
     _log(f"choice{draws}: {pick['cell']['cell'] + ' step ' + str(pick['cell']['step']) if pick['cell'] else None} "
          f"({pick['why']}) -> {out / 'grid.md'}")
     if write_config and pick["cell"] is not None:
-        config_path = TASK_CONFIGS[grid.task][0] if config_path is None else config_path
-        write_tuned_config(config_path, record["trainer_method"], pick["cell"], out / "grid.json")
-        _log(f"wrote the choice into {config_path}")
+        base_config = TASK_CONFIGS[grid.task][0]
+        tuned = write_tuned_config(out / "tuned.yaml" if config_path is None else config_path,
+                                   record["trainer_method"], pick["cell"], out / "grid.json", base_config)
+        _log(f"wrote the choice to {tuned} (it includes {base_config}; train with --config {tuned})")
     return record
 
 
@@ -412,46 +413,29 @@ def grid_markdown_t2i(record: dict[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
-def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid_json: Path) -> None:
-    """Rewrite the one-line ``method.options.<method>: {...}`` entry of the world YAML with the chosen β / options,
-    and the ``method.settings.<method>: {...}`` entry with the chosen lr and steps (other lines and comments kept)."""
+TUNED_HEADER = "# sgalign tuned config"  # first line of every file write_tuned_config writes (and may replace)
+
+
+def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid_json: Path,
+                       base_config: str | Path) -> Path:
+    """Write the choice to a new YAML ``path`` that includes ``base_config`` (the task's world YAML) and sets, for
+    ``method``, the chosen β / options (``method.options``) and lr / steps (``method.settings``), and trains it by
+    default (``method.name``). ``--config path`` then trains the choice; a tracked config is never edited. Only a
+    file this function wrote may be replaced."""
+    import os
+
     import yaml
 
     path = Path(path)
-    text = path.read_text()
-
-    def entry(start: int, where: str) -> re.Match:
-        pat = re.compile(rf"^(?P<indent>\s+){re.escape(method)}:\s*(?P<map>\{{.*\}})(?P<rest>[^{{}}]*)$", re.M)
-        m = pat.search(text, start)
-        if m is None:
-            raise ValueError(f"{path}: no one-line '{where}.{method}: {{...}}' entry to write the choice into")
-        return m
-
-    def scalar(v: Any) -> str:
-        out = json.dumps(v)
-        if isinstance(v, float) and "e" in out and "." not in out.split("e")[0]:
-            mantissa, exponent = out.split("e")
-            out = f"{mantissa}.0e{exponent}"  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
-        return out
-
-    def flow(d: dict[str, Any]) -> str:
-        return "{" + ", ".join(f"{k}: {flow(v) if isinstance(v, dict) else scalar(v)}" for k, v in d.items()) + "}"
-
-    m = entry(0, "method.options")
-    values = yaml.safe_load(m["map"]) or {}
-    values.update(cell["options"])
-    if cell["beta"] is not None:
-        values["beta"] = cell["beta"]
-    comment = m["rest"].split("# tuned on validation")[0].rstrip()  # the line's own comment stays; an old note goes
-    note = f"   # tuned on validation ({grid_json})"
-    text = text[:m.start()] + f"{m['indent']}{method}: {flow(values)}{comment}{note}" + text[m.end():]
-    block = re.search(r"^  settings:", text, re.M)
-    if block is None:
-        raise ValueError(f"{path}: no 'method.settings:' block to write the chosen lr and steps into")
-    m = entry(block.end(), "method.settings")
-    settings = yaml.safe_load(m["map"]) or {}
-    settings.setdefault("optimizer", {})["lr"] = cell["lr"]
-    settings.setdefault("trainer", {})["max_steps"] = cell["step"]
-    comment = m["rest"].split("# tuned on validation")[0].rstrip()
-    text = text[:m.start()] + f"{m['indent']}{method}: {flow(settings)}{comment}{note}" + text[m.end():]
-    path.write_text(text)
+    if path.exists() and not path.read_text().startswith(TUNED_HEADER):  # e.g. a tracked config (or base_config)
+        raise ValueError(f"{path} exists and was not written by tuning; choose a new file for the tuned config")
+    options = {**cell["options"], **({"beta": cell["beta"]} if cell["beta"] is not None else {})}
+    data = {"include": [os.path.relpath(Path(base_config).resolve(), path.resolve().parent)],
+            "method": {"name": method, "options": {method: options},
+                       "settings": {method: {"optimizer": {"lr": cell["lr"]}, "trainer": {"max_steps": cell["step"]}}}}}
+    task = (yaml.safe_load(Path(base_config).read_text()) or {}).get("task", "<task>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{TUNED_HEADER}: {cell['cell']} step {cell['step']}, chosen on validation ({grid_json}).\n"
+                    f"# Train it: python scripts/train.py --task {task} --config {path}\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return path

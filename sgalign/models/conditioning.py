@@ -10,6 +10,10 @@ inversion passes (``unet(x, t, **cond.unet_kwargs())``). ``build_conditioning`` 
 4. SDXL: pooled = the serialised text's pooled embedding (the graph never touches it) and ``add_time_ids``.
 
 With ``alpha_obj == 0`` the result equals the text-only conditioning exactly (``use_graph=False``).
+
+Steps 2-3 are ``fuse_conditioning``, the one implementation of the fusion: vectorised over a batch of graphs padded
+to a common size (``graph_rows`` -> ``collate_graph_rows``). The trainer's ``Denoiser`` calls it on its cached,
+once-per-batch rows; ``build_conditioning`` on the rows of the graphs it is given.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..scene_graph import SceneGraph
-from .graph_inputs import as_scene_graphs, build_graph_inputs
+from .graph_inputs import GraphInputs, as_scene_graphs, build_graph_inputs
 from .sg_encoder import SGEncoder
 from .text import HiddenLayer, encode_texts
 
@@ -98,13 +102,13 @@ def build_conditioning(graphs: Any, sg_encoder: SGEncoder | None, tokenizers: Se
     if cfg is not None and hidden.shape[-1] != cfg.text_dim:
         raise ValueError(f"SG encoder text_dim={cfg.text_dim} but the text encoders give {hidden.shape[-1]}-d states")
 
+    graph = None
     if use_graph and sg_encoder is not None:
-        hidden = hidden + sg_encoder.alpha_obj.to(hidden.dtype) * _graph_residual(
-            sgs, sg_encoder, tokenizers, text_encoders, st.input_ids, lengths, hidden, hidden_layer)
-    if pad_with_eos_copies:
-        pos = torch.arange(hidden.shape[1], device=hidden.device)
-        eos = hidden[torch.arange(len(sgs), device=hidden.device), lengths - 1]  # (B, D)
-        hidden = torch.where((pos[None] >= lengths[:, None])[..., None], eos[:, None], hidden)
+        gi = build_graph_inputs(sgs, cfg.mode, tokenizers, text_encoders, hidden_layer=hidden_layer,
+                                self_loops=cfg.self_loops)
+        graph = {k: v.to(hidden.device) for k, v in collate_graph_rows(graph_rows(gi, st.input_ids, lengths)).items()}
+    hidden = fuse_conditioning(hidden, lengths, sg_encoder if graph is not None else None, graph,
+                               pad_with_eos_copies)
 
     cond = SGConditioning(hidden)
     if st.pooled is not None:  # SDXL
@@ -115,30 +119,81 @@ def build_conditioning(graphs: Any, sg_encoder: SGEncoder | None, tokenizers: Se
     return cond
 
 
-def _graph_residual(sgs, sg_encoder: SGEncoder, tokenizers, text_encoders, input_ids: Tensor, lengths: Tensor,
-                    hidden: Tensor, hidden_layer) -> Tensor:
-    """(B, S, D): graph outputs at the content positions of the graph tokens, zero elsewhere."""
-    cfg = sg_encoder.config
-    gi = build_graph_inputs(sgs, cfg.mode, tokenizers, text_encoders, hidden_layer=hidden_layer,
-                            self_loops=cfg.self_loops)
-    residual = torch.zeros_like(hidden)
-    if gi.num_nodes == 0:
-        return residual
-    dtype = sg_encoder.dtype
-    node_out, pred_out = sg_encoder(gi.x.to(dtype), gi.pred.to(dtype), gi.edge_index)
-    pool = torch.cat([node_out, pred_out]).to(hidden.dtype)
-    rows, cols, src = [], [], []
-    for b, (gather, want) in enumerate(zip(gi.gather, gi.sequence_token_ids)):
-        c = min(len(gather), int(lengths[b]) - 2)  # the text's own truncation (75 content tokens at most)
-        have = input_ids[b, 1:1 + c].tolist()
-        if have != want[:c]:
+def graph_rows(gi: GraphInputs, input_ids: Tensor, lengths: Tensor) -> list[dict[str, Tensor]]:
+    """Per graph of ``gi`` (one batch's disjoint union), its SG-encoder inputs and where its outputs go in its
+    text: ``nodes`` (n, D), ``preds`` (t, D), ``edges`` (t, 2) local; over the S text positions ``gather`` (the row
+    of ``cat([node_out, pred_out])`` of this graph, nodes first) and ``gather_mask``. The graph's tokens must be the
+    tokenised text's at those positions; the text's own truncation (75 content tokens at most) applies."""
+    S = input_ids.shape[1]
+    n_total = gi.x.shape[0]
+    rows, n0, t0 = [], 0, 0
+    for b, ((n, t), gather, want) in enumerate(zip(gi.sizes, gi.gather, gi.sequence_token_ids)):
+        c = max(0, min(len(gather), int(lengths[b]) - 2))
+        if input_ids[b, 1:1 + c].tolist() != want[:c]:
             raise RuntimeError(f"graph {b}: graph tokens do not align with the serialised text's tokens")
-        rows.append(torch.full((c,), b, dtype=torch.long))
-        cols.append(torch.arange(1, 1 + c))
-        src.append(gather[:c])
-    rows, cols, src = (torch.cat(t).to(hidden.device) for t in (rows, cols, src))
-    residual[rows, cols] = pool[src]
-    return residual
+        g = gather[:c]
+        local = torch.where(g < n_total, g - n0, g - n_total - t0 + n)  # batch rows -> this graph's nodes, preds
+        g_row, gm = torch.zeros(S, dtype=torch.long), torch.zeros(S)
+        g_row[1:1 + c], gm[1:1 + c] = local, 1.0
+        rows.append({"nodes": gi.x[n0:n0 + n].float(), "preds": gi.pred[t0:t0 + t].float(),
+                     "edges": (gi.edge_index[:, t0:t0 + t].t() - n0).long(), "gather": g_row, "gather_mask": gm})
+        n0, t0 = n0 + n, t0 + t
+    return rows
+
+
+def collate_graph_rows(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """``graph_rows`` rows padded into one batch: ``nodes`` (B, N, D), ``preds`` (B, T, D), ``edges`` (B, T, 2),
+    ``edge_mask`` (B, T), ``gather`` re-based to the padded pool (predicate rows follow N nodes), ``gather_mask`` and
+    ``graph_on`` (B,) = 1 (guidance's zero branch sets 0: the graph off)."""
+    B, D = len(rows), rows[0]["nodes"].shape[-1]
+    N = max(r["nodes"].shape[0] for r in rows)
+    T = max(r["preds"].shape[0] for r in rows)
+    nodes, preds = torch.zeros(B, N, D), torch.zeros(B, T, D)
+    edges, em = torch.zeros(B, T, 2, dtype=torch.long), torch.zeros(B, T)
+    gather = torch.stack([r["gather"] for r in rows])
+    for b, r in enumerate(rows):
+        n, t = r["nodes"].shape[0], r["preds"].shape[0]
+        nodes[b, :n], preds[b, :t], edges[b, :t], em[b, :t] = r["nodes"], r["preds"], r["edges"], 1.0
+        gather[b] = torch.where(gather[b] >= n, gather[b] - n + N, gather[b])
+    return {"nodes": nodes, "preds": preds, "edges": edges, "edge_mask": em, "gather": gather,
+            "gather_mask": torch.stack([r["gather_mask"] for r in rows]), "graph_on": torch.ones(B)}
+
+
+def graph_residual(sg_encoder: SGEncoder, graph: dict[str, Tensor], like: Tensor) -> Tensor:
+    """(B, S, D) like ``like``: the SG encoder's outputs of the padded ``graph`` batch at their text positions,
+    zero elsewhere. Padding nodes have no edges, so they change no real node's output."""
+    nodes, preds = graph["nodes"], graph["preds"]
+    B, N, _ = nodes.shape
+    T = preds.shape[1]
+    if N == 0:
+        return torch.zeros_like(like)
+    em = graph["edge_mask"].bool()
+    off = (torch.arange(B, device=nodes.device) * N)[:, None, None]
+    edge_index = (graph["edges"].long() + off)[em].t().contiguous()
+    dt = sg_encoder.dtype
+    node_out, pred_out = sg_encoder(nodes.reshape(B * N, -1).to(dt), preds[em].to(dt), edge_index)
+    D = node_out.shape[-1]
+    pred_full = node_out.new_zeros(B, T, D).masked_scatter(em[..., None], pred_out)
+    pool = torch.cat([node_out.view(B, N, D), pred_full], 1)
+    res = pool.gather(1, graph["gather"].long()[..., None].expand(-1, -1, D))
+    return (res * graph["gather_mask"].to(res.dtype)[..., None]).to(like.dtype)
+
+
+def fuse_conditioning(text: Tensor, lengths: Tensor, sg_encoder: SGEncoder | None, graph: dict[str, Tensor] | None,
+                      pad_with_eos_copies: bool) -> Tensor:
+    """The fusion: ``text + alpha_obj * graph_on * residual`` at the graph tokens (when an SG encoder and a padded
+    ``graph`` batch are given), then, with ``pad_with_eos_copies``, every position after EOS a copy of the EOS
+    state. ``text`` (B, S, D) text-encoder states, ``lengths`` (B,) tokens up to and including EOS."""
+    h = text
+    if sg_encoder is not None and graph is not None:
+        on = graph["graph_on"].to(h.dtype)[:, None, None]
+        h = h + sg_encoder.alpha_obj.to(h.dtype) * on * graph_residual(sg_encoder, graph, h)
+    if pad_with_eos_copies:
+        lengths = lengths.long()
+        pos = torch.arange(h.shape[1], device=h.device)
+        eos = h[torch.arange(h.shape[0], device=h.device), (lengths - 1).clamp(min=0)]
+        h = torch.where((pos[None] >= lengths[:, None])[..., None], eos[:, None], h)
+    return h
 
 
 def unconditional_conditioning(cond: SGConditioning, tokenizers: Sequence, text_encoders: Sequence, *,

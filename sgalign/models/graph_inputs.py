@@ -54,6 +54,7 @@ class GraphInputs:
     edge_index: Tensor  # (2, T) subject -> object, offsets applied
     gather: list[Tensor]  # per graph (L_b,) rows of cat([node_out, pred_out])
     sequence_token_ids: list[list[int]]  # per graph, the L_b token ids at those positions
+    sizes: list[tuple[int, int]]  # per graph (nodes, predicates): its rows of x and of pred / edge_index, in order
 
     @property
     def num_nodes(self) -> int:
@@ -94,7 +95,7 @@ def build_graph_inputs(graphs: Sequence[SceneGraph], mode: str, tokenizers: Sequ
         texts |= {sg.phrase(it) for it in sg.items} | {r.predicate for r in sg.relations}
     parts = _Parts(texts, tokenizers, text_encoders, hidden_layer)
     build = _faithful_graph if mode == "faithful" else _object_graph
-    xs, preds, edges, seqs, seq_ids = [], [], [], [], []
+    xs, preds, edges, seqs, seq_ids, sizes = [], [], [], [], [], []
     n_nodes = n_preds = 0
     for b, sg in enumerate(graphs):
         x, p, e, seq, ids = build(sg, parts, tokenizers[0], self_loops, b)
@@ -104,12 +105,13 @@ def build_graph_inputs(graphs: Sequence[SceneGraph], mode: str, tokenizers: Sequ
         # ("n", i) -> node row, ("p", j) -> predicate row; made global once the totals are known
         seqs.append([(k, i + (n_nodes if k == "n" else n_preds)) for k, i in seq])
         seq_ids.append(ids)
+        sizes.append((len(x), len(p)))
         n_nodes, n_preds = n_nodes + len(x), n_preds + len(p)
     dim, ref = parts.hidden.shape[-1], parts.hidden
     x = torch.stack(xs) if xs else ref.new_zeros(0, dim)
     pred = torch.stack(preds) if preds else ref.new_zeros(0, dim)
     gather = [torch.tensor([i if k == "n" else n_nodes + i for k, i in s], dtype=torch.long) for s in seqs]
-    return GraphInputs(x, pred, torch.cat(edges).t().contiguous().to(ref.device), gather, seq_ids)
+    return GraphInputs(x, pred, torch.cat(edges).t().contiguous().to(ref.device), gather, seq_ids, sizes)
 
 
 def _faithful_graph(sg: SceneGraph, parts: _Parts, tokenizer: Any, self_loops: bool, b: int):

@@ -22,7 +22,8 @@ class LoraConfig(ConfigModel):
 
 class ModelConfig(ConfigModel):
     # "auto": the world SD1.5-SG at sgalign/world/weights/world-sd15-sg/ when that folder exists, else a tiny
-    # RANDOM-INIT model generated into the run dir (sgalign.pipelines.tiny; labelled so in logs and resolved config)
+    # RANDOM-INIT model generated beside the run dir (labelled so in logs and resolved config); resolved by the
+    # command layer (sgalign.jobs.commands.resolve_model_path): the trainer itself takes a folder
     path: str = "auto"
     tiny_arch: Literal["sd15", "sdxl", "sd15-sg", "sdxl-sg"] | None = None  # auto fallback; None: by task
     variant: str | None = None
@@ -33,7 +34,7 @@ class ModelConfig(ConfigModel):
     lora: LoraConfig = LoraConfig()
     gradient_checkpointing: bool = False
     frozen_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # VAE + text encoders; auto: the mixed precision
-    random_init: bool = False  # set by the trainer when the auto fallback is used (recorded in the resolved config)
+    random_init: bool = False  # set when the auto fallback is used (recorded in the resolved config)
 
 
 class DataConfig(ConfigModel):

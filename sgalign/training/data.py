@@ -27,7 +27,6 @@ columns (``data.score_columns``, e.g. PickScore relabels) give ``score_w``/``sco
 from __future__ import annotations
 
 import abc
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +36,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..pair_schema import CANDIDATE_COLUMNS, PICKAPIC_COLUMNS, decode_image
 from ..scene_graph import LaionSGRecord, SceneGraph
 from .pair_sampler import DynamicPairSampler
-
-CANDIDATE_COLUMNS = ("annotation", "candidates", "seeds", "scores", "reward", "provenance")
-PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "label_1", "caption")
-
-
-def candidate_features(score_components: list[str]):
-    from datasets import Features, List, Value
-    return Features({"annotation": Value("string"), "candidates": List(Value("binary")),
-                     "seeds": List(Value("int64")),
-                     "scores": {c: List(Value("float64")) for c in score_components},
-                     "reward": List(Value("float64")), "provenance": Value("string")})
-
 
 class DatasetNotFound(UserError, FileNotFoundError):
     pass
@@ -94,13 +82,6 @@ def _require(ds, cols, path, what) -> None:
     missing = [c for c in cols if c not in ds.column_names]
     if missing:
         raise ValueError(f"{path}: not a {what}: missing column(s) {missing} (has {ds.column_names})")
-
-
-def decode_image(data: bytes):
-    from PIL import Image
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
 
 
 def preprocess(img, resolution: int, center_crop: bool, flip: bool, generator: torch.Generator) -> torch.Tensor:

@@ -5,8 +5,9 @@ text encoders (text states, SDXL pooled embeds and time ids; for the composition
 *inputs*: node / predicate features, edges, and where each graph output lands in the text). The same dict is
 passed to policy, reference and inversion passes; each ``Denoiser`` applies its own SG encoder (the policy's is
 trainable, the reference has a frozen copy), so the SG encoder is part of the model, as in SD1.5-SG / SDXL-SG.
-``Denoiser`` reproduces ``sgalign.models.build_conditioning`` (fusion ``text + alpha_obj * graph`` at the graph
-tokens, then EOS-copy padding), vectorised over padded graphs; a test checks the two agree.
+``Denoiser`` applies the one fusion, ``sgalign.models.conditioning.fuse_conditioning`` (``text + alpha_obj * graph``
+at the graph tokens, then EOS-copy padding), which ``build_conditioning`` calls too; a test checks that the rows
+encoded one at a time here equal ``build_conditioning``'s batch.
 
 Guidance's unconditional branch (``ConditionEncoder.unconditional``) follows the architecture, as
 ``sgalign.models.conditioning.unconditional_conditioning``: SDXL zeros (``force_zeros_for_empty_prompt``; every
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.guidance import Unconditional, zeros_like_cond
-from ..models.conditioning import make_add_time_ids
+from ..models.conditioning import collate_graph_rows, fuse_conditioning, graph_rows, make_add_time_ids
 from ..models.graph_inputs import build_graph_inputs
 from ..models.text import encode_texts
 from ..scene_graph import SceneGraph
@@ -44,16 +45,8 @@ class Denoiser(nn.Module):
         return self.unet(x_t, t, **self.unet_kwargs(cond)).sample
 
     def encoder_hidden_states(self, cond: dict[str, Tensor]) -> Tensor:
-        h = cond["text"]
-        if self.sg_encoder is not None and "nodes" in cond:
-            on = cond["graph_on"].to(h.dtype)[:, None, None]
-            h = h + self.sg_encoder.alpha_obj.to(h.dtype) * on * self._graph_residual(cond).to(h.dtype)
-        if self.pad_with_eos_copies:
-            lengths = cond["lengths"].long()
-            pos = torch.arange(h.shape[1], device=h.device)
-            eos = h[torch.arange(h.shape[0], device=h.device), (lengths - 1).clamp(min=0)]
-            h = torch.where((pos[None] >= lengths[:, None])[..., None], eos[:, None], h)
-        return h
+        graph = cond if self.sg_encoder is not None and "nodes" in cond else None
+        return fuse_conditioning(cond["text"], cond["lengths"], self.sg_encoder, graph, self.pad_with_eos_copies)
 
     def unet_kwargs(self, cond: dict[str, Tensor]) -> dict[str, Any]:
         h = self.encoder_hidden_states(cond)
@@ -62,23 +55,6 @@ class Denoiser(nn.Module):
             kw["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(h.dtype),
                                        "time_ids": cond["time_ids"].to(h.dtype)}
         return kw
-
-    def _graph_residual(self, cond: dict[str, Tensor]) -> Tensor:
-        nodes, preds, text = cond["nodes"], cond["preds"], cond["text"]
-        B, N, _ = nodes.shape
-        T = preds.shape[1]
-        if N == 0:
-            return torch.zeros_like(text)
-        em = cond["edge_mask"].bool()
-        off = (torch.arange(B, device=nodes.device) * N)[:, None, None]
-        edge_index = (cond["edges"].long() + off)[em].t().contiguous()
-        dt = self.sg_encoder.dtype
-        node_out, pred_out = self.sg_encoder(nodes.reshape(B * N, -1).to(dt), preds[em].to(dt), edge_index)
-        D = node_out.shape[-1]
-        pred_full = node_out.new_zeros(B, T, D).masked_scatter(em[..., None], pred_out)
-        pool = torch.cat([node_out.view(B, N, D), pred_full], 1)
-        res = pool.gather(1, cond["gather"].long()[..., None].expand(-1, -1, D))
-        return res * cond["gather_mask"].to(res.dtype)[..., None]
 
 
 class ConditionEncoder:
@@ -116,7 +92,7 @@ class ConditionEncoder:
                 out["time_ids"] = time_ids
             if self.sg_mode is not None:
                 sg = prompt if isinstance(prompt, SceneGraph) else SceneGraph([])
-                out.update(self._graph_row(sg, st.hidden.shape[1], int(st.lengths[i]), st.input_ids[i]))
+                out.update(self._graph_row(sg, int(st.lengths[i]), st.input_ids[i]))
             rows.append({k: v.cpu() for k, v in out.items()})
         return rows
 
@@ -125,17 +101,12 @@ class ConditionEncoder:
             self.cache[key] = row
         return row
 
-    def _graph_row(self, sg: SceneGraph, S: int, length: int, input_ids: Tensor) -> dict[str, Tensor]:
+    def _graph_row(self, sg: SceneGraph, length: int, input_ids: Tensor) -> dict[str, Tensor]:
         gi = build_graph_inputs([sg], self.sg_mode, self.tokenizers, self.text_encoders, self_loops=self.self_loops)
-        gather, want = gi.gather[0], gi.sequence_token_ids[0]
-        c = max(0, min(len(gather), length - 2))  # the text's own truncation
-        if input_ids[1:1 + c].tolist() != want[:c]:
-            raise RuntimeError(f"scene graph {sg.serialize()!r}: graph tokens do not align with its serialised text")
-        g = torch.zeros(S, dtype=torch.long)
-        gm = torch.zeros(S)
-        g[1:1 + c], gm[1:1 + c] = gather[:c], 1.0
-        return {"nodes": gi.x.float(), "preds": gi.pred.float(), "edges": gi.edge_index.t().long(), "gather": g,
-                "gather_mask": gm}
+        try:
+            return graph_rows(gi, input_ids[None], torch.tensor([length]))[0]
+        except RuntimeError as e:  # name the graph: a row has no index the user knows
+            raise RuntimeError(f"scene graph {sg.serialize()!r}: {e}") from None
 
     @torch.no_grad()
     def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
@@ -190,23 +161,11 @@ class ConditionEncoder:
 
 
 def collate_conditions(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack per-row conditionings; graph parts are padded (node / edge masks) and gather indices re-based."""
+    """Stack per-row conditionings; graph parts are padded (``models.conditioning.collate_graph_rows``)."""
     out = {k: torch.stack([r[k] for r in rows]) for k in ("text", "lengths", "text_embeds", "time_ids")
            if k in rows[0]}
-    if "nodes" not in rows[0]:
-        return out
-    B, D = len(rows), rows[0]["text"].shape[-1]
-    N = max(r["nodes"].shape[0] for r in rows)
-    T = max(r["preds"].shape[0] for r in rows)
-    nodes, preds = torch.zeros(B, N, D), torch.zeros(B, T, D)
-    edges, em = torch.zeros(B, T, 2, dtype=torch.long), torch.zeros(B, T)
-    gather = torch.stack([r["gather"] for r in rows])
-    for b, r in enumerate(rows):
-        n, t = r["nodes"].shape[0], r["preds"].shape[0]
-        nodes[b, :n], preds[b, :t], edges[b, :t], em[b, :t] = r["nodes"], r["preds"], r["edges"], 1.0
-        gather[b] = torch.where(gather[b] >= n, gather[b] - n + N, gather[b])  # predicate rows follow N nodes
-    out.update(nodes=nodes, preds=preds, edges=edges, edge_mask=em, gather=gather,
-               gather_mask=torch.stack([r["gather_mask"] for r in rows]), graph_on=torch.ones(B))
+    if "nodes" in rows[0]:
+        out.update(collate_graph_rows(rows))
     return out
 
 

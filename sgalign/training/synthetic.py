@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..scene_graph import SceneGraph
-from .data import candidate_features
+from ..pair_schema import candidate_features
 
 SYNTHETIC_NOTE = "SYNTHETIC placeholder data from sgalign.training.synthetic: random images and rewards"
 _LABELS = ["cube", "ball", "cone", "ring", "tile"]

@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import dump_config
+from ..config import ConfigError, dump_config
 from ..diffusion import TrajectoryCache, model_fingerprint
 from ..methods import MethodContext, PairBatch, build_method
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
-from ..world.paths import world_model_path
 from .modeling import (ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors,
                        weight_drift)
 from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
@@ -61,16 +60,25 @@ def _micro_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] & ((1 << 63) - 1))
 
 
+def resolve_run_paths(cfg: TrainConfig) -> None:
+    """In place: ``data.path`` null -> build_pairs' default output (refused when missing, before any folder or model
+    exists: a missing dataset leaves no trace), ``trainer.output_dir`` null -> the default run folder."""
+    if cfg.data.path != SYNTHETIC:
+        cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
+    if cfg.trainer.output_dir is None:
+        cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, overwrite: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.cfg = cfg
-        if cfg.data.path != SYNTHETIC:  # before any folder or model exists: a missing dataset leaves no trace
-            cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
-        if cfg.trainer.output_dir is None:
-            cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
+        if cfg.model.path == "auto":  # the trainer knows neither the world model nor the tiny factory
+            raise ConfigError("model.path=auto reached the trainer: resolve it first (sgalign.jobs.commands."
+                              "resolve_model_path, as scripts/train.py does) or pass a model folder")
+        resolve_run_paths(cfg)
         self.run_dir = Path(cfg.trainer.output_dir)
         tb = cfg.logging.tensorboard
         if tb == "auto":
@@ -86,12 +94,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.finished is not None:  # the same run already finished here: nothing to do
             return
-        self._resolve_model_path()
+        if cfg.model.random_init:
+            self.notes.append(f"RANDOM-INIT base model {cfg.model.path} (plumbing only, meaningless weights)")
         self._resolve_data_path()
-        self.record["base_model"].update(path=str(cfg.model.path), random_init=cfg.model.random_init)
-        if self.record["base_model"]["sha256"] is None:  # the random-init fallback exists only now
-            from ..hashing import folder_sha256
-            self.record["base_model"]["sha256"] = folder_sha256(cfg.model.path)
         self.record["dataset"]["path"] = str(cfg.data.path)
         if self.acc.is_main_process:
             write_run(self.run_dir, self.record)
@@ -121,27 +126,6 @@ class Trainer:
         if self.acc.is_main_process:
             print(msg, flush=True)
 
-    def _resolve_model_path(self) -> None:
-        m = self.cfg.model
-        if m.path != "auto":
-            return
-        world = world_model_path()
-        if (world / "model_index.json").exists():
-            m.path = str(world)
-            self._log(f"[sgalign] model.path=auto -> world SD1.5-SG at {world}")
-            return
-        from ..pipelines.tiny import make_tiny
-        arch = m.tiny_arch or ("sd15-sg" if self.cfg.task == "compositional" else "sd15")
-        out = self.run_dir / f"base-model-random-init-{arch}"
-        if self.acc.is_main_process and not (out / "model_index.json").exists():
-            make_tiny(arch, out, seed=self.cfg.trainer.seed)
-        self.acc.wait_for_everyone()
-        m.path, m.random_init = str(out), True
-        note = (f"RANDOM-INIT base model: no world SD1.5-SG at {world} yet; using a tiny random-init {arch} "
-                f"generated into {out} (plumbing only, meaningless weights)")
-        self.notes.append(note)
-        self._log(f"[sgalign] {note}")
-
     def _claim_run(self, overwrite: bool) -> dict[str, Any] | None:
         """One folder, one run: identify this run (resolved config minus resume-neutral keys, base model and data
         by content); the stored summary when the same run already finished here, else None after claiming the
@@ -149,11 +133,10 @@ class Trainer:
         emptied with ``overwrite``)."""
         from ..hashing import folder_sha256
         m, d = self.cfg.model, self.cfg.data
-        base = m.path if m.path != "auto" else (world_model_path() if (world_model_path() / "model_index.json")
-                                                 .exists() else None)
-        base_sha = folder_sha256(base) if base is not None else None  # None: random-init fallback (by config)
+        base = m.path
+        base_sha = folder_sha256(base)
         data_id = None if d.path == SYNTHETIC else dataset_id(d.path)
-        run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha or "random-init", data_id)
+        run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha, data_id)
         refuse_inputs({"trainer.output_dir": self.run_dir}, {"model.path": base, "data.path": d.path,
                                                               "model.unet_init": m.unet_init},
                       emptied=True)  # final/ is replaced and --overwrite empties the folder
@@ -170,7 +153,7 @@ class Trainer:
             self._log(f"[sgalign] --overwrite: emptying {self.run_dir} (it held another run)")
             empty(self.run_dir)
         self.record = {"kind": "train", "run_id": run_id, "task": self.cfg.task, "method": self.cfg.method.name,
-                       "base_model": {"path": str(base), "sha256": base_sha, "random_init": base is None},
+                       "base_model": {"path": str(base), "sha256": base_sha, "random_init": m.random_init},
                        "dataset": {"path": str(d.path), "dataset_id": data_id}, "finished": False}
         if self.acc.is_main_process:
             write_record(self.run_dir, self.record)
@@ -601,10 +584,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
     import os
 
     from ..outdir import locked
-    if cfg.data.path != SYNTHETIC:  # a missing dataset is refused before the run folder exists
-        cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
-    if cfg.trainer.output_dir is None:
-        cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
+    resolve_run_paths(cfg)  # a missing dataset is refused before the run folder exists
     lock = locked(cfg.trainer.output_dir, "train.py") if int(os.environ.get("RANK", "0")) == 0 \
         else contextlib.nullcontext()
     with lock:

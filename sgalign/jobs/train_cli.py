@@ -1,4 +1,5 @@
-"""Argument handling of ``scripts/train.py`` (kept here so the script stays thin)."""
+"""Argument handling of ``scripts/train.py`` (kept here so the script stays thin); the work is
+``commands.train_command`` (model.path=auto resolved here, in the command layer, never by the trainer)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
-from .config import TrainConfig
+from ..training.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -39,7 +40,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
 
 def next_command(task: str, run_dir: Path) -> str:
     """The evaluate command for a finished run (evaluate.py picks the latest finished run under runs/train)."""
-    from .runs import TRAIN_ROOT, latest_finished_run
+    from ..training.runs import TRAIN_ROOT, latest_finished_run
     cmd = f"python scripts/evaluate.py --task {task}"
     latest = latest_finished_run(task, TRAIN_ROOT)
     same = latest is not None and latest.resolve() == run_dir.resolve()
@@ -47,9 +48,9 @@ def next_command(task: str, run_dir: Path) -> str:
 
 
 def run(argv=None) -> int:
-    from .trainer import train
+    from .commands import train_command
     args, cfg = parse(argv)
-    res = train(cfg, overwrite=args.overwrite)
+    res = train_command(cfg, overwrite=args.overwrite)
     final = res.run_dir / "final"
     print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
     if final.is_dir():

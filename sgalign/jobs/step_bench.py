@@ -110,7 +110,7 @@ def compare(revision: str = "ccb35ef", models: tuple[str, ...] = MODELS, methods
             batches: tuple[int, ...] = (1, 4), steps: int = 6, warmup: int = 2, rounds: int = 2, threads: int = 1,
             log: Callable[[str], None] = print) -> tuple[Side, Side, list[Config]]:
     """Run every configuration on this tree (A) and ``revision`` (B), interleaved over ``rounds``."""
-    from .synthetic import write_pickapic
+    from ..training.synthetic import write_pickapic
     tmp = Path(tempfile.mkdtemp(prefix="bench_step_"))
     wt = tmp / f"tree-{revision}"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(wt), revision], check=True,
@@ -120,7 +120,7 @@ def compare(revision: str = "ccb35ef", models: tuple[str, ...] = MODELS, methods
         paths = model_paths(tmp)
         data = write_pickapic(tmp / "pickapic.parquet", rows=64, size=64, seed=0, scores=True)
         worker = tmp / "step_worker.py"  # one copy of the worker code for both trees
-        shutil.copy(Path(__file__).with_name("step_worker.py"), worker)
+        shutil.copy(Path(__file__).parents[1] / "training" / "step_worker.py", worker)
         sides = {"A": Side(REPO), "B": Side(wt)}
         servers = [_Server(worker, REPO, threads, tmp / "worker-A.log"),
                    _Server(worker, wt, threads, tmp / "worker-B.log")]
