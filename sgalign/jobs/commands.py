@@ -38,10 +38,11 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
 
     plan = evaluation_plan(task, model, baseline, out, config)
     protocol = load_protocol(plan["config"], list(overrides), task=task)
+    refuse_inputs({"--out": plan["out"]}, {"--model": plan["model"], "--baseline": plan["baseline"],
+                                           "inputs.path": protocol.inputs.path, "--config": plan["config"]},
+                  emptied=overwrite)
     _model_folder(plan["model"], "--model")
     _model_folder(plan["baseline"], "--baseline")
-    refuse_inputs({"--out": plan["out"]}, {"--model": plan["model"], "--baseline": plan["baseline"],
-                                           "inputs.path": protocol.inputs.path}, emptied=overwrite)
     ident = {"protocol": protocol.model_dump(mode="json"), "model": folder_sha256(plan["model"]),
              "baseline": folder_sha256(plan["baseline"]) if plan["baseline"] else None}
     run_id = identity_hash(ident)

@@ -49,7 +49,7 @@ def next_command(task: str, run_dir: Path) -> str:
 def run(argv=None) -> int:
     from .trainer import train
     args, cfg = parse(argv)
-    res = train(cfg, overwrite=args.overwrite)
+    res = train(cfg, overwrite=args.overwrite, config_file=args.config or default_config(args.task))
     final = res.run_dir / "final"
     print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
     if final.is_dir():

@@ -51,6 +51,8 @@ def resolve_data_path(task: str, path: str | None) -> str:
         raise DataNotReady(f"data.path {p}: no dataset there; {how}")
     if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
         raise DataNotReady(f"data.path {p}: build_pairs has not finished this dataset (no index.json); {how}")
+    from .data import verify_dataset
+    verify_dataset(p)  # before any run folder exists: the data is exactly what its index (and the run id) says
     return str(p)
 
 

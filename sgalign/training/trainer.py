@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..config import dump_config
+from ..errors import UserError
 from ..diffusion import TrajectoryCache, model_fingerprint
 from ..methods import MethodContext, PairBatch, build_method
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -149,13 +150,11 @@ class Trainer:
         emptied with ``overwrite``)."""
         from ..hashing import folder_sha256
         m, d = self.cfg.model, self.cfg.data
-        base = m.path if m.path != "auto" else (world_model_path() if (world_model_path() / "model_index.json")
-                                                 .exists() else None)
+        base = base_model_path(self.cfg)
         base_sha = folder_sha256(base) if base is not None else None  # None: random-init fallback (by config)
         data_id = None if d.path == SYNTHETIC else dataset_id(d.path)
         run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha or "random-init", data_id)
-        refuse_inputs({"trainer.output_dir": self.run_dir}, {"model.path": base, "data.path": d.path,
-                                                              "model.unet_init": m.unet_init},
+        refuse_inputs({"trainer.output_dir": self.run_dir}, train_inputs(self.cfg),
                       emptied=True)  # final/ is replaced and --overwrite empties the folder
         state = check_claim(self.run_dir, "train", run_id, "trainer.output_dir", overwrite)
         old = read_run(self.run_dir)
@@ -599,9 +598,26 @@ class Trainer:
         return s
 
 
-def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
-    """Train ``cfg`` (``overwrite``: empty an output folder that holds another run). The main process holds the
-    run folder's lock throughout, so a second trainer into the same folder stops at once."""
+def base_model_path(cfg: TrainConfig) -> str | Path | None:
+    """The base model folder ``cfg`` trains from (``auto``: the world SD1.5-SG; None: the random-init fallback)."""
+    m = cfg.model
+    if m.path != "auto":
+        return m.path
+    return world_model_path() if (world_model_path() / "model_index.json").exists() else None
+
+
+def train_inputs(cfg: TrainConfig, config_file: str | Path | None = None) -> dict[str, Any]:
+    """What a run reads and must never write into: base model, data, UNet init, SG encoder, config file."""
+    d = cfg.data
+    return {"model.path": base_model_path(cfg), "data.path": None if d.path == SYNTHETIC else d.path,
+            "model.unet_init": cfg.model.unet_init, "model.sg_encoder": cfg.model.sg_encoder,
+            "--config": config_file}
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, config_file: str | Path | None = None) -> TrainResult:
+    """Train ``cfg`` (``overwrite``: empty an output folder that holds another run; ``config_file``: the YAML it
+    came from, an input too). The main process holds the run folder's lock throughout, so a second trainer into
+    the same folder stops at once."""
     import contextlib
     import os
 
@@ -610,6 +626,12 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
         cfg.data.path = resolve_data_path(cfg.task, cfg.data.path)
     if cfg.trainer.output_dir is None:
         cfg.trainer.output_dir = str(default_output_dir(cfg.task, cfg.method.name))
+    # before the lock creates the folder: an output inside an input must not leave even an empty folder there
+    refuse_inputs({"trainer.output_dir": cfg.trainer.output_dir}, train_inputs(cfg, config_file), emptied=True)
+    resume = cfg.checkpointing.resume
+    if resume and resume != "latest" and not (Path(resume) / "trainer_state.json").is_file():
+        raise UserError(f"checkpointing.resume {resume}: not a checkpoint folder (no trainer_state.json); pass "
+                        "'latest' or a folder under <run>/checkpoints/")
     lock = locked(cfg.trainer.output_dir, "train.py") if int(os.environ.get("RANK", "0")) == 0 \
         else contextlib.nullcontext()
     with lock:
