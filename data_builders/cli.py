@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 def next_command(source: str, out: str | Path) -> str:
     """The train command that reads ``out`` (no --set when it is the default folder train.py reads); after the world
     Pick-a-Pic file, the build_pairs import of it."""
+    import shlex  # quoted: a folder name with spaces or quotes pastes as one argument
     if source == "world-pickapic":
-        return f"python scripts/build_pairs.py --source pickapic --input {out}"
+        return shlex.join(["python", "scripts/build_pairs.py", "--source", "pickapic", "--input", str(out)])
     task = "t2i" if source == "pickapic" else "compositional"
-    cmd = f"python scripts/train.py --task {task}"
+    cmd = ["python", "scripts/train.py", "--task", task]
     default = DEFAULT_OUT["pickapic" if task == "t2i" else "laion-sg"]
-    return cmd if Path(out) == Path(default) else f"{cmd} --set data.path={out}"
+    return shlex.join(cmd if Path(out) == Path(default) else [*cmd, "--set", f"data.path={out}"])
 
 
 def load(args: argparse.Namespace) -> BuildPairsConfig:

@@ -20,6 +20,7 @@ from sgalign.errors import UserError
 from sgalign.hashing import file_sha256, write_atomic  # noqa: F401 (re-exported)
 from sgalign.hashing import folder_sha256 as _folder_sha256
 from sgalign.hashing import write_json_atomic as _write_json_atomic
+from sgalign.hashing import write_jsonl_atomic as _write_jsonl_atomic
 
 BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
 
@@ -38,9 +39,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    def w(tmp: str) -> None:
-        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    write_atomic(path, w)
+    _write_jsonl_atomic(path, rows)  # strict JSON Lines: a NaN in a reject's record is written as "nan"
 
 
 def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None:

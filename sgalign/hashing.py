@@ -6,13 +6,14 @@
 * ``model_index`` / ``is_random_init`` / ``read_record``: what a model folder says about itself (its
   ``model_index.json``, the random-init mark tiny factories write there, its ``training_record.json``);
 * ``identity_hash``: a run's short id over a JSON-able mapping;
-* ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic``: a temporary file in the same folder, fsync, then
+* ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic`` / ``write_jsonl_atomic``: a temporary file in the same folder, fsync, then
   ``os.replace``: readers see the old file or the complete new one, never a partial one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -144,3 +145,22 @@ def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False, en
     touches ``path``)."""
     text = json.dumps(obj, indent=1, sort_keys=sort_keys, ensure_ascii=ensure_ascii, allow_nan=allow_nan) + "\n"
     return write_text_atomic(path, text)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every nan / inf float as a string ("nan", "inf"): JSON has no such numbers, and a reject's
+    raw record or a failure's value may hold one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_jsonl_atomic(path: str | Path, rows: list[Any]) -> Path:
+    """JSON Lines, one row a line, strictly JSON (no bare NaN: ``json_safe``), UTF-8 as is, atomically."""
+    text = "".join(json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    return write_text_atomic(path, text)
+

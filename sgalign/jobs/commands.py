@@ -12,15 +12,16 @@ from typing import Any, Sequence
 from ..errors import UserError
 
 
-def _model_folder(path: str | None, what: str) -> None:
-    """A one-line error naming the missing component (e.g. vae/) before any loading starts."""
+def _model_folder(path: str | None, what: str, task: str) -> None:
+    """A one-line error naming the missing component (e.g. vae/), a class the task cannot run, or a truncated /
+    other-architecture weights file, before any loading or sampling starts (the baseline's too)."""
     if path is None:
         return
     if not (Path(path) / "model_index.json").is_file():
         raise UserError(f"{what} {path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
                         "e.g. a training run's final/")
-    from ..models.loading import check_layout
-    check_layout(path)
+    from ..evaluation.sampling import check_model_folder
+    check_model_folder(path, task)
 
 
 def evaluate_command(task: str, model: str | None = None, baseline: str | None = None, out: str | None = None,
@@ -41,8 +42,8 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
     refuse_inputs({"--out": plan["out"]}, {"--model": plan["model"], "--baseline": plan["baseline"],
                                            "inputs.path": protocol.inputs.path, "--config": plan["config"]},
                   emptied=overwrite)
-    _model_folder(plan["model"], "--model")
-    _model_folder(plan["baseline"], "--baseline")
+    _model_folder(plan["model"], "--model", task)
+    _model_folder(plan["baseline"], "--baseline", task)
     ident = {"protocol": protocol.model_dump(mode="json"), "model": folder_sha256(plan["model"]),
              "baseline": folder_sha256(plan["baseline"]) if plan["baseline"] else None}
     run_id = identity_hash(ident)

@@ -37,9 +37,14 @@ from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_d
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+    """A non-finite loss or gradient; the message names the step and the last good checkpoint, ``next_command``
+    is the command that retries with a lower lr (printed as the ``next:`` line)."""
 
     exit_code = 3  # sgalign.errors.EXIT_DIVERGED
+
+    def __init__(self, message: str, next_command: str | None = None):
+        super().__init__(message)
+        self.next_command = next_command
 
 
 @dataclass
@@ -441,7 +446,7 @@ class Trainer:
         with acc.accumulate(self.policy):
             out = self.method(batch, self.context(gen))
             if not torch.isfinite(out.loss.detach()).all():
-                raise TrainingDiverged(self._diverged("loss", out.loss.detach()))
+                raise TrainingDiverged(*self._diverged("loss", out.loss.detach()))
             if not out.backward_done:
                 acc.backward(out.loss)
             gnorm = None
@@ -453,18 +458,15 @@ class Trainer:
                     gnorm = torch.norm(torch.stack([p.grad.norm() for p in self.policy.parameters()
                                                     if p.grad is not None]))
                 if gnorm is not None and not torch.isfinite(torch.as_tensor(gnorm)).all():
-                    raise TrainingDiverged(self._diverged("gradient norm", gnorm))
+                    raise TrainingDiverged(*self._diverged("gradient norm", gnorm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         margin = (batch.score_w - batch.score_l).abs().mean().item() if batch.score_w is not None else None
         return out, gnorm, batch.size, margin
 
-    def _diverged(self, what: str, value) -> str:
-        last = latest_checkpoint(self.run_dir)
-        return (f"non-finite {what} ({float(torch.as_tensor(value).float().mean())}) at optimizer step "
-                f"{self.step + 1} (micro-batch {self.micro}); stopped before the optimizer step. Last good "
-                f"checkpoint: {last if last else 'none (no checkpoint was saved yet)'}; resume with "
-                "checkpointing.resume=latest after lowering the lr or checking the data")
+    def _diverged(self, what: str, value) -> tuple[str, str]:
+        return diverged_message(self.cfg, self.run_dir, what, float(torch.as_tensor(value).float().mean()),
+                                self.step + 1, self.micro)
 
     # ---- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -596,6 +598,21 @@ class Trainer:
                       + (" [RANDOM-INIT model]" if s["random_init_model"] else "")
                       + (f", {s['skipped_pairs']} pairs skipped" if s["skipped_pairs"] else ""))
         return s
+
+
+def diverged_message(cfg: TrainConfig, run_dir: Path, what: str, value: float, step: int,
+                     micro: int) -> tuple[str, str]:
+    """(why the run stopped, a command that works): a lower lr is another run (its id includes the lr), so the
+    command starts one beside this one from this run's resolved config (the same settings, data and base model)."""
+    import shlex
+    last = latest_checkpoint(run_dir)
+    lr = f"{cfg.optimizer.lr / 10:.2e}"  # "1.00e-06": a float to YAML (PyYAML reads "1e-06" as a string)
+    cmd = shlex.join(["python", "scripts/train.py", "--task", cfg.task, "--config",
+                      str(run_dir / "resolved_config.yaml"), "--set", f"optimizer.lr={lr}",
+                      "--set", "checkpointing.resume=null", "--set", f"trainer.output_dir={run_dir}-lr{lr}"])
+    return (f"non-finite {what} ({value}) at optimizer step {step} (micro-batch {micro}); stopped before the "
+            f"optimizer step; last good checkpoint: {last if last else 'none'}; the next: line retries with a "
+            "lower lr as a new run", cmd)
 
 
 def base_model_path(cfg: TrainConfig) -> str | Path | None:
