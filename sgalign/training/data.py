@@ -136,19 +136,23 @@ def verify_dataset(path: str | Path) -> dict[str, Any] | None:
     return index
 
 
+def check_rewards(rewards: list, where: str | Path) -> None:
+    """Every combined reward (one list per row) is a finite number: a NaN would win or lose every comparison
+    silently. Raises ``DatasetMismatch`` naming ``where``, the row and the field."""
+    for i, r in enumerate(rewards):
+        bad = [j for j, v in enumerate(r or []) if v is None or not math.isfinite(v)]
+        if bad:
+            raise DatasetMismatch(f"{where}: row {i}: field reward[{bad[0]}] is {r[bad[0]]}, not a finite number; "
+                                  "rebuild the dataset (check the reward backend)")
+
+
 def _check_rewards(f: Path) -> None:
-    """A candidate shard's combined rewards are finite numbers (a NaN would win or lose every comparison
-    silently); only the ``reward`` column is read."""
+    """``check_rewards`` on a candidate shard, reading only its ``reward`` column."""
     if f.suffix != ".parquet":
         return
     import pyarrow.parquet as pq
-    if "reward" not in pq.read_schema(f).names:
-        return
-    for i, r in enumerate(pq.read_table(f, columns=["reward"]).column("reward").to_pylist()):
-        bad = [j for j, v in enumerate(r or []) if v is None or not math.isfinite(v)]
-        if bad:
-            raise DatasetMismatch(f"{f}: row {i}: field reward[{bad[0]}] is {r[bad[0]]}, not a finite number; "
-                                  "rebuild the dataset (check the reward backend)")
+    if "reward" in pq.read_schema(f).names:
+        check_rewards(pq.read_table(f, columns=["reward"]).column("reward").to_pylist(), f)
 
 
 def load_table(path: str | Path):
@@ -275,10 +279,7 @@ class CandidatePairs(PairSource):
                    if len(v) != k]
             if bad:
                 raise ValueError(f"{path}: row {i}: {bad} do not have one value per candidate (reward has {k})")
-            nonfinite = [j for j, v in enumerate(r) if v is None or not math.isfinite(v)]
-            if nonfinite:  # a NaN reward would win or lose every comparison silently
-                raise DatasetMismatch(f"{path}: row {i}: field reward[{nonfinite[0]}] is {r[nonfinite[0]]}, not a "
-                                      "finite number; rebuild the dataset (check the reward backend)")
+        check_rewards(rewards, path)  # any dataset format (a build_pairs folder was checked by load_table too)
         super().__init__(DynamicPairSampler(rewards, margin=margin, seed=seed, mode=mode,
                                             num_replicas=num_replicas, rank=rank))
         self._graphs: dict[int, SceneGraph] = {}
