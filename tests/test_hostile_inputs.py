@@ -71,7 +71,16 @@ DAMAGE = {
     "deep index": lambda d, b: (d / "index.json").write_text("[" * 100000 + "]" * 100000),
     "index without shards": lambda d, b: (d / "index.json").write_text('{"complete": true, "rows": 3}'),
     "nan reward": lambda d, b: _nan_reward(d),
+    "shard listed twice": lambda d, b: _edit_index(d, lambda i: i["shards"].append(i["shards"][0])),
+    "path outside the folder": lambda d, b: _edit_index(d, lambda i: i["shards"][0].update(file="../x.parquet")),
+    "index is a list": lambda d, b: (d / "index.json").write_text("[]"),
 }
+
+
+def _edit_index(d: Path, edit) -> None:
+    idx = json.loads((d / "index.json").read_text())
+    edit(idx)
+    (d / "index.json").write_text(json.dumps(idx))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -285,7 +294,7 @@ def _error_line(err: str) -> str:
     return lines[0]
 
 
-def test_deeply_nested_json_is_2(tmp_path, capsys):
+def test_deeply_nested_json_is_2(tiny, tmp_path, capsys):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100000 + "]" * 100000)
     before = deep.read_bytes()
@@ -293,6 +302,10 @@ def test_deeply_nested_json_is_2(tmp_path, capsys):
     assert "deep.json" in _error_line(capsys.readouterr().err)
     assert build_cli.main(["--source", "laion-sg", "--annotations", str(deep), "--out", str(tmp_path / "o")]) == 2
     assert "deep.json" in _error_line(capsys.readouterr().err)
+    for task in ("compositional", "t2i"):  # evaluate's inputs.path: a split file or a prompt list
+        assert evaluate_main()(["--task", task, "--model", str(tiny), "--out", str(tmp_path / f"e-{task}"),
+                                "--set", "inputs.source=file", "--set", f"inputs.path={deep}"]) == EXIT_USAGE
+        assert "deep.json" in _error_line(capsys.readouterr().err)
     assert deep.read_bytes() == before and not (tmp_path / "o").exists()
 
 

@@ -193,8 +193,13 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
 
 def _read_prompts(path: Path) -> list[str]:
     """A prompt file: a JSON list of strings (``.json``) or one prompt a non-blank line."""
-    text = path.read_text(encoding="utf-8")
-    prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+        prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines()
+                                                                   if ln.strip()]
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputsError(f"inputs.path {path}: not a readable prompt file ({type(e).__name__}); expected a JSON "
+                          "list of prompt strings or one prompt a line") from None
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise InputsError(f"inputs.path {path}: expected a JSON list of prompt strings")
     return prompts

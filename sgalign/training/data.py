@@ -110,6 +110,8 @@ def verify_dataset(path: str | Path) -> dict[str, Any] | None:
             and (s.get("size") is None or isinstance(s["size"], int)) for s in shards):
         raise DatasetMismatch(f"{idx_path}: field shards must list every shard as {{file, rows, sha256, size}}; "
                               "rebuild the dataset with the build_pairs command that made it")
+    if len({s["file"] for s in shards}) != len(shards):
+        raise DatasetMismatch(f"{idx_path}: field shards lists a file twice; rebuild the dataset")
     if index.get("complete") is not True:
         raise DatasetNotFinished(f"{idx_path}: field complete is {index.get('complete')!r}, not true: the build "
                                  "has not finished; rerun the build_pairs command that made it")
