@@ -28,7 +28,7 @@ from sgalign.errors import UserError, run_main
 from sgalign.outdir import refuse_inputs
 
 from .build import annotations_path, build_pairs
-from .config import DEFAULT_OUT, BuildPairsConfig
+from .config import DEFAULT_OUT, WORLD_MODEL, BuildPairsConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 def next_command(source: str, out: str | Path) -> str:
     """The train command that reads ``out`` (no --set when it is the default folder train.py reads); after the world
     Pick-a-Pic file, the build_pairs import of it."""
+    import shlex  # quoted: a folder name with spaces or quotes pastes as one argument
     if source == "world-pickapic":
-        return f"python scripts/build_pairs.py --source pickapic --input {out}"
+        return shlex.join(["python", "scripts/build_pairs.py", "--source", "pickapic", "--input", str(out)])
     task = "t2i" if source == "pickapic" else "compositional"
-    cmd = f"python scripts/train.py --task {task}"
+    cmd = ["python", "scripts/train.py", "--task", task]
     default = DEFAULT_OUT["pickapic" if task == "t2i" else "laion-sg"]
-    return cmd if Path(out) == Path(default) else f"{cmd} --set data.path={out}"
+    return shlex.join(cmd if Path(out) == Path(default) else [*cmd, "--set", f"data.path={out}"])
 
 
 def load(args: argparse.Namespace) -> BuildPairsConfig:
@@ -89,16 +90,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args)
     progress = not args.no_progress
     out = args.out or DEFAULT_OUT[cfg.source]
+    # before any folder is created: --out may be neither an input nor inside one (a model folder, the input data)
+    model = cfg.model.path or WORLD_MODEL  # None: the world SD1.5-SG
     if cfg.source == "pickapic":
         if not args.input:
             raise UserError("--source pickapic needs --input PATH (parquet files, a save_to_disk folder or a shard "
                             "folder; the world's: python scripts/build_pairs.py --source world-pickapic --n 2000)")
-        refuse_inputs({"--out": out}, {"--input": args.input}, emptied=args.overwrite)
+        refuse_inputs({"--out": out}, {"--input": args.input, "--config": args.config}, emptied=args.overwrite)
     elif cfg.source == "world-pickapic":
-        refuse_inputs({"--out": out}, {"--model": cfg.model.path}, emptied=args.overwrite)
+        refuse_inputs({"--out": out}, {"--model": model, "--config": args.config}, emptied=args.overwrite)
     else:
-        refuse_inputs({"--out": out}, {"--annotations": annotations_path(cfg), "--model": cfg.model.path,
-                                       "model.sg_encoder": cfg.model.sg_encoder}, emptied=args.overwrite)
+        refuse_inputs({"--out": out}, {"--annotations": annotations_path(cfg), "--model": model,
+                                       "model.sg_encoder": cfg.model.sg_encoder, "--config": args.config},
+                      emptied=args.overwrite)
     summary = build_pairs(cfg, out, input=args.input, progress=progress, overwrite=args.overwrite)
     if summary is None:  # other processes' shards still running: the last one to finish prints the summary
         return 0

@@ -32,7 +32,7 @@ class ModelSection(ConfigModel):
 class GenerationSection(ConfigModel):
     k: int = Field(4, ge=2)  # candidates per annotation
     seed: int = Field(0, ge=0)  # global seed; candidate seed = hash(seed, img_id, k)
-    num_inference_steps: int = Field(25, ge=1)
+    num_inference_steps: int = Field(25, ge=1, le=1000)  # DDPM training has 1000 timesteps: no more exist
     guidance_scale: float | None = Field(3.0, ge=0)  # None: the pipeline's default (SD1.5 7.5, SDXL 5.0)
     eta: float = Field(0.0, ge=0)
     height: int | None = Field(None, ge=8)  # None: the model's native size

@@ -242,6 +242,7 @@ class CandidateBuilder:
         path = out / sh.shard_name(i)
         sh.write_parquet_atomic(path, cols, candidate_features(self.columns))
         manifest = {"shard": i, "file": path.name, "rows": len(rows), "sha256": sh.file_sha256(path),
+                    "size": path.stat().st_size,
                     "img_ids": [json.loads(a)["img_id"] for a in cols["annotation"]], "failures": failures,
                     "seconds": round(time.perf_counter() - t0, 3), "rank": rank}
         sh.write_json_atomic(sh.manifest_path(out, i), manifest)  # the commit point: the shard is now finished
@@ -298,7 +299,7 @@ def _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, 
                                   "input": plan.input, "config": cfg.fingerprint(), "model_sha256": model_hash,
                                   "num_annotations": len(plan.records), "annotations_per_shard": per,
                                   "num_shards": num_shards}, overwrite=overwrite, world_size=world_size)
-    todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
+    todo = sh.todo_shards(out, [i for i in range(num_shards) if i % world_size == rank], log)
     if todo and builder is None:
         builder = CandidateBuilder(cfg, model_sha256=model_hash)
     n_todo = sum(len(plan.records[i * per:(i + 1) * per]) for i in todo)
@@ -378,7 +379,7 @@ def finalize(out: Path, plan: AnnotationPlan, cfg: BuildPairsConfig, wall_second
     sh.write_json_atomic(out / sh.INDEX_FILE, {
         "complete": True, "dataset_id": dataset_id, "format": build["format"], "num_shards": build["num_shards"],
         "rows": len(built),
-        "shards": [{k: m[k] for k in ("shard", "file", "rows", "sha256")} for m in manifests]})
+        "shards": sh.index_shards(out, manifests)})
     return summary
 
 

@@ -148,7 +148,7 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
                                   "input": {"name": Path(path).name, "rows": len(ds),
                                             "fingerprint": getattr(ds, "_fingerprint", None)},
                                   "config": fp, "num_shards": num_shards}, overwrite=overwrite, world_size=world_size)
-    todo = [i for i in range(num_shards) if i % world_size == rank and not sh.is_done(out, i)]
+    todo = sh.todo_shards(out, [i for i in range(num_shards) if i % world_size == rank], log)
     if todo and similarity is None and cfg.relabel is not None:
         similarity = build_similarity(cfg)
     features = output_features(ds.features, cfg)
@@ -164,6 +164,7 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
         sh.write_json_atomic(sh.manifest_path(out, i), {
             "shard": i, "file": p.name, "rows": len(rows), "input_rows": [lo, hi], "ties": ties,
             "rejects": rejects, "swapped": sum(r["swapped"] for r in rows), "sha256": sh.file_sha256(p),
+            "size": p.stat().st_size,
             "relabel": similarity.info.to_dict() if similarity is not None else None,
             "seconds": round(time.perf_counter() - t1, 3)})
         bar.update(hi - lo)
@@ -195,8 +196,7 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
     sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": "sgalign-pickapic-pairs",
                                                "dataset_id": summary["dataset_id"],
                                                "num_shards": num_shards, "rows": summary["pairs"],
-                                               "shards": [{k: m[k] for k in ("shard", "file", "rows", "sha256")}
-                                                          for m in ms]})
+                                               "shards": sh.index_shards(out, ms)})
     log(f"pickapic: {summary['pairs']} pairs (winner first) from {len(ds)} rows; {summary['ties_dropped']} ties "
         f"dropped; {summary['undecodable_pairs']} pairs skipped for an undecodable image; "
         f"{summary['invalid_labels']} invalid labels; rejects in {out / sh.REJECTS_FILE}; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sgalign.errors import UserError
+from sgalign.errors import UserError, shown
 from sgalign.rewards import COMBINED_KEY, CombinedReward
 
 from .config import BackendSpec, RewardsSection
@@ -87,9 +87,8 @@ class UnscorableAnnotations(UserError):
     """The configured reward cannot score the annotations' vocabulary (raised before any image is generated)."""
 
 
-REAL_BACKEND_KEYS = ("rewards.preset=custom", "rewards.backends.vqa.path (BLIP-VQA)",
-                     "rewards.backends.detector.path (OWL-ViT)", "rewards.backends.similarity.path (CLIP)",
-                     "rewards.backends.parser.path (spaCy)")
+REAL_BACKEND_KEYS = ("rewards.preset=custom", "rewards.backends.vqa.path", "rewards.backends.detector.path",
+                     "rewards.backends.similarity.path", "rewards.backends.parser.path")  # BLIP-VQA, OWL-ViT, CLIP, spaCy
 
 
 def check_vocabulary(records: Sequence[Any], cfg: RewardsSection) -> None:
@@ -109,7 +108,7 @@ def check_vocabulary(records: Sequence[Any], cfg: RewardsSection) -> None:
     if bad:
         img_id, words = bad[0]
         raise UnscorableAnnotations(
-            f"{len(bad)} of {len(records)} annotations use words the world reward (rewards.preset=world) cannot "
-            f"score, e.g. img_id {img_id}: {', '.join(repr(w) for w in dict.fromkeys(words))}; for real LAION-SG "
-            f"set {', '.join(REAL_BACKEND_KEYS)} to local weight folders (configs/build_pairs/laion_sg_sdxl.yaml "
-            "shows all of them)")
+            f"{len(bad)}/{len(records)} annotations have words the world reward cannot score (img_id "
+            f"{shown(img_id, 24)}: {', '.join(shown(w, 24) for w in list(dict.fromkeys(words))[:2])}); set "
+            f"{REAL_BACKEND_KEYS[0]} and {', '.join(REAL_BACKEND_KEYS[1:3])}, .similarity.path, .parser.path "
+            "(configs/build_pairs/laion_sg_sdxl.yaml)")

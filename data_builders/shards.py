@@ -20,6 +20,7 @@ from sgalign.errors import UserError
 from sgalign.hashing import file_sha256, write_atomic  # noqa: F401 (re-exported)
 from sgalign.hashing import folder_sha256 as _folder_sha256
 from sgalign.hashing import write_json_atomic as _write_json_atomic
+from sgalign.hashing import write_jsonl_atomic as _write_jsonl_atomic
 
 BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
 
@@ -38,9 +39,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    def w(tmp: str) -> None:
-        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    write_atomic(path, w)
+    _write_jsonl_atomic(path, rows)  # strict JSON Lines: a NaN in a reject's record is written as "nan"
 
 
 def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None:
@@ -51,12 +50,55 @@ def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def shard_problem(out: Path, i: int) -> str | None:
+    """Why shard ``i`` is not finished (None: it is): its parquet file or manifest is missing or unreadable, or the
+    file is not the one the manifest records (size, sha256: truncated, or swapped for another build's shard)."""
+    from sgalign.hashing import verified_sha256
+    f, m = out / shard_name(i), manifest_path(out, i)
+    if not f.is_file() or not m.is_file():
+        return "not built" if not f.is_file() and not m.is_file() else \
+            f"{f.name if not f.is_file() else m.name} missing"
+    try:
+        man = read_manifest(out, i)
+        want, size = man["sha256"], man.get("size")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"manifest {m} unreadable ({type(e).__name__})"
+    if size is not None and f.stat().st_size != size:
+        return f"{f.name} is {f.stat().st_size} bytes, its manifest says {size}"
+    if verified_sha256(f) != want:
+        return f"{f.name} does not have the sha256 its manifest records"
+    return None
+
+
 def is_done(out: Path, i: int) -> bool:
+    """Shard ``i`` has its parquet file and manifest (cheap: for the checks while building; a resumed build first
+    verifies its shards' contents with ``todo_shards``, and readers verify the folder against ``index.json``)."""
     return (out / shard_name(i)).is_file() and manifest_path(out, i).is_file()
+
+
+def todo_shards(out: Path, shards: list[int], log=print) -> list[int]:
+    """Of ``shards``, the ones to build: unbuilt, or failing verification (logged; their manifest is removed first,
+    so no process takes the old manifest for the rebuilt file)."""
+    todo = []
+    for i in shards:
+        why = shard_problem(out, i)
+        if why is None:
+            continue
+        if why != "not built":
+            log(f"{out / shard_name(i)}: {why}; rebuilding shard {i}")
+            manifest_path(out, i).unlink(missing_ok=True)
+        todo.append(i)
+    return todo
 
 
 def read_manifest(out: Path, i: int) -> dict[str, Any]:
     return json.loads(manifest_path(out, i).read_text(encoding="utf-8"))
+
+
+def index_shards(out: Path, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``index.json``'s shard list: every shard's file, rows, sha256 and size (what readers verify the folder by)."""
+    return [{"shard": m["shard"], "file": m["file"], "rows": m["rows"], "sha256": m["sha256"],
+             "size": (out / m["file"]).stat().st_size} for m in manifests]
 
 
 def folder_sha256(folder: Path) -> str:
@@ -76,8 +118,12 @@ def check_or_write_build(out: Path, build: dict[str, Any], overwrite: bool = Fal
     p = out / BUILD_FILE
     want = json.loads(json.dumps(build))
     if p.is_file():
-        old = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            old = {"unreadable": str(p)}
         if old == want:
+            check_no_strays(out, want.get("num_shards"))
             return
         diff = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))
         problem = f"{out} holds a build with other settings (differ: {diff}; see {p})"
@@ -94,6 +140,19 @@ def check_or_write_build(out: Path, build: dict[str, Any], overwrite: bool = Fal
                             "delete it by hand or choose another --out")
     empty(out)
     write_json_atomic(p, build)
+
+
+def check_no_strays(out: Path, num_shards: int | None) -> None:
+    """A resumed build folder holds only its own shards: another data file there (a copy, another build's shard)
+    would be read by the trainer, so it is refused, naming the file."""
+    if not isinstance(num_shards, int):
+        return
+    from sgalign.training.data import data_files
+    mine = {shard_name(i) for i in range(num_shards)}
+    for f in data_files(out):
+        if f.name not in mine:
+            raise BuildMismatch(f"{f}: not a shard of this build ({num_shards} shards); remove it, or pass "
+                                "--overwrite to delete the folder's contents and start clean")
 
 
 @contextlib.contextmanager

@@ -49,7 +49,8 @@ def _source_build(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     build = json.loads((src / sh.BUILD_FILE).read_text())
     if build.get("format") != "sgalign-candidate-dataset":
         raise VariantError(f"variant source {src}: format {build.get('format')!r}, expected a candidate dataset")
-    return build, json.loads((src / sh.INDEX_FILE).read_text())
+    from sgalign.training.data import verify_dataset
+    return build, verify_dataset(src)  # a variant is derived from exactly the shards the source's index lists
 
 
 def _true_renders(build: dict[str, Any], annotations: list[str], src: Path) -> list[Any]:
@@ -164,7 +165,8 @@ def derive_variant(src: str | os.PathLike[str], out: str | os.PathLike[str], var
     sh.write_parquet_atomic(path, rows, candidate_features(columns))
     img_ids = [json.loads(a)["img_id"] for a in rows["annotation"]]
     sh.write_json_atomic(sh.manifest_path(out, 0), {"shard": 0, "file": path.name, "rows": len(img_ids),
-                                                     "sha256": sh.file_sha256(path), "img_ids": img_ids,
+                                                     "sha256": sh.file_sha256(path), "size": path.stat().st_size,
+                                                     "img_ids": img_ids,
                                                      "failures": [], "seconds": 0.0, "rank": 0})
     dataset_id = identity_hash(new_build)
     summary = {"variant": variant, "source": str(src), "source_dataset_id": index["dataset_id"], "seed": seed,
@@ -180,6 +182,5 @@ def derive_variant(src: str | os.PathLike[str], out: str | os.PathLike[str], var
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
     sh.write_json_atomic(out / sh.INDEX_FILE, {  # last: the commit point of the dataset
         "complete": True, "dataset_id": dataset_id, "format": new_build["format"], "num_shards": 1,
-        "rows": len(img_ids), "shards": [{"shard": 0, "file": path.name, "rows": len(img_ids),
-                                          "sha256": sh.file_sha256(path)}]})
+        "rows": len(img_ids), "shards": sh.index_shards(out, [sh.read_manifest(out, 0)])})
     return summary

@@ -256,7 +256,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     counts: dict[str, int] = {}
     for p in prompts:
         counts[p] = counts.get(p, 0) + 1
-    todo = [i for i in range(num_shards) if not sh.is_done(out, i)]
+    todo = sh.todo_shards(out, list(range(num_shards)), log)
     pipe = reward = None
     if todo:
         from sgalign.rewards import world_reward
@@ -271,7 +271,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
         p = out / sh.shard_name(i)
         sh.write_parquet_atomic(p, cols, features)
         sh.write_json_atomic(sh.manifest_path(out, i), {"shard": i, "file": p.name, **manifest,
-                                                        "sha256": sh.file_sha256(p),
+                                                        "sha256": sh.file_sha256(p), "size": p.stat().st_size,
                                                         "seconds": round(time.perf_counter() - t1, 3)})
         bar.update(hi - lo)
     bar.close()
@@ -307,9 +307,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     }
     sh.write_json_atomic(out / RECORD_FILE, record)
     sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": FORMAT, "num_shards": num_shards,
-                                               "rows": cfg.n, "shards": [{k: m[k] for k in ("shard", "file",
-                                                                                         "rows", "sha256")}
-                                                                        for m in ms]})
+                                               "rows": cfg.n, "shards": sh.index_shards(out, ms)})
     log(f"world pickapic: {cfg.n} pairs of {ident['name']} ({ident['sha256'][:12]}), {cfg.steps} DDIM steps, "
         f"CFG {cfg.guidance}: image 0 wins {counts_out['wins_image_0']}, image 1 wins {counts_out['wins_image_1']}, "
         f"ties {counts_out['ties']} (tolerance {cfg.tie_tolerance}); {record['wall_seconds_this_run']:.1f} s -> {out}")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     print("; ".join(x for x in (evaluation_summary(results), failure_summary(results)) if x))
     print(f"results: {plan['out']}/results.json")
     print(f"report: {paths['html']} (Markdown: {paths['markdown']})")
-    print(f"next: open {paths['html']} in a browser")
+    print(f"next: {shlex.join(['python', '-m', 'webbrowser', str(paths['html'])])}")  # the report, in a browser
     return 0
 
 

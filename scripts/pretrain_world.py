@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     final = run_world_base(r, command=command, only=a.only,
                            log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
     print(f"done in {time.time() - t0:.0f}s: {final}")
-    print(f"next: python scripts/bench_world_base.py --model {final}")
+    print(f"next: python scripts/bench_world_base.py --model {shlex.quote(str(final))}")
     return 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Validate a LAION-SG split file: prints each reject (index, img_id, field, reason), ends with `N valid, M rejected`.
 
-Exit status: 0 all valid, 1 some records rejected, 2 bad input (the file is unreadable, or --rejects would
-overwrite it).
+Exit status: 0 all valid, 1 some records rejected, 2 bad input (the file is unreadable, holds no valid record,
+e.g. ``[]``, as build_pairs refuses it too, or --rejects would overwrite it or is a folder).
 """
 import argparse
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgalign.errors import run_main  # noqa: E402
+from sgalign.errors import UserError, run_main  # noqa: E402
 from sgalign.scene_graph.validate import validate_split_file  # noqa: E402
 
 
@@ -26,6 +26,8 @@ def main(argv=None) -> int:
 
     def run() -> int:
         result = validate_split_file(args.file, args.rejects, args.require_relations, args.max_show)
+        if not result.records:  # build_pairs' verdict on the same file (NoValidAnnotations)
+            raise UserError(f"{args.file}: no valid record ({len(result.rejects)} rejected): nothing to build from")
         return 1 if result.rejects else 0
     return run_main(run, debug=args.debug, prog="validate_sg")
 

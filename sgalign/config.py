@@ -10,20 +10,52 @@ extend a tracked config without editing it.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import UserError
 
 
-class ConfigModel(BaseModel):
-    """Base of every config section: unknown or misspelt keys are rejected, values validated on assignment."""
+def first_nonfinite(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first nan / inf float inside ``value`` (mappings, lists, tuples); None if none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "<value>"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        hit = first_nonfinite(v, f"{path}.{k}" if path else str(k))
+        if hit is not None:
+            return hit
+    return None
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class ConfigModel(BaseModel):
+    """Base of every config section: unknown or misspelt keys are rejected, values validated on assignment, and no
+    setting is nan or inf (typed floats by ``allow_inf_nan``; free-form values, e.g. method options, by the check
+    below): a nan guidance scale or an infinite lr would only fail after the expensive work, or silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _finite(self) -> "ConfigModel":
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                continue  # validated itself
+            hit = first_nonfinite(value)
+            if hit is not None:
+                where = name if hit == "<value>" else f"{name}.{hit}"
+                raise ValueError(f"{where}: must be a finite number, not nan or inf")
+        return self
 
 
 class ConfigError(UserError, ValueError):
@@ -70,10 +102,11 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-    if data is None:
-        return {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{p}: not valid YAML ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    if data is None:  # an empty file would silently train on library defaults
+        raise ConfigError(f"{p}: the config file is empty; pass a config with the settings to run (e.g. "
+                          "configs/world/compositional.yaml), or leave --config out for the defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -140,8 +173,9 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
             hit = any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in set_keys)
             src = "--set" if hit else (str(path) if path else "defaults")
             what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {key}: {what} (from {src})")
-        raise ConfigError(f"invalid {cls.__name__} config:\n" + "\n".join(lines)) from None
+            lines.append(f"{key}: {what} (from {src})")
+        # one line (the command's error line): every bad key, each naming where its value came from
+        raise ConfigError(f"invalid {cls.__name__} config: " + "; ".join(lines)) from None
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -1,19 +1,22 @@
 """File identity and atomic file IO, one home for the library and data_builders.
 
-* ``file_sha256`` / ``folder_sha256``: content hashes (a model folder's identity: sha256 over (relative path, file
+* ``file_sha256`` / ``folder_sha256``: content hashes; ``verified_sha256``: ``file_sha256`` that may skip the
+  rehash when a stamp written after an earlier hash still matches the file's size, mtime, ctime and inode; (a model folder's identity: sha256 over (relative path, file
   sha256) of every file, sorted by path; hidden files and README.md left out: they do not change the model);
 * ``model_index`` / ``is_random_init`` / ``read_record``: what a model folder says about itself (its
   ``model_index.json``, the random-init mark tiny factories write there, its ``training_record.json``);
 * ``identity_hash``: a run's short id over a JSON-able mapping;
-* ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic``: a temporary file in the same folder, fsync, then
+* ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic`` / ``write_jsonl_atomic``: a temporary file in the same folder, fsync, then
   ``os.replace``: readers see the old file or the complete new one, never a partial one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,6 +32,48 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+STAMPS_ENV = "SGALIGN_HASH_STAMPS"  # folder of hash stamps; "off": always rehash
+_STAMP_MIN_AGE_NS = 2_000_000_000  # a file written this recently may still change within one timestamp tick
+
+
+def _stamp_dir() -> Path | None:
+    env = os.environ.get(STAMPS_ENV)
+    if env == "off":
+        return None
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgalign" / "sha256-stamps"
+
+
+def verified_sha256(path: str | Path) -> str:
+    """``file_sha256(path)``, taken from a stamp when one exists for the same file (same device, inode, size, mtime
+    and ctime: any write, rename onto it or ``touch`` changes the ctime, which no user can set back). Stamps live
+    outside the data (``$SGALIGN_HASH_STAMPS``, default ~/.cache/sgalign/sha256-stamps): reading a dataset never
+    writes into it. A file changed less than 2 s ago is hashed and not stamped."""
+    path = Path(path)
+    st = os.stat(path)
+    key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    folder = _stamp_dir()
+    stamp = None if folder is None else \
+        folder / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    if stamp is not None:
+        try:
+            rec = json.loads(stamp.read_text(encoding="utf-8"))
+            if rec.get("key") == key and isinstance(rec.get("sha256"), str):
+                return rec["sha256"]
+        except (OSError, ValueError):
+            pass
+    digest = file_sha256(path)
+    st = os.stat(path)
+    fresh = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _STAMP_MIN_AGE_NS
+    if stamp is not None and not fresh and key == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+        try:
+            write_text_atomic(stamp, json.dumps({"path": str(path.resolve()), "key": key, "sha256": digest}))
+        except OSError:  # a read-only cache only costs a rehash next time
+            pass
+    return digest
 
 
 def folder_sha256(path: str | Path, *, skip_nested_readme: bool = False) -> str:
@@ -100,3 +145,22 @@ def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False, en
     touches ``path``)."""
     text = json.dumps(obj, indent=1, sort_keys=sort_keys, ensure_ascii=ensure_ascii, allow_nan=allow_nan) + "\n"
     return write_text_atomic(path, text)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every nan / inf float as a string ("nan", "inf"): JSON has no such numbers, and a reject's
+    raw record or a failure's value may hold one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_jsonl_atomic(path: str | Path, rows: list[Any]) -> Path:
+    """JSON Lines, one row a line, strictly JSON (no bare NaN: ``json_safe``), UTF-8 as is, atomically."""
+    text = "".join(json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    return write_text_atomic(path, text)
+

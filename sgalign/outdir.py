@@ -4,8 +4,9 @@
   different one is refused (``RunMismatch``, exit 2) unless ``overwrite``, which empties the folder first.
 * ``locked(out)``: an exclusive ``flock`` on ``out/.lock<suffix>`` for the life of the command; a second process
   gets ``FolderBusy`` at once instead of doing the same work twice. The lock dies with its process (kill -9 too).
-* ``refuse_inputs(outputs, inputs)``: an output path that is an input (or, when it will be emptied, contains
-  one) is refused (``OutputIsInput``).
+* ``refuse_inputs(outputs, inputs)``: an output path that is an input, lies inside one (a model folder, a dataset
+  folder: writing there modifies the input), or, when it will be emptied, contains one, is refused
+  (``OutputIsInput``), before anything is created.
 """
 from __future__ import annotations
 
@@ -122,8 +123,10 @@ def _resolved(p: str | Path) -> Path:
 
 def refuse_inputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None],
                   emptied: bool = False) -> None:
-    """Refuse an output that resolves to an input (e.g. ``--rejects`` = the split file); with ``emptied`` (the
-    output folder will be deleted or emptied), also one that contains an input."""
+    """Refuse an output that resolves to an input (e.g. ``--rejects`` = the split file) or lies inside one (e.g.
+    ``trainer.output_dir`` under ``model.path``: the run would be written into the base model, and a copy of the
+    model into itself); with ``emptied`` (the output folder will be deleted or emptied), also one that contains
+    an input. Paths are compared resolved (symlinks, ``..``), whether or not the output exists yet."""
     for oname, o in outputs.items():
         if o is None:
             continue
@@ -132,7 +135,8 @@ def refuse_inputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str,
             if i is None:
                 continue
             ri = _resolved(i)
-            if ro == ri or (emptied and ro in ri.parents):
-                rel = "is" if ro == ri else "contains"
-                raise OutputIsInput(f"{oname} {o} {rel} the input {iname} {i}: writing there would destroy it; "
-                                    f"choose another {oname}")
+            rel = "is" if ro == ri else "is inside" if ri in ro.parents else \
+                "contains" if emptied and ro in ri.parents else None
+            if rel is not None:
+                raise OutputIsInput(f"{oname} {o} {rel} the input {iname} {i}: writing there would modify the "
+                                    f"input; choose another {oname}")

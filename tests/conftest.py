@@ -7,9 +7,12 @@ module-level cache) never run in two processes; session fixtures are built once 
 would allow finer units, but with pytest >= 9.2 xdist 3.8 cannot tag node ids with a group and ignores the mark.
 """
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# hash stamps (sgalign.hashing.verified_sha256) in a temporary folder, not the user's ~/.cache
+os.environ.setdefault("SGALIGN_HASH_STAMPS", tempfile.mkdtemp(prefix="sgalign-stamps-"))

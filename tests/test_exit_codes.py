@@ -24,8 +24,10 @@ def validate_main():
 
 
 def one_line(err: str) -> bool:
-    """Our error is a single line (libraries may have written other lines before it)."""
-    return err.count("error:") == 1 and "Traceback" not in err and err.strip().splitlines()[-1].count("error:") == 1
+    """Our error is a single line (libraries may have written other lines before it; a ``next:`` command may follow
+    it)."""
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("next: ")]
+    return err.count("error:") == 1 and "Traceback" not in err and lines[-1].count("error:") == 1
 
 
 def test_unreadable_annotations_are_2_in_every_command(tmp_path, capsys):

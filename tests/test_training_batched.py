@@ -81,8 +81,17 @@ def test_unique_prompts_are_encoded_once(trainers):
         cond = tr.encoder.batch(["a red cube", "a blue ball", "a red cube", ""], [0, 1, 2, "__empty__"])
     finally:
         hook.remove()
-    assert calls == [3]  # one call, three unique texts
+    assert calls == [1, 1, 1]  # cached: each unique text once, alone (a cached row never depends on its batch)
     assert torch.equal(cond["text"][0], cond["text"][2])
+    calls.clear()
+    cache, tr.encoder.cache = tr.encoder.cache, None
+    hook = enc.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        tr.encoder.batch(["a red cube", "a blue ball", "a red cube", ""], [0, 1, 2, "__empty__"])
+    finally:
+        hook.remove()
+        tr.encoder.cache = cache
+    assert calls == [3]  # uncached: the unique texts in one call
 
 
 @pytest.mark.parametrize("task", ["t2i", "compositional"])

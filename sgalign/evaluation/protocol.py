@@ -29,7 +29,7 @@ Task = Literal["compositional", "t2i"]
 
 class SamplingProtocol(ConfigModel):
     scheduler: Literal["ddim", "model"] = "ddim"  # ddim: DDIMScheduler from the model's scheduler config
-    steps: int = Field(25, ge=1)
+    steps: int = Field(25, ge=1, le=1000)  # DDPM training has 1000 timesteps: no more exist
     eta: float = Field(0.0, ge=0.0)
     guidance_scale: float | None = None  # None: the pipeline default (7.5 SD1.5, 5.0 SDXL); <= 1 disables CFG
     resolution: int | None = Field(None, ge=8)  # None: the model's native size (unet sample_size x VAE factor)

@@ -12,6 +12,7 @@ import torch
 
 from ..diffusion.noise import image_generators, noise_keys
 from ..errors import UserError
+from ..progress import quiet_library_bars
 from ..hashing import TRAINING_RECORD, file_sha256, folder_sha256, is_random_init, model_index, read_record
 from ..scene_graph import SceneGraph, load_split
 from ..world.prompts import parse_world_prompt
@@ -47,21 +48,48 @@ def _pipeline(path: Path, cls_name: str, task: str) -> Any:
     return StableDiffusionXLPipeline.from_pretrained(path)
 
 
+class ModelFolderError(UserError, ValueError):
+    """A model folder the task cannot run (exit 2)."""
+
+
+class NotAModelFolder(UserError, FileNotFoundError):
+    """No model_index.json (exit 2)."""
+
+
+def check_model_folder(path: str | Path, task: str, weights: bool = True) -> tuple[dict[str, Any], str, dict]:
+    """(model_index, _class_name, accepted classes) of a model folder the ``task`` can run; with ``weights``, also
+    its layout and every weights file (truncated, or another architecture's: ``models.loading.check_weights``), so
+    a bad baseline is refused before the model's images are sampled."""
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise NotAModelFolder(f"{path}: not a model folder (no model_index.json); pass a diffusers pipeline "
+                               "folder, e.g. a training run's final/ or scripts/make_tiny.py output")
+    try:
+        index = model_index(path)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ModelFolderError(f"{index_file}: not valid JSON; replace the model folder") from None
+    cls_name = index.get("_class_name", "") if isinstance(index, dict) else ""
+    # t2i also takes an SG folder (e.g. train.py --task t2i from the world SD1.5-SG): its text path, SG encoder unused
+    wanted = _SG_CLASSES if task == "compositional" else {**_T2I_CLASSES, **_SG_CLASSES}
+    if cls_name not in wanted:
+        raise ModelFolderError(f"{index_file}: field _class_name {str(cls_name)[:60]!r} cannot run the {task} task; "
+                               f"expected one of {sorted(wanted)}")
+    if weights:
+        from ..models.loading import check_layout, check_weights
+        check_layout(path)
+        if cls_name in _SG_CLASSES and (path / "sg_encoder").is_dir():
+            check_weights(path / "sg_encoder")
+    return index, cls_name, wanted
+
+
 def load_model(path: str | Path, task: str) -> LoadedModel:
     """The pipeline of a model folder (``model_index.json``), with a ``unet_lora/`` adapter applied when present
     (the trainer's LoRA export), and what provenance needs to know about it."""
     path = Path(path)
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"{path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
-                                "e.g. a training run's final/ or scripts/make_tiny.py output")
-    index = model_index(path)
-    cls_name = index.get("_class_name", "")
-    # t2i also takes an SG folder (e.g. train.py --task t2i from the world SD1.5-SG): its text path, SG encoder unused
-    wanted = _SG_CLASSES if task == "compositional" else {**_T2I_CLASSES, **_SG_CLASSES}
-    if cls_name not in wanted:
-        raise ValueError(f"{index_file}: _class_name {cls_name!r} cannot run the {task} task; expected one of "
-                         f"{sorted(wanted)} ({'scene-graph' if task == 'compositional' else 'text'}-conditioned)")
+    index, cls_name, wanted = check_model_folder(path, task, weights=False)
+    import diffusers.utils.logging  # noqa: F401 (loaded now, so that the next line can switch its bars off)
+    quiet_library_bars()  # diffusers' "Loading pipeline components" bar ignores the environment variables
     pipe = _pipeline(path, cls_name, task)
     lora = path / "unet_lora"
     if lora.is_dir():
@@ -197,8 +225,13 @@ def load_inputs(protocol: EvalProtocol) -> Inputs:
 
 def _read_prompts(path: Path) -> list[str]:
     """A prompt file: a JSON list of strings (``.json``) or one prompt a non-blank line."""
-    text = path.read_text(encoding="utf-8")
-    prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+        prompts = json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines()
+                                                                   if ln.strip()]
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputsError(f"inputs.path {path}: not a readable prompt file ({type(e).__name__}); expected a JSON "
+                          "list of prompt strings or one prompt a line") from None
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise InputsError(f"inputs.path {path}: expected a JSON list of prompt strings")
     return prompts

@@ -19,15 +19,16 @@ if TYPE_CHECKING:
     from ..training.trainer import TrainResult
 
 
-def _model_folder(path: str | None, what: str) -> None:
-    """A one-line error naming the missing component (e.g. vae/) before any loading starts."""
+def _model_folder(path: str | None, what: str, task: str) -> None:
+    """A one-line error naming the missing component (e.g. vae/), a class the task cannot run, or a truncated /
+    other-architecture weights file, before any loading or sampling starts (the baseline's too)."""
     if path is None:
         return
     if not (Path(path) / "model_index.json").is_file():
         raise UserError(f"{what} {path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
                         "e.g. a training run's final/")
-    from ..models.loading import check_layout
-    check_layout(path)
+    from ..evaluation.sampling import check_model_folder
+    check_model_folder(path, task)
 
 
 def evaluate_command(task: str, model: str | None = None, baseline: str | None = None, out: str | None = None,
@@ -45,10 +46,11 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
 
     plan = evaluation_plan(task, model, baseline, out, config)
     protocol = load_protocol(plan["config"], list(overrides), task=task)
-    _model_folder(plan["model"], "--model")
-    _model_folder(plan["baseline"], "--baseline")
     refuse_inputs({"--out": plan["out"]}, {"--model": plan["model"], "--baseline": plan["baseline"],
-                                           "inputs.path": protocol.inputs.path}, emptied=overwrite)
+                                           "inputs.path": protocol.inputs.path, "--config": plan["config"]},
+                  emptied=overwrite)
+    _model_folder(plan["model"], "--model", task)
+    _model_folder(plan["baseline"], "--baseline", task)
     ident = {"protocol": protocol.model_dump(mode="json"), "model": folder_sha256(plan["model"]),
              "baseline": folder_sha256(plan["baseline"]) if plan["baseline"] else None}
     run_id = identity_hash(ident)
@@ -106,11 +108,12 @@ def resolve_model_path(cfg: TrainConfig) -> None:
               f"generated into {out} (plumbing only, meaningless weights)", flush=True)
 
 
-def train_command(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
+def train_command(cfg: TrainConfig, overwrite: bool = False, config_file: str | Path | None = None) -> TrainResult:
     """``scripts/train.py``'s work: the run's paths resolved (a missing dataset refused before anything is written),
-    then ``model.path=auto``, then the trainer on a config whose model is a folder."""
+    then ``model.path=auto``, then the trainer on a config whose model is a folder (``config_file``: the YAML it came
+    from, an input the run must not write into)."""
     from ..training.trainer import resolve_run_paths, train
 
     resolve_run_paths(cfg)
     resolve_model_path(cfg)
-    return train(cfg, overwrite=overwrite)
+    return train(cfg, overwrite=overwrite, config_file=config_file)

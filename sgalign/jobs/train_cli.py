@@ -40,17 +40,19 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
 
 def next_command(task: str, run_dir: Path) -> str:
     """The evaluate command for a finished run (evaluate.py picks the latest finished run under runs/train)."""
+    import shlex
+
     from ..training.runs import TRAIN_ROOT, latest_finished_run
-    cmd = f"python scripts/evaluate.py --task {task}"
+    cmd = ["python", "scripts/evaluate.py", "--task", task]
     latest = latest_finished_run(task, TRAIN_ROOT)
     same = latest is not None and latest.resolve() == run_dir.resolve()
-    return cmd if same else f"{cmd} --model {run_dir / 'final'}"
+    return shlex.join(cmd if same else [*cmd, "--model", str(run_dir / "final")])  # quoted: paste it as it is
 
 
 def run(argv=None) -> int:
     from .commands import train_command
     args, cfg = parse(argv)
-    res = train_command(cfg, overwrite=args.overwrite)
+    res = train_command(cfg, overwrite=args.overwrite, config_file=args.config or default_config(args.task))
     final = res.run_dir / "final"
     print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
     if final.is_dir():

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..diffusion.cache import TrajectoryCache
 from ..diffusion.counter import EpsFn, ForwardCounter, ForwardStats
 from ..diffusion.guidance import Unconditional
+from ..config import first_nonfinite
 
 
 @dataclass
@@ -179,6 +180,8 @@ def validate_options(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
             out[k] = TypeAdapter(hints[k]).validate_python(v)
         except ValidationError as e:
             raise ValueError(f"{k}: {e.errors()[0]['msg']} (got {v!r})") from None
+        if first_nonfinite(out[k]) is not None:
+            raise ValueError(f"{k}: must be a finite number, not nan or inf (got {v!r})")
     return out
 
 

@@ -14,6 +14,8 @@ Weights must be safetensors (plain, ``.{variant}`` or sharded with an ``.index.j
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,93 @@ def check_layout(path: str | Path, arch: str | None = None, variant: str | None 
         layout = "stable-diffusion-xl-base-1.0" if arch == "sdxl" else "stable-diffusion-v1-5"
         raise MissingModelFileError(f"model folder {path} is not a complete {arch} folder ({layout} layout); "
                                     f"missing: {'; '.join(missing)}")
+    for name in ARCH_COMPONENTS[arch]:
+        if _COMPONENTS[name][1] is not None:
+            check_weights(path / name)
     return arch
+
+
+class BadWeightsError(UserError, ValueError):
+    """A weights file is truncated, not safetensors, or holds another architecture than its config (exit 2)."""
+
+
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The tensor table of a safetensors file ({name: {dtype, shape, data_offsets}}), checked against the file's
+    size: a truncated or padded file, or one that is no safetensors file, raises ``BadWeightsError``."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size or n > 100 * 2 ** 20:
+            raise BadWeightsError(f"{path}: not a safetensors file (bad header length; truncated?); replace it")
+        try:
+            table = json.loads(f.read(n))
+        except (ValueError, RecursionError):
+            raise BadWeightsError(f"{path}: safetensors header is not valid JSON (truncated or corrupt); "
+                                  "replace it") from None
+    if not isinstance(table, dict):
+        raise BadWeightsError(f"{path}: safetensors header is not a tensor table; replace it")
+    table.pop("__metadata__", None)
+    try:
+        end = max((int(t["data_offsets"][1]) for t in table.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise BadWeightsError(f"{path}: safetensors header lacks data_offsets; replace it") from None
+    if 8 + n + end != size:
+        raise BadWeightsError(f"{path}: {size} bytes, but its header describes {8 + n + end} (truncated or "
+                              "corrupt); replace it")
+    return table
+
+
+def _expected_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Parameter shapes the component's config.json builds (on the meta device: no memory, no weights read);
+    None when the class is not one we can build here."""
+    import diffusers
+    import transformers
+    from accelerate import init_empty_weights
+
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    with init_empty_weights():
+        if cfg.get("_class_name") == "SGEncoder":
+            model = SGEncoder.from_config(cfg)
+        elif isinstance(cfg.get("_class_name"), str) and hasattr(diffusers, cfg["_class_name"]):
+            model = getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+        elif cfg.get("architectures") and hasattr(transformers, cfg["architectures"][0]):
+            conf = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+            model = getattr(transformers, cfg["architectures"][0])._from_config(conf)
+        else:
+            return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_weights(folder: str | Path) -> None:
+    """Every safetensors file of a component folder is complete (``safetensors_header``) and, for an unsharded
+    file, holds the tensors its config.json builds with their shapes: a truncated file or another architecture's
+    weights is a one-line ``BadWeightsError`` before anything is loaded or sampled."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    tables = {f: safetensors_header(f) for f in files}
+    if len(files) != 1 or not (folder / "config.json").is_file():
+        return  # sharded or variant files: each checked for completeness above
+    try:
+        want = _expected_shapes(folder)
+    except Exception as e:  # a config the class rejects is reported by the loader itself
+        raise BadWeightsError(f"{folder / 'config.json'}: cannot build the model it describes "
+                              f"({type(e).__name__}: {str(e)[:120]}); replace it") from None
+    if want is None:
+        return
+    (f, table), = tables.items()
+    # compared by element counts, not names or shapes: library versions rename keys (transformers' text_model.
+    # prefix) and reshape some on load (diffusers' old 1x1-conv attention), while another architecture's weights
+    # (other widths, depths or vocabulary) cannot supply a tensor of every size the config needs
+    have = Counter(math.prod(t.get("shape", [])) for t in table.values())
+    for name, shape in want.items():
+        n = math.prod(shape)
+        if have[n] <= 0:
+            raise BadWeightsError(f"{f}: no tensor of {n} values for {name} {shape}, which "
+                                  f"{folder.name}/config.json needs (weights of another architecture?); replace "
+                                  "the file or its config")
+        have[n] -= 1
 
 
 def load_components(path: str | Path, arch: str | None = None, *, torch_dtype: Any = None,
@@ -146,6 +234,7 @@ def load_sg_encoder(spec: str | Path, **overrides: Any) -> SGEncoder:
                            ("diffusion_pytorch_model.safetensors", "weights, safetensors")):
             if not (spec / name).is_file():
                 raise MissingModelFileError(f"SG encoder folder {spec} lacks {name} ({what})")
+        check_weights(spec)
         return SGEncoder.from_pretrained(spec, local_files_only=True)
     if spec.suffix in (".pt", ".pth"):
         return SGEncoder.from_laion_checkpoint(spec, **overrides)

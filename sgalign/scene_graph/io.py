@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from ..errors import UserError
+from ..hashing import write_jsonl_atomic, write_text_atomic
 from .schema import LaionSGRecord
 
 
@@ -64,8 +64,11 @@ def validate_record(raw: Any, index: int = 0, require_relations: bool = False) -
     """Validate one raw JSON value; returns the record or a ``Reject`` describing every problem."""
     img_id = raw.get("img_id") if isinstance(raw, dict) else None
     img_id = str(img_id) if img_id is not None else None
-    if not isinstance(raw, dict):
-        errors: list[tuple[str, str]] = [("", f"record must be a JSON object, got {type(raw).__name__}")]
+    dup = _first_duplicate(raw)
+    if dup is not None:
+        errors: list[tuple[str, str]] = [(dup, "key appears twice in its object (JSON would keep only the last)")]
+    elif not isinstance(raw, dict):
+        errors = [("", f"record must be a JSON object, got {type(raw).__name__}")]
     else:
         try:
             rec = LaionSGRecord.model_validate(raw)
@@ -87,15 +90,54 @@ def validate_record(raw: Any, index: int = 0, require_relations: bool = False) -
     return Reject(index, img_id, errors[0][0], errors[0][1], tuple(errors), raw)
 
 
+class _Duplicates(dict):
+    """A JSON object that repeated a key (``duplicate``: the first such key); ``json`` would keep the last value
+    silently, so the record is rejected naming the key instead."""
+
+    duplicate: str | None = None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            obj = _Duplicates(pairs)
+            obj.duplicate = k
+            return obj
+        seen.add(k)
+    return dict(pairs)
+
+
+def _first_duplicate(raw: Any, path: str = "") -> str | None:
+    """The dotted path of the first repeated key in a raw JSON value, or None."""
+    if isinstance(raw, _Duplicates):
+        return f"{path}.{raw.duplicate}" if path else str(raw.duplicate)
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    for k, v in items:
+        hit = _first_duplicate(v, f"{path}.{k}" if path else str(k))
+        if hit is not None:
+            return hit
+    return None
+
+
+def _bad_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")  # NaN / Infinity: Python's json would take them
+
+
 def read_split_array(path: str | os.PathLike[str]) -> list[Any]:
-    """Raw records of a split file (one JSON array, LAION-SG's format)."""
+    """Raw records of a split file (one JSON array, LAION-SG's format), read as strict JSON: NaN / Infinity
+    refused; a repeated key marks its object (``validate_record`` rejects that record, naming the key)."""
     p = Path(path)
     if not p.is_file():
         raise SplitFileError(f"{p}: no such file (expected a LAION-SG split: one JSON array of records)")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SplitFileError(f"{p}: not valid JSON ({exc}); a LAION-SG split is one JSON array of records") from None
+        data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_object, parse_constant=_bad_constant)
+    except RecursionError:
+        raise SplitFileError(f"{p}: JSON nested too deeply to be a LAION-SG split (one JSON array of records)") \
+            from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError, as is a NaN constant
+        raise SplitFileError(f"{p}: not valid JSON ({str(exc)[:120]}); a LAION-SG split is one JSON array of "
+                             "records") from None
     if not isinstance(data, list):
         raise SplitFileError(f"{p}: top-level JSON value is a {type(data).__name__}, expected an array of records")
     return data
@@ -139,25 +181,10 @@ def load_split(path: str | os.PathLike[str], rejects_path: str | os.PathLike[str
 
 def write_rejects(rejects: list[Reject], path: str | os.PathLike[str]) -> None:
     """Write rejects as JSON lines, atomically (a partial file is never visible under ``path``)."""
-    write_text_atomic(path, "".join(json.dumps(r.to_json_dict(), ensure_ascii=False) + "\n" for r in rejects))
+    write_jsonl_atomic(path, [r.to_json_dict() for r in rejects])
 
 
 def write_split(records: list[LaionSGRecord | dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write records as a LAION-SG split file (one JSON array), atomically."""
     data = [r.to_json_dict() if isinstance(r, LaionSGRecord) else r for r in records]
     write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,6 +16,25 @@ NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
 # ids become int64 tensors and dataset columns downstream: a larger value would overflow there, so it is refused here
 Id = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+# a float as JSON writes one: no underscores ("1_0"), padding (" 1.0 "), "nan"/"inf" or hex, which float() takes
+_FLOAT_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _invisible(v: str) -> str | None:
+    """The first control, format (zero-width space / joiner, BOM, bidi marks) or line/paragraph separator
+    character of ``v``, as U+XXXX; such characters make two labels that look the same differ, or break a line."""
+    import unicodedata
+    for ch in v:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+def _visible(v: str, what: str) -> str:
+    bad = _invisible(v)
+    if bad is not None:
+        raise ValueError(f"{what} contains the invisible or control character {bad}")
+    return v
 
 
 class _Strict(BaseModel):
@@ -34,7 +53,7 @@ class LaionSGItem(_Strict):
     def _label_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("label is blank")
-        return v
+        return _visible(v, "label")
 
     @field_validator("attributes")
     @classmethod
@@ -42,6 +61,7 @@ class LaionSGItem(_Strict):
         for i, a in enumerate(v):
             if not a.strip():
                 raise ValueError(f"attribute {i} is blank")
+            _visible(a, f"attribute {i}")
         return v
 
 
@@ -57,7 +77,7 @@ class LaionSGRelation(_Strict):
     def _relation_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("relation is blank")
-        return v
+        return _visible(v, "relation")
 
 
 class LaionSGRecord(_Strict):
@@ -79,12 +99,10 @@ class LaionSGRecord(_Strict):
     @field_validator("score")
     @classmethod
     def _score_is_float_text(cls, v: str) -> str:
-        try:
-            x = float(v)
-        except ValueError:
-            raise ValueError(f"score must be a float written as a string, got {v!r}") from None
-        if not math.isfinite(x):
-            raise ValueError(f"score must be finite, got {v!r}")
+        if not _FLOAT_TEXT.fullmatch(v):
+            raise ValueError(f"score must be a finite float written as a string (e.g. \"0.53\"), got {v[:40]!r}")
+        if not math.isfinite(float(v)):  # 1e999
+            raise ValueError(f"score must be finite, got {v[:40]!r}")
         return v
 
     @model_validator(mode="after")

@@ -9,11 +9,15 @@ from .io import SplitLoad, load_split
 
 
 def validate_split_file(path: str | os.PathLike[str], rejects_path: str | os.PathLike[str] | None = None,
-                        require_relations: bool = False, max_show: int = 20, out: TextIO = sys.stdout) -> SplitLoad:
+                        require_relations: bool = False, max_show: int = 20, out: TextIO | None = None) -> SplitLoad:
     """Validate ``path`` record by record, print up to ``max_show`` rejects with their reasons, write every reject
     (with its raw record) to ``rejects_path`` if given, and end with the line ``N valid, M rejected``."""
+    from ..errors import UserError
     from ..outdir import refuse_inputs
+    out = out if out is not None else sys.stdout  # looked up now: a default bound at import outlives a redirected stdout
     refuse_inputs({"--rejects": rejects_path}, {"split file": path})  # --rejects S.json would replace the split
+    if rejects_path is not None and os.path.isdir(rejects_path):  # before the work, not when writing at the end
+        raise UserError(f"--rejects {rejects_path}: is a directory; pass a file path, e.g. {rejects_path}/rejects.jsonl")
     result = load_split(path, rejects_path=rejects_path, require_relations=require_relations, progress=True)
     for rej in result.rejects[:max_show]:
         print(f"REJECT {rej}", file=out)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -67,13 +69,23 @@ def save_checkpoint(trainer, run_dir: Path, step: int) -> Path:
     return final
 
 
+class CheckpointError(UserError, ValueError):
+    """checkpointing.resume names no checkpoint of this run (exit 2)."""
+
+
 def load_checkpoint(trainer, path: Path) -> None:
     path = Path(path)
     if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"{path} is not a complete sgalign checkpoint (no trainer_state.json)")
-    state = json.loads((path / "trainer_state.json").read_text())
+        raise CheckpointError(f"checkpointing.resume {path}: not a complete sgalign checkpoint (no "
+                              "trainer_state.json); pass 'latest' or a folder under <run>/checkpoints/")
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except ValueError:
+        raise CheckpointError(f"{path / 'trainer_state.json'}: not valid JSON; resume from another checkpoint") \
+            from None
     if state.get("method") != trainer.cfg.method.name:
-        raise ValueError(f"{path} was saved by method {state.get('method')!r}, this run is {trainer.cfg.method.name!r}")
+        raise CheckpointError(f"{path} was saved by method {state.get('method')!r}, this run is "
+                              f"{trainer.cfg.method.name!r}")
     trainer.acc.load_state(str(path))
     trainer.load_state_dict(state)
     if trainer.ema is not None:

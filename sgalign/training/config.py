@@ -13,6 +13,11 @@ from pydantic import Field, field_validator, model_validator
 from ..config import ConfigModel
 
 
+MAX_STEPS = 1_000_000  # optimizer steps (published preference-alignment runs use a few thousand)
+MAX_ACCUMULATION = 1024  # micro-batches per optimizer step
+MAX_BATCH = 4096  # pairs per process per micro-batch
+
+
 class LoraConfig(ConfigModel):
     rank: int = Field(4, ge=1)
     alpha: float = Field(4.0, gt=0)
@@ -42,7 +47,7 @@ class DataConfig(ConfigModel):
     # or a folder of .parquet/.arrow shards. None: build_pairs' default output of the task (runs/pairs/laion-sg,
     # runs/pairs/pickapic; refused when missing). "synthetic": a SYNTHETIC placeholder dataset in the run dir.
     path: str | None = None
-    batch_size: int = Field(1, ge=1)  # pairs per process per micro-batch
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)  # pairs per process per micro-batch
     resolution: int | None = Field(None, ge=8)  # pixels; None: the UNet's sample_size x VAE factor
     center_crop: bool = True  # official default (random crop with --random_crop)
     random_flip: bool = False  # official default is an independent h-flip per image (unless --no_hflip)
@@ -140,14 +145,16 @@ class OptimizerConfig(ConfigModel):
     eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    warmup_steps: int = Field(500, ge=0)
+    warmup_steps: int = Field(500, ge=0, le=MAX_STEPS)
 
 
 class TrainerConfig(ConfigModel):
     output_dir: str | None = None  # None: runs/train/<task>-<method> (sgalign.training.runs.default_output_dir)
     seed: int = Field(0, ge=0)
-    max_steps: int = Field(2000, ge=1)  # optimizer steps
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    # bounds: a typo (1e9 steps, 1e6 accumulation) would run for weeks, or compute for hours before its first
+    # optimizer step and its first line of output
+    max_steps: int = Field(2000, ge=1, le=MAX_STEPS)  # optimizer steps
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema: bool = False
     ema_decay: float = Field(0.9999, ge=0, le=1)
@@ -161,7 +168,7 @@ class TrainerConfig(ConfigModel):
 
 
 class CheckpointConfig(ConfigModel):
-    every: int = Field(500, ge=0)  # optimizer steps; 0: only at the end
+    every: int = Field(500, ge=0, le=MAX_STEPS)  # optimizer steps; 0: only at the end
     keep: int | None = Field(None, ge=1)  # most recent checkpoints kept; None: all
     resume: str | None = None  # "latest" or a checkpoint folder
     final_pipeline: bool = True  # export the whole pipeline (policy weights merged) at the end

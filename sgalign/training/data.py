@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import abc
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,8 +54,100 @@ class DatasetEmpty(UserError, ValueError):
     pass
 
 
+class DatasetMismatch(UserError, ValueError):
+    """A dataset folder is not what its index.json lists (a missing, extra, changed or truncated shard)."""
+
+
+INDEX_FILE = "index.json"
+DATA_SUFFIXES = (".parquet", ".arrow")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The shard files a reader of ``folder`` would read: every top-level .parquet / .arrow file."""
+    return sorted(f for f in folder.iterdir() if f.suffix in DATA_SUFFIXES and f.is_file())
+
+
+def verify_dataset(path: str | Path) -> dict[str, Any] | None:
+    """A build_pairs folder is exactly its ``index.json``: the index says complete and lists every shard with its
+    sha256 (and size); the folder holds exactly those data files with those contents. Returns the index (None for
+    a dataset that is not a build_pairs folder: a save_to_disk folder, a file, a folder without build.json /
+    index.json). Raises ``DatasetNotFinished`` / ``DatasetMismatch`` (exit 2) naming the file. Hashes come from
+    ``verified_sha256`` (a stamp skips the rehash of an unchanged file, never of a changed one)."""
+    from ..hashing import verified_sha256
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    idx_path = p / INDEX_FILE
+    if not idx_path.is_file():
+        if (p / "build.json").exists():
+            # a build_pairs folder whose build has not finished: training on it would silently use part of the data
+            raise DatasetNotFinished(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the "
+                                     "same build_pairs command to complete it")
+        return None
+    try:
+        index = json.loads(idx_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DatasetMismatch(f"{idx_path}: not valid JSON ({type(e).__name__}); rebuild the dataset with the "
+                              "build_pairs command that made it") from None
+    shards = index.get("shards") if isinstance(index, dict) else None
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
+            and s["file"].endswith(DATA_SUFFIXES) and isinstance(s.get("sha256"), str)
+            and _SHA256.fullmatch(s["sha256"]) and isinstance(s.get("rows"), int)
+            and (s.get("size") is None or isinstance(s["size"], int)) for s in shards):
+        raise DatasetMismatch(f"{idx_path}: field shards must list every shard as {{file, rows, sha256, size}}; "
+                              "rebuild the dataset with the build_pairs command that made it")
+    if len({s["file"] for s in shards}) != len(shards):
+        raise DatasetMismatch(f"{idx_path}: field shards lists a file twice; rebuild the dataset")
+    if index.get("complete") is not True:
+        raise DatasetNotFinished(f"{idx_path}: field complete is {index.get('complete')!r}, not true: the build "
+                                 "has not finished; rerun the build_pairs command that made it")
+    if not isinstance(index.get("rows"), int) or index["rows"] != sum(s["rows"] for s in shards):
+        raise DatasetMismatch(f"{idx_path}: field rows ({index.get('rows')!r}) is not the sum of its shards' rows "
+                              f"({sum(s['rows'] for s in shards)}); rebuild the dataset")
+    listed = {s["file"] for s in shards}
+    for f in data_files(p):
+        if f.name not in listed:
+            raise DatasetMismatch(f"{f}: a data file that {idx_path} does not list (stray or copied in?); remove "
+                                  "it, or rebuild the dataset")
+    for s in shards:
+        f = p / s["file"]
+        if not f.is_file():
+            raise DatasetMismatch(f"{f}: listed in {idx_path} but missing; rebuild the dataset")
+        if s.get("size") is not None and f.stat().st_size != s["size"]:
+            raise DatasetMismatch(f"{f}: {f.stat().st_size} bytes, but {idx_path} lists {s['size']} (truncated or "
+                                  "replaced); rebuild the dataset")
+        if verified_sha256(f) != s["sha256"]:
+            raise DatasetMismatch(f"{f}: its sha256 is not the one {idx_path} lists (changed or swapped for "
+                                  "another build's shard); rebuild the dataset")
+    for s in shards:
+        _check_rewards(p / s["file"])
+    return index
+
+
+def check_rewards(rewards: list, where: str | Path) -> None:
+    """Every combined reward (one list per row) is a finite number: a NaN would win or lose every comparison
+    silently. Raises ``DatasetMismatch`` naming ``where``, the row and the field."""
+    for i, r in enumerate(rewards):
+        bad = [j for j, v in enumerate(r or []) if v is None or not math.isfinite(v)]
+        if bad:
+            raise DatasetMismatch(f"{where}: row {i}: field reward[{bad[0]}] is {r[bad[0]]}, not a finite number; "
+                                  "rebuild the dataset (check the reward backend)")
+
+
+def _check_rewards(f: Path) -> None:
+    """``check_rewards`` on a candidate shard, reading only its ``reward`` column."""
+    if f.suffix != ".parquet":
+        return
+    import pyarrow.parquet as pq
+    if "reward" in pq.read_schema(f).names:
+        check_rewards(pq.read_table(f, columns=["reward"]).column("reward").to_pylist(), f)
+
+
 def load_table(path: str | Path):
-    """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards."""
+    """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards (a
+    build_pairs folder: exactly the shards its index lists, verified by ``verify_dataset``)."""
     import datasets
     p = Path(path)
     if not p.exists():
@@ -61,14 +155,11 @@ def load_table(path: str | Path):
                               ".parquet/.arrow shards)")
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
         return datasets.load_from_disk(str(p))
-    if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
-        # a build_pairs folder whose build has not finished: training on it would silently use part of the data
-        raise DatasetNotFinished(f"{p}: build_pairs has not finished this dataset (no index.json); rerun the same "
-                                 "build_pairs command to complete it")
-    index = p / "index.json" if p.is_dir() else None
-    if index is not None and index.is_file() and json.loads(index.read_text()).get("rows") == 0:
+    index = verify_dataset(p)
+    if index is not None and index["rows"] == 0:
         raise DatasetEmpty(f"{p}: the dataset has no rows (see its summary.json / rejects.jsonl); rebuild it")
-    files = [p] if p.is_file() else sorted([*p.glob("*.parquet"), *p.glob("*.arrow")])
+    files = [p] if p.is_file() else [p / s["file"] for s in index["shards"]] if index is not None \
+        else data_files(p)
     if not files:
         raise DatasetNotFound(f"{p}: no dataset_info.json (save_to_disk), .parquet or .arrow files")
     kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
@@ -171,6 +262,7 @@ class CandidatePairs(PairSource):
                    if len(v) != k]
             if bad:
                 raise ValueError(f"{path}: row {i}: {bad} do not have one value per candidate (reward has {k})")
+        check_rewards(rewards, path)  # any dataset format (a build_pairs folder was checked by load_table too)
         super().__init__(DynamicPairSampler(rewards, margin=margin, seed=seed, mode=mode,
                                             num_replicas=num_replicas, rank=rank))
         self._graphs: dict[int, SceneGraph] = {}
@@ -210,6 +302,12 @@ class PickapicPairs(PairSource):
         self.rows = np.flatnonzero(label0 != 0.5)  # ties dropped (Diffusion-DPO convention)
         self.ties_dropped = int(len(label0) - len(self.rows))
         self.winner0 = label0[self.rows] > 0.5
+        for c in score_columns or ():
+            v = np.asarray(self.ds[c], dtype=np.float64)
+            if not np.isfinite(v).all():
+                i = int(np.flatnonzero(~np.isfinite(v))[0])
+                raise DatasetMismatch(f"{path}: row {i}: field {c} is {v[i]}, not a finite number; rebuild the "
+                                      "dataset or choose other data.score_columns")
         super().__init__(DynamicPairSampler([[1.0, 0.0]] * len(self.rows), seed=seed, num_replicas=num_replicas,
                                             rank=rank))
 

@@ -112,7 +112,8 @@ class ConditionEncoder:
     def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
         """The batch's conditioning: cached rows reused, every other unique prompt encoded once, all of them in one
         text-encoder call. A caption is identified by its text (rows of one prompt share it), a scene graph by
-        its key (two graphs can share a serialised text); a graph without a key is encoded for its row alone."""
+        its key (two graphs can share a serialised text); a graph without a key is encoded for its row alone. With
+        the cache on, each unique prompt goes through the encoders alone (see ``Trainer._latents``)."""
         keys = list(keys or [None] * len(prompts))
         rows: list[dict[str, Tensor] | None] = [None] * len(prompts)
         todo: dict[Any, list[int]] = {}  # unique prompt -> the rows that use it
@@ -124,7 +125,11 @@ class ConditionEncoder:
             todo.setdefault(ident, []).append(i)
         if todo:
             uniq = list(todo.values())
-            for idx, row in zip(uniq, self._rows([prompts[ix[0]] for ix in uniq])):
+            # cached: one prompt per call, so a cached row is a pure function of its prompt (a batched call's floats
+            # may depend on the batch, i.e. on what was cached before: a resumed run would cache other values)
+            enc = ([r for ix in uniq for r in self._rows([prompts[ix[0]]])] if self.cache is not None
+                   else self._rows([prompts[ix[0]] for ix in uniq]))
+            for idx, row in zip(uniq, enc):
                 for i in idx:
                     rows[i] = self._store(keys[i], row)
         return collate_conditions(rows)  # type: ignore[arg-type]

@@ -30,7 +30,12 @@ NEUTRAL_KEYS = ("trainer.output_dir", "checkpointing.resume", "checkpointing.eve
 
 
 class DataNotReady(UserError):
-    """The configured dataset is missing or unfinished (train.py names the command that builds it)."""
+    """The configured dataset is missing or unfinished; ``next_command``: the command that builds it (printed whole
+    on the ``next:`` line, as the error line is capped at 300 characters)."""
+
+    def __init__(self, message: str, next_command: str | None = None):
+        super().__init__(message)
+        self.next_command = next_command
 
 
 def default_output_dir(task: str, method: str) -> Path:
@@ -44,13 +49,15 @@ def resolve_data_path(task: str, path: str | None) -> str:
         return path
     p = Path(path or DEFAULT_DATA[task])
     default = path is None or p == Path(DEFAULT_DATA[task])
-    how = (f"run `{BUILD_COMMAND[task]}` first" if default else
-           "rerun the build_pairs command that started it") + (
+    how = ("run the next: command first" if default else "rerun the build_pairs command that started it") + (
         ", or set data.path=DIR (data.path=synthetic: random placeholder data, plumbing only)")
+    nxt = BUILD_COMMAND[task] if default else None
     if not p.exists():
-        raise DataNotReady(f"data.path {p}: no dataset there; {how}")
+        raise DataNotReady(f"data.path {p}: no dataset there; {how}", nxt)
     if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
-        raise DataNotReady(f"data.path {p}: build_pairs has not finished this dataset (no index.json); {how}")
+        raise DataNotReady(f"data.path {p}: build_pairs has not finished this dataset (no index.json); {how}", nxt)
+    from .data import verify_dataset
+    verify_dataset(p)  # before any run folder exists: the data is exactly what its index (and the run id) says
     return str(p)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, dump_config
+from ..errors import UserError
 from ..diffusion import TrajectoryCache, model_fingerprint
 from ..methods import MethodContext, PairBatch, build_method
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -35,9 +36,14 @@ from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_d
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+    """A non-finite loss or gradient; the message names the step and the last good checkpoint, ``next_command``
+    is the command that retries with a lower lr (printed as the ``next:`` line)."""
 
     exit_code = 3  # sgalign.errors.EXIT_DIVERGED
+
+    def __init__(self, message: str, next_command: str | None = None):
+        super().__init__(message)
+        self.next_command = next_command
 
 
 @dataclass
@@ -137,8 +143,7 @@ class Trainer:
         base_sha = folder_sha256(base)
         data_id = None if d.path == SYNTHETIC else dataset_id(d.path)
         run_id, _ = run_identity(self.cfg.model_dump(mode="json"), base_sha, data_id)
-        refuse_inputs({"trainer.output_dir": self.run_dir}, {"model.path": base, "data.path": d.path,
-                                                              "model.unet_init": m.unet_init},
+        refuse_inputs({"trainer.output_dir": self.run_dir}, train_inputs(self.cfg),
                       emptied=True)  # final/ is replaced and --overwrite empties the folder
         state = check_claim(self.run_dir, "train", run_id, "trainer.output_dir", overwrite)
         old = read_run(self.run_dir)
@@ -328,10 +333,15 @@ class Trainer:
     def _latents(self, images, ids, gen: torch.Generator, batched: bool = True) -> torch.Tensor:
         """Scaled VAE latents of ``images``. Random draws (flip, crop, posterior noise) come from ``gen`` in the
         row-by-row order, image after image; ``batched`` then encodes every uncached image in one VAE call
-        (``batched=False``: one call per image, the reference path of the tests)."""
+        (``batched=False``: one call per image, the reference path of the tests). With the latent cache on, every
+        image is encoded alone: a batched encode's floats depend on the batch's size and neighbours, i.e. on what
+        happened to be cached already, so a resumed run (empty cache) would cache other values than an
+        uninterrupted one (issue 29; measured after a kill -9 + resume: max |Δ| 3.1e-6 in the world UNet). One call per image makes a cached latent a
+        pure function of its image; each image is encoded once per run, so the extra calls are few."""
         from diffusers.utils.torch_utils import randn_tensor
         d, dev, vae, dtype = self.cfg.data, self.acc.device, self.vae, self.vae_dtype
         cache = self.latent_cache
+        batched = batched and cache is None
         out: list[torch.Tensor | None] = [None] * len(images)
         todo: list[int] = []  # rows to encode, in draw order
         first: dict[str, int] = {}  # key -> the row that encodes it (a repeat reads the cache, as row by row)
@@ -420,7 +430,7 @@ class Trainer:
         with acc.accumulate(self.policy):
             out = self.method(batch, self.context(gen))
             if not torch.isfinite(out.loss.detach()).all():
-                raise TrainingDiverged(self._diverged("loss", out.loss.detach()))
+                raise TrainingDiverged(*self._diverged("loss", out.loss.detach()))
             if not out.backward_done:
                 acc.backward(out.loss)
             gnorm = None
@@ -432,18 +442,15 @@ class Trainer:
                     gnorm = torch.norm(torch.stack([p.grad.norm() for p in self.policy.parameters()
                                                     if p.grad is not None]))
                 if gnorm is not None and not torch.isfinite(torch.as_tensor(gnorm)).all():
-                    raise TrainingDiverged(self._diverged("gradient norm", gnorm))
+                    raise TrainingDiverged(*self._diverged("gradient norm", gnorm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         margin = (batch.score_w - batch.score_l).abs().mean().item() if batch.score_w is not None else None
         return out, gnorm, batch.size, margin
 
-    def _diverged(self, what: str, value) -> str:
-        last = latest_checkpoint(self.run_dir)
-        return (f"non-finite {what} ({float(torch.as_tensor(value).float().mean())}) at optimizer step "
-                f"{self.step + 1} (micro-batch {self.micro}); stopped before the optimizer step. Last good "
-                f"checkpoint: {last if last else 'none (no checkpoint was saved yet)'}; resume with "
-                "checkpointing.resume=latest after lowering the lr or checking the data")
+    def _diverged(self, what: str, value) -> tuple[str, str]:
+        return diverged_message(self.cfg, self.run_dir, what, float(torch.as_tensor(value).float().mean()),
+                                self.step + 1, self.micro)
 
     # ---- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -577,14 +584,44 @@ class Trainer:
         return s
 
 
-def train(cfg: TrainConfig, overwrite: bool = False) -> TrainResult:
-    """Train ``cfg`` (``overwrite``: empty an output folder that holds another run). The main process holds the
-    run folder's lock throughout, so a second trainer into the same folder stops at once."""
+def diverged_message(cfg: TrainConfig, run_dir: Path, what: str, value: float, step: int,
+                     micro: int) -> tuple[str, str]:
+    """(why the run stopped, a command that works): a lower lr is another run (its id includes the lr), so the
+    command starts one beside this one from this run's resolved config (the same settings, data and base model)."""
+    import shlex
+    last = latest_checkpoint(run_dir)
+    lr = f"{cfg.optimizer.lr / 10:.2e}"  # "1.00e-06": a float to YAML (PyYAML reads "1e-06" as a string)
+    cmd = shlex.join(["python", "scripts/train.py", "--task", cfg.task, "--config",
+                      str(run_dir / "resolved_config.yaml"), "--set", f"optimizer.lr={lr}",
+                      "--set", "checkpointing.resume=null", "--set", f"trainer.output_dir={run_dir}-lr{lr}"])
+    return (f"non-finite {what} ({value}) at optimizer step {step} (micro-batch {micro}); stopped before the "
+            f"optimizer step; last good checkpoint: {last if last else 'none'}; the next: line retries with a "
+            "lower lr as a new run", cmd)
+
+
+def train_inputs(cfg: TrainConfig, config_file: str | Path | None = None) -> dict[str, Any]:
+    """What a run reads and must never write into: base model, data, UNet init, SG encoder, config file."""
+    d = cfg.data
+    return {"model.path": cfg.model.path, "data.path": None if d.path == SYNTHETIC else d.path,
+            "model.unet_init": cfg.model.unet_init, "model.sg_encoder": cfg.model.sg_encoder,
+            "--config": config_file}
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, config_file: str | Path | None = None) -> TrainResult:
+    """Train ``cfg`` (``overwrite``: empty an output folder that holds another run; ``config_file``: the YAML it
+    came from, an input too). The main process holds the run folder's lock throughout, so a second trainer into
+    the same folder stops at once."""
     import contextlib
     import os
 
     from ..outdir import locked
     resolve_run_paths(cfg)  # a missing dataset is refused before the run folder exists
+    # before the lock creates the folder: an output inside an input must not leave even an empty folder there
+    refuse_inputs({"trainer.output_dir": cfg.trainer.output_dir}, train_inputs(cfg, config_file), emptied=True)
+    resume = cfg.checkpointing.resume
+    if resume and resume != "latest" and not (Path(resume) / "trainer_state.json").is_file():
+        raise UserError(f"checkpointing.resume {resume}: not a checkpoint folder (no trainer_state.json); pass "
+                        "'latest' or a folder under <run>/checkpoints/")
     lock = locked(cfg.trainer.output_dir, "train.py") if int(os.environ.get("RANK", "0")) == 0 \
         else contextlib.nullcontext()
     with lock:
