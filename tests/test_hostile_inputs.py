@@ -16,7 +16,7 @@ from data_builders.laion_sg import build_candidates, load_candidates
 from data_builders.shapes import plan_world
 from helpers import evaluate_main
 from sgalign.errors import EXIT_USAGE, UserError
-from sgalign.training import cli as train_cli
+from sgalign.jobs import train_cli
 
 N = 3  # world annotations, one per shard
 
@@ -53,7 +53,7 @@ def _nan_reward(d: Path) -> None:
     f = d / sh.shard_name(0)
     t = pq.read_table(f).to_pydict()
     t["reward"][0] = [math.nan] + t["reward"][0][1:]
-    from sgalign.training.data import candidate_features
+    from sgalign.pair_schema import candidate_features
     sh.write_parquet_atomic(f, t, candidate_features(list(t["scores"][0])))
     idx = json.loads((d / "index.json").read_text())
     idx["shards"][0].update(sha256=sh.file_sha256(f), size=f.stat().st_size)
@@ -379,7 +379,7 @@ def test_one_line_caps_every_message():
 def test_next_lines_are_shell_quoted(tmp_path):
     import shlex
     from data_builders.cli import next_command as build_next
-    from sgalign.training.cli import next_command as train_next
+    from sgalign.jobs.train_cli import next_command as train_next
     odd = tmp_path / "my data; rm -rf ~ 'x'"
     assert shlex.split(build_next("shapes", odd))[-2:] == ["--set", f"data.path={odd}"]
     assert shlex.split(build_next("world-pickapic", odd))[-1] == str(odd)
