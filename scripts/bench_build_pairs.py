@@ -172,7 +172,7 @@ def score_candidates(args, folder: Path, summary: dict | None, build_s: float | 
 
     from data_builders.laion_sg import load_candidates
     from sgalign.evaluation import GraphParserExtractor, sg_iou_scores
-    from sgalign.evaluation.extraction import ParsedImages
+    from sgalign.evaluation.extractors import ParsedImages
     from sgalign.scene_graph import LaionSGRecord, SceneGraph
     from sgalign.pair_schema import decode_image
     from sgalign.world import WorldOracle

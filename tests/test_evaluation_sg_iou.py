@@ -190,7 +190,7 @@ def test_paper_mode_is_exactly_one_on_ground_truth_world_renders():
     # LAION-SG's GPT could only name the GT triples' items, so isolated items never reach its object_list; the
     # oracle in paper mode follows the same rule and perfect images score exactly 1.0 (not 0.87-0.95)
     from sgalign.evaluation import GraphParserExtractor
-    from sgalign.evaluation.extraction import ParsedImages
+    from sgalign.evaluation.extractors import ParsedImages
     from sgalign.world import WorldOracle, render_array, sample_split
 
     scenes = sample_split("test", 8, seed=0)

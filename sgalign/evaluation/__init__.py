@@ -5,7 +5,7 @@ runner and report of ``scripts/evaluate.py``); the rest is numpy, pydantic + sta
 """
 from typing import Any
 
-from .extracted import ExtractedGraph, parse_reply, strip_json_fences
+from .extracted_graph import ExtractedGraph, parse_reply, strip_json_fences
 from .extractors import (ChatCompletionsExtractor, ExtractorConfigError, GraphParserExtractor, SceneGraphExtractor,
                          TooManyExtractionFailures, Vocabulary, build_prompt, encode_image, extract_all)
 from .protocol import EvalProtocol, load_protocol

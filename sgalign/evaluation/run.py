@@ -18,7 +18,7 @@ is listed in ``provenance.fallbacks``. A run is staged in a fresh folder and rep
 (``metrics.resampling_unit``).
 
 This module runs the job and owns its folder; the steps live beside it: ``sampling`` (inputs, model loading,
-generation), ``extraction`` (scene graphs read back from images), ``scoring`` (the metrics of both tasks) and
+generation), ``extraction`` (scene graphs read back from images), ``metrics`` (the metrics of both tasks) and
 ``fid_features`` (the FID encoder).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..hashing import write_atomic, write_json_atomic
 from ..machine import machine_info
 from .protocol import EvalProtocol
 from .sampling import configure_sampling, generate, load_inputs, load_model
-from .scoring import score_compositional, score_t2i
+from .metrics import score_compositional, score_t2i
 
 RESULTS_NAME = "results.json"
 FAILURE_NAME = "failure.json"  # written instead of results.json when too many extractions failed

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from ..scene_graph import SceneGraph
-from .extracted import ExtractedGraph
+from .extracted_graph import ExtractedGraph
 from .stats import (ConfidenceInterval, bootstrap_ci, check_bootstrap_args, paired_bootstrap_ci, percentile_interval,
                     resample_indices)
 

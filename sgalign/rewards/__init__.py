@@ -10,7 +10,7 @@ world-oracle VQA and detector, and world-CLIP's cosine as 3-in-1's C (``similari
 from .combine import COMBINED_KEY, CombinedReward, combine
 from .compbench import CompBench3in1Reward, CompBenchConfig, PromptTypeLists
 from .dpg_bench import DPGConfig, DPGReward, QuestionSet, questions_from_scene_graph, read_dsg_csv
-from .protocol import Reward
+from .interface import Reward
 from .provenance import BackendInfo, Provenance, RewardOutput
 
 __all__ = [

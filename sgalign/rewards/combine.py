@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from .provenance import Provenance, RewardOutput, check_unit
-from .protocol import Reward
+from .interface import Reward
 
 COMBINED_KEY = "reward"
 

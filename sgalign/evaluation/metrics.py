@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .extraction import ParsedImages, extract_graphs
+from .extractors import ParsedImages, extract_graphs
 from .fid_features import build_fid_features, world_clip_dir, world_clip_status
 from .protocol import EvalProtocol
 from .sampling import Inputs, holdout_kwargs
