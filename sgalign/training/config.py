@@ -139,6 +139,9 @@ def method_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
 class OptimizerConfig(ConfigModel):
     name: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
     lr: float = Field(1e-8, gt=0)  # per pair when scale_lr (official convention: lr = 1e-8 x effective pairs per step)
+    # the SG encoder's own lr (same convention as lr; None: lr). Its gate is one scalar among millions of UNet
+    # weights: at the UNet's lr it moves ~0.006 in a run, so relation information it carries cannot be turned up
+    sg_encoder_lr: float | None = Field(None, gt=0)
     scale_lr: bool = True  # lr x batch_size x gradient_accumulation_steps x num_processes
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     weight_decay: float = Field(1e-2, ge=0)

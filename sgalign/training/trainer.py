@@ -288,9 +288,15 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         o, t = self.cfg.optimizer, self.cfg.trainer
-        params = [p for p in self.policy.parameters() if p.requires_grad]
         eff = self.cfg.data.batch_size * t.gradient_accumulation_steps * self.acc.num_processes
         self.lr = o.lr * eff if o.scale_lr else o.lr
+        sg = self.policy.sg_encoder
+        sg_ids = {id(p) for p in sg.parameters()} if sg is not None and o.sg_encoder_lr is not None else set()
+        params: list[Any] = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in sg_ids]
+        sg_params = [p for p in self.policy.parameters() if p.requires_grad and id(p) in sg_ids]
+        if sg_params:  # its own group: the scheduler scales both lrs by the same factor
+            params = [{"params": params}, {"params": sg_params,
+                                           "lr": o.sg_encoder_lr * eff if o.scale_lr else o.sg_encoder_lr}]
         self.effective_batch = eff
         if o.name == "adamw":
             # foreach: one kernel per op over all tensors (the CPU default loops in Python); same values bit for bit
