@@ -3,7 +3,8 @@
     python scripts/bench_world_base.py [--n-graphs 512] [--seeds 0 1 2 3] [--steps 20] [--guidance 6.0]
 
 Protocol (fixed, recorded in the output): the first ``n`` test-split (``--split``) graphs of the world sampler
-(seed 0), each generated with every seed in ``--seeds`` (seed k -> the same initial noise for every graph), DDIM
+(seed 0), each generated with every seed in ``--seeds`` (``--noise per-graph``, the default: image k of each graph
+has its own noise, hashed from the graph and seed k; ``shared``: seed k is the same noise for every graph), DDIM
 with ``--steps`` steps (``--eta``, default 0), classifier-free guidance ``--guidance`` (unconditional branch: empty text). Each
 image is parsed by the world oracle with LAION-SG's closed-vocabulary extraction (``GraphParserExtractor``) and
 scored against its graph with SG-IoU / Entity-IoU / Relation-IoU (``normalized`` mode), at two granularities:
