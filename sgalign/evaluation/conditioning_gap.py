@@ -21,7 +21,7 @@ same graphs see exactly the same noisy latents.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,25 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
     return out
 
 
+def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_keys: Sequence[str] | None,
+                        use_graph: bool = True, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
+                        graphs_per_call: int = 16, on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
+    """uint8 [G*K, H, W, 3] samples of an SG pipeline, image g*K + k = graph g with ``seeds[k]``, ``graphs_per_call``
+    graphs per pipeline call. ``noise_keys``: the graphs' keys (the per-graph noise rule), None: the shared rule (seed
+    k for every graph). ``use_graph=False``: the SG model's text path alone (the SG residual left out).
+    ``on_chunk(n)`` is called after each call with the number of graphs sampled so far."""
+    images = []
+    for start in range(0, len(graphs), graphs_per_call):
+        chunk = list(graphs[start:start + graphs_per_call])
+        how = {"graphs": chunk} if use_graph else {"conditioning": pipe.encode_graphs(chunk, use_graph=False)}
+        images.append(pipe(**how, seeds=list(seeds),
+                           noise_keys=None if noise_keys is None else noise_keys[start:start + len(chunk)],
+                           num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, output_type="np").images)
+        if on_chunk is not None:
+            on_chunk(start + len(chunk))
+    return (np.concatenate(images) * 255).round().astype(np.uint8)
+
+
 def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[int], *,
                     noise_keys: Sequence[str] | None, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
                     graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0,
@@ -93,14 +112,10 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     true = [graphs[g] for g in keep]
     keys = None if noise_keys is None else [noise_keys[g] for g in keep]
     mine = np.stack([images[g * k + j] for g in keep for j in range(k)])
-    inv = []
-    for start in range(0, len(true), graphs_per_call):
-        chunk = [invert_predicates(gr) for gr in true[start:start + graphs_per_call]]
-        # use_graph=False: the SG model's text path alone (the SG residual left out), as the images were sampled
-        how = {"graphs": chunk} if use_graph else {"conditioning": pipe.encode_graphs(chunk, use_graph=False)}
-        inv.append(pipe(**how, seeds=list(seeds), noise_keys=None if keys is None else keys[start:start + len(chunk)],
-                        num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, output_type="np").images)
-    inverted = (np.concatenate(inv) * 255).round().astype(np.uint8)
+    # use_graph=False: the SG model's text path alone (the SG residual left out), as the images were sampled
+    inverted = sample_graph_images(pipe, [invert_predicates(gr) for gr in true], seeds, noise_keys=keys,
+                                   use_graph=use_graph, steps=steps, guidance_scale=guidance_scale, eta=eta,
+                                   graphs_per_call=graphs_per_call)
     per_gt = [gr for gr in true for _ in range(k)]
     groups = [g for g in range(len(true)) for _ in range(k)]
     ex = GraphParserExtractor(WorldOracle(), granularity="phrase")

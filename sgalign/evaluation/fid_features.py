@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .fid import CLIP_MEAN, CLIP_STD, FIDFeatures, ImageEncoderFeatures, inception_fid_features
 from .protocol import EvalProtocol
 
 
@@ -51,10 +52,21 @@ class RandomInitEncoder(torch.nn.Module):
         return torch.nn.functional.gelu(self.conv2(torch.nn.functional.gelu(self.conv1(x)))).mean((2, 3))
 
 
+def world_clip_fid_features(clip_dir: str | Path, preprocess: str = "standard") -> FIDFeatures:
+    """FIDFeatures on world-CLIP's projected image embedding (the folder ``clip_dir``), at its vision tower's image
+    size; a folder without the pretraining's training_record.json is labelled UNTRAINED in the features' name."""
+    from transformers import CLIPModel  # heavy; only where world-CLIP features are built
+
+    clip = CLIPModel.from_pretrained(clip_dir).eval()
+    trained = world_clip_status(Path(clip_dir))[1]
+    name = "world-CLIP image tower (projected)" + ("" if trained else " [UNTRAINED: no training_record.json]")
+    return FIDFeatures(ImageEncoderFeatures(_ClipImageTower(clip), image_size=clip.config.vision_config.image_size,
+                                            mean=CLIP_MEAN, std=CLIP_STD, name=name),
+                       num_features=clip.config.projection_dim, preprocess=preprocess, name="world-CLIP")
+
+
 def build_fid_features(protocol: EvalProtocol) -> tuple[Any, dict[str, Any], list[str]]:
     """(FIDFeatures, provenance, fallbacks) for ``compositional.fid_features``."""
-    from .fid import CLIP_MEAN, CLIP_STD, FIDFeatures, ImageEncoderFeatures, inception_fid_features
-
     c = protocol.compositional
     choice = c.fid_features
     clip_dir = world_clip_dir(c.world_clip_path)
@@ -68,13 +80,7 @@ def build_fid_features(protocol: EvalProtocol) -> tuple[Any, dict[str, Any], lis
         if not usable:
             raise FileNotFoundError(f"compositional.fid_features=world-clip: no world-CLIP at {clip_dir} (config.json "
                                     "missing); train it with scripts/pretrain_clip.py or set fid_features=random-init")
-        from transformers import CLIPModel
-
-        clip = CLIPModel.from_pretrained(clip_dir).eval()
-        name = "world-CLIP image tower (projected)" + ("" if trained else " [UNTRAINED: no training_record.json]")
-        feats = FIDFeatures(ImageEncoderFeatures(_ClipImageTower(clip), image_size=clip.config.vision_config.image_size,
-                                                 mean=CLIP_MEAN, std=CLIP_STD, name=name),
-                            num_features=clip.config.projection_dim, preprocess=c.fid_preprocess, name="world-CLIP")
+        feats = world_clip_fid_features(clip_dir, c.fid_preprocess)
         fallbacks = [] if trained else [f"FID features: world-CLIP folder {clip_dir.name} has no training_record.json "
                                         "(not the trained world-CLIP)"]
         return feats, {"choice": "world-clip", "folder": clip_dir.name, "trained": trained, **feats.describe()}, \
