@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -36,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from sgalign.hashing import read_record
+    from sgalign.jobs.results_doc import render_vae_section, write_section
     from sgalign.machine import machine_info
     from sgalign.world.models.vae import blend_test, evaluate_world_vae, load_world_vae
     from sgalign.world.sampler import sample_split
@@ -65,46 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.results_md:
-        write_md(Path(args.results_md), result)
+        write_section(args.results_md, "World VAE", render_vae_section(result))
     print(f"next: python scripts/bench_world_base.py  (results: {out / 'results.json'})")
     return 0
-
-
-def write_md(path: Path, r: dict) -> None:
-    lines = ["| VAE | training | PSNR dB | oracle reads exactly | blend test (bg -> colour) | colour pairs through "
-             "a third colour |", "|---|---|---|---|---|---|"]
-    paths = []
-    for name, v in r["vaes"].items():
-        b, rc, t = v["blend"], v["recon"], v["trained"]
-        ok = sum(x["passes"] for x in b["background"].values())
-        bad_pairs = sum(1 for x in b["pairs"].values() if x["other_colours"])
-        steps = t.get("steps_done") or t.get("steps")
-        lines.append(f"| {name} | {steps} steps, interp weight {t.get('interp_weight', 0) or 0:g} | "
-                     f"{rc['psnr_db']:.2f} | {rc['oracle_objects_exact']:.3f} | {ok}/{len(b['background'])} "
-                     f"{'pass' if b['passes'] else 'FAIL'} | {bad_pairs}/{len(b['pairs'])} |")
-        paths.append(f"* {name}: " + "; ".join(f"{c} `{' '.join(x[:3] for x in d['reads'])}` (max "
-                                              f"{d['max_rgb_off_line']:.0f} RGB off the blend line)"
-                                              for c, d in b["background"].items()))
-    m = r["machine"]
-    section = f"""## World VAE
-
-The blend test and reconstruction quality ({r['n_test_renders']} test renders, posterior mode). Blend test: latent
-paths background -> colour decoded and the centre read with the oracle's colour model; a colour passes iff every
-point reads as the background or that colour (`sgalign.world.models.vae.blend_test`).
-
-{chr(10).join(lines)}
-
-Centre readings along each background -> colour path (l = 0, 0.1, ..., 1):
-
-{chr(10).join(paths)}
-
-Command: `{r['command']}`. Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['device']}).
-"""
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    pat = re.compile(r"## World VAE\n.*?(?=\n## |\Z)", re.S)
-    text = pat.sub(lambda _: section.rstrip("\n") + "\n", text) if pat.search(text) else \
-        text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":
