@@ -131,7 +131,9 @@ def _probe_text(probe: dict | None) -> str:
             f"with every predicate inverted with the same noise, both scored against the true graph): phrase "
             f"Relation-IoU {r['true']:.3f} (true graph) vs {r['inverted']:.3f} (inverted), drop {d['estimate']:+.3f} "
             f"[{d['low']:+.3f}, {d['high']:+.3f}]; mean pixel change {probe['pixel_change_inverted']:.1f} / 255 "
-            f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f})." + _kinds_text(probe) + "\n")
+            + ("" if probe["pixel_change_other_seed"] is None else  # one seed: no other seed to compare with
+               f"(another seed of the same graph: {probe['pixel_change_other_seed']:.1f})") + "." + _kinds_text(probe)
+            + "\n")
 
 
 def _spatial_text(sp: dict | None) -> str:
