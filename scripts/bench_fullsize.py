@@ -107,8 +107,8 @@ def run_case(c: dict) -> dict:
         built.update(build_components(path, dtype=bf16, unet_dtype=torch.float32, device=dev))
         return {k: v for k, v in built.items() if k != "sg_encoder"}
 
-    loading.load_components = components
-    loading.load_sg_encoder = lambda spec, **_: built["sg_encoder"].float()
+    loading.load_components = trainer_mod.load_components = components  # the trainer binds them at import
+    loading.load_sg_encoder = trainer_mod.load_sg_encoder = lambda spec, **_: built["sg_encoder"].float()
     trainer_mod.save_checkpoint = lambda trainer, run_dir, step: None
     cfg = load_config(TrainConfig, None, [], base=case_config(c))
     t0 = time.perf_counter()

@@ -24,11 +24,11 @@ def on_fake_device(monkeypatch):
     # torch.Generator(device=<accelerator>) as the trainer makes it; a CPU generator reporting the fake device
     monkeypatch.setattr(Trainer, "generator",
                         lambda self, i: FakeGenerator().manual_seed(_micro_seed(self.cfg.trainer.seed, i)))
-    import sgalign.models.loading as loading
+    import sgalign.training.trainer as trainer_mod
     mode = FakeDevice()
     for name in ("load_components", "load_sg_encoder"):  # loading builds modules on the real meta device first
-        f = getattr(loading, name)
-        monkeypatch.setattr(loading, name, lambda *a, _f=f, **k: _paused(mode, _f, *a, **k))
+        f = getattr(trainer_mod, name)
+        monkeypatch.setattr(trainer_mod, name, lambda *a, _f=f, **k: _paused(mode, _f, *a, **k))
     with mode:
         yield
 

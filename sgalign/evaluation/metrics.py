@@ -8,11 +8,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from ..rewards import world_reward
+from ..rewards.backends.world_clip import WorldCLIPSimilarity
+from ..world import WorldOracle, render_array, sample_split
 from .extractors import ParsedImages, extract_graphs
+from .fid import extract_features, fid_bootstrap, fid_paired
 from .fid_features import build_fid_features, world_clip_dir, world_clip_status
+from .preference import summarize_preference
 from .protocol import EvalProtocol
 from .sampling import Inputs, holdout_kwargs
+from .sg_iou import compare_sg_iou, compare_spatial_hold, evaluate_sg_iou, spatial_hold, triple_counts
 from .stats import bootstrap_ci
 
 GRAPH_UNIT = "graph (all seeds together)"
@@ -24,8 +31,6 @@ def score_compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str
                         prov: dict[str, Any]) -> dict[str, Any]:
     """SG-IoU / Entity-IoU / Relation-IoU per role, granularity and mode, paired differences vs the baseline, and
     FID; ``prov`` gains the extractor's (and FID features') provenance, ``out`` the chat extractor's caches."""
-    from .sg_iou import compare_sg_iou, triple_counts
-
     K = len(protocol.sampling.seeds)
     st = protocol.stats
     metrics: dict[str, Any] = {"iou": {}, "fid": {}, "vs_baseline": {}, "resampling_unit": GRAPH_UNIT}
@@ -55,8 +60,6 @@ def score_compositional(protocol: EvalProtocol, inputs: Inputs, images: dict[str
 
 def _spatial(protocol: EvalProtocol, counts: dict[str, np.ndarray], n_graphs: int) -> dict[str, Any]:
     """The spatial hold rate per role and its paired Δ vs the baseline (``sg_iou.spatial_hold``)."""
-    from .sg_iou import compare_spatial_hold, spatial_hold
-
     if not counts:
         return {"skipped": "the spatial hold rate needs the world oracle's phrase-granularity extractions "
                            "(compositional.extractor=world-oracle with phrase in compositional.granularities)"}
@@ -76,8 +79,6 @@ def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role:
                  prov: dict[str, Any]) -> tuple[dict[str, Any], list[Any] | None]:
     """One role's ``SGIoUReport`` per "granularity/mode"; each extraction made once and shared by the modes that
     read it. Also the phrase-granularity world-oracle extractions (None otherwise), for the spatial hold rate."""
-    from .sg_iou import evaluate_sg_iou
-
     K = len(protocol.sampling.seeds)
     st, c = protocol.stats, protocol.compositional
     per_gt = [g for g in inputs.graphs for _ in range(K)]
@@ -85,8 +86,6 @@ def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role:
     keys = [f"{i}/seed{s}" for i in inputs.ids for s in protocol.sampling.seeds]
     parsed = phrase_preds = None
     if c.extractor == "world-oracle":  # parse each image once for every granularity and mode
-        from ..world import WorldOracle
-
         parsed = ParsedImages(WorldOracle(), imgs)
     reports = {}
     for gran in c.granularities:
@@ -115,8 +114,6 @@ def _iou_reports(protocol: EvalProtocol, inputs: Inputs, imgs: np.ndarray, role:
 def _fid(protocol: EvalProtocol, reference: np.ndarray, images: dict[str, np.ndarray], K: int,
          prov: dict[str, Any]) -> dict[str, Any]:
     """FID of each role's images against the renders of the same graphs, paired model - baseline, and the floor."""
-    from .fid import extract_features, fid_bootstrap, fid_paired
-
     c, st = protocol.compositional, protocol.stats
     feats, feat_prov, fallbacks = build_fid_features(protocol)
     prov["fid_features"] = feat_prov
@@ -143,9 +140,6 @@ def fid_floor(protocol: EvalProtocol, real: torch.Tensor, feats: Any, n_fake: in
     """FID of the reference renders against renders of ``n_fake`` OTHER graphs of the split: what a perfect
     renderer scores at this N (FID's small-N bias and graph-to-graph spread), the number a model's FID is read
     against."""
-    from ..world import render_array, sample_split
-    from .fid import extract_features, fid_bootstrap
-
     src = protocol.inputs
     others = sample_split(src.split, src.n + n_fake, seed=src.seed, **holdout_kwargs(src))[src.n:]  # first n: inputs
     fo = extract_features(torch.from_numpy(render_array(others)).permute(0, 3, 1, 2), feats)
@@ -161,8 +155,6 @@ def score_t2i(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarr
               prov: dict[str, Any]) -> dict[str, Any]:
     """Every ``t2i.scorers`` score per image, mean and median with intervals, win-rates vs the baseline;
     ``prov["scorers"]`` says what each scorer is (or why it was skipped)."""
-    from .preference import summarize_preference
-
     K = len(protocol.sampling.seeds)
     st, t = protocol.stats, protocol.t2i
     groups = [i for i in inputs.ids for _ in range(K)] if t.group_by_prompt else None
@@ -193,10 +185,6 @@ def score_t2i(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarr
 def _world_reward(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.ndarray],
                   prov: dict[str, Any]) -> dict[str, np.ndarray]:
     """The world reward of each image on its prompt parsed back to a world graph."""
-    from PIL import Image
-
-    from ..rewards import world_reward
-
     bad = [inputs.prompts[i] for i, g in enumerate(inputs.graphs) if g is None]
     if bad:
         raise ValueError(f"t2i scorer world_reward: {len(bad)} prompt(s) are not world prompts, e.g. "
@@ -225,8 +213,6 @@ def _world_clip(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.nda
         prov["fallbacks"].append(f"t2i scorer world_clip skipped: no world-CLIP at {path.name}")
         prov["scorers"]["world_clip"] = {"skipped": f"no world-CLIP folder ({path.name}/config.json missing)"}
         return None
-    from ..rewards.backends.world_clip import WorldCLIPSimilarity
-
     sim = WorldCLIPSimilarity.from_pretrained(path, device="cpu")  # the evaluation samples and scores on the CPU
     per_prompt = [p for p in inputs.prompts for _ in range(len(protocol.sampling.seeds))]
     scores = {role: world_clip_scores(sim, imgs, per_prompt) for role, imgs in images.items()}
@@ -239,6 +225,4 @@ def _world_clip(protocol: EvalProtocol, inputs: Inputs, images: dict[str, np.nda
 
 def world_clip_scores(sim: Any, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
     """float64 [N]: ``sim``'s cosine of uint8 image i [N, H, W, 3] with prompt i."""
-    from PIL import Image
-
     return np.array(sim.similarity([Image.fromarray(a) for a in images], list(prompts)), dtype=np.float64)

@@ -39,6 +39,7 @@ import torch
 from ..diffusion.noise import NOISE_RULES
 from ..hashing import write_atomic, write_json_atomic
 from ..machine import machine_info
+from .extractors import TooManyExtractionFailures
 from .protocol import EvalProtocol
 from .sampling import configure_sampling, generate, load_inputs, load_model
 from .metrics import score_compositional, score_t2i
@@ -115,8 +116,6 @@ def evaluate(model: str | Path, out: str | Path, protocol: EvalProtocol | None =
     The run writes into a fresh staging folder next to ``out`` and replaces what the previous run owned in
     ``out`` only when it finishes. Too many failed extractions (``TooManyExtractionFailures``) still replace it,
     with ``failure.json`` and no results.json: a failed run never leaves an older headline number behind."""
-    from .extractors import TooManyExtractionFailures
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder; pass a folder path")
@@ -172,7 +171,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
                  command: str | None, chain: dict[str, Any] | None,
                  image_cache: Path | None = None) -> dict[str, Any]:
     """``evaluate``'s work, every file written into ``out`` (the staging folder)."""
-    import diffusers
+    import diffusers  # heavy: keeps evaluation.run light for the jobs and scripts/evaluate.py --help
     import transformers
 
     protocol = protocol or EvalProtocol()

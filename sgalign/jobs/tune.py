@@ -29,18 +29,26 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
+import torch
+import yaml
 
 from ..config import apply_overrides
+from ..evaluation.preference import summarize_preference
+from ..evaluation.run import evaluate
 from ..evaluation.sampling import check_same_noise
+from ..evaluation.stats import paired_bootstrap_ci
+from ..progress import quiet_library_bars
 from .seeds import graph_deltas, per_image, pooled_ci
 from .specs import (METRICS, TASK_CONFIGS, TRAIN_CONFIG, JobBudget, eval_protocol, method_training,
                     resolve_budget, split_method_id, train_config, trainer_method)
+from .world_job import stage_base, stage_pairs, stage_pairs_variant
 
 KEY = "phrase/normalized"  # the strict "colour size shape" SG-IoU: the issue's headline
 FID_GUARD = 1.10
@@ -128,8 +136,6 @@ def _figures(results: dict[str, Any], role: str = "model") -> dict[str, Any]:
 def _figures_t2i(results: dict[str, Any], base: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
     """Per scorer: the win-rate of the cell over the base on the same prompts and seeds (ties half), with an interval
     resampling prompts, and the paired mean difference."""
-    from ..evaluation.preference import summarize_preference
-
     k = len(results["protocol"]["sampling"]["seeds"])
     groups = [i for i in results["inputs"]["ids"] for _ in range(k)]
     out: dict[str, Any] = {}
@@ -161,8 +167,6 @@ def paired_delta(results: dict[str, Any], base: dict[str, Any], key: str, n_seed
     """Paired Δ ``metric`` (model − base) on the same validation images, 95 % interval resampling graphs with all
     their seeds together (image g*K + k is graph g, seed k): a grid's cells differ by a few hundredths, so each
     cell says whether its own change is resolved."""
-    from ..evaluation.stats import paired_bootstrap_ci
-
     per = [per_image(res, "model", metric, key) for res in (results, base)]
     keep = ~(np.isnan(per[0]) | np.isnan(per[1]))
     groups = [i // n_seeds for i in range(per[0].size)]
@@ -190,12 +194,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     """Train and evaluate every cell of ``grid`` on validation graphs; write ``grid.json`` / ``grid.md``; return the
     record. ``write_config``: also write the choice to ``config_path`` (default ``OUT/tuned.yaml``), a new YAML
     that includes the task's world YAML (``write_tuned_config``)."""
-    import diffusers  # noqa: F401  (first, so that quiet_library_bars also silences its bars)
-    import torch
-
-    from ..evaluation.run import evaluate
-    from ..progress import quiet_library_bars
-    from .world_job import stage_base, stage_pairs, stage_pairs_variant
+    import diffusers  # noqa: F401  heavy: keeps tune light; here before quiet_library_bars, which then silences it
 
     quiet_library_bars()
     b = resolve_budget(budget, **budget_overrides)
@@ -243,7 +242,7 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
         run = out / "train" / cname
         options = {**opts, **({"beta": beta} if beta is not None else {})}
         if not ((run / "final" / "model_index.json").exists() and (run / "summary.json").exists()):
-            from ..training.trainer import train
+            from ..training.trainer import train  # heavy (diffusers, accelerate): keeps tune light
 
             if run.exists():
                 shutil.rmtree(run)  # no resume across grid cells: a partial run starts clean
@@ -422,10 +421,6 @@ def write_tuned_config(path: str | Path, method: str, cell: dict[str, Any], grid
     ``method``, the chosen β / options (``method.options``) and lr / steps (``method.settings``), and trains it by
     default (``method.name``). ``--config path`` then trains the choice; a tracked config is never edited. Only a
     file this function wrote may be replaced."""
-    import os
-
-    import yaml
-
     path = Path(path)
     if path.exists() and not path.read_text().startswith(TUNED_HEADER):  # e.g. a tracked config (or base_config)
         raise ValueError(f"{path} exists and was not written by tuning; choose a new file for the tuned config")

@@ -35,10 +35,17 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from ..hashing import write_json_atomic
 from ..machine import machine_info
-from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, split_of
+from ..world.models.clip import store_token_table_fp16
+from ..world.models.data import to_tensor
+from ..world.models.record import write_record
+from ..world.models.vae import (VaeTrainArgs, blend_test, evaluate_world_vae, latent_channel_stats,
+                                latent_scaling_factor, load_world_vae, normalise_latent_channels, train_world_vae)
+from ..world.render import render_array
+from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, sample_split, split_of
 
 Stage = Literal["vae", "cache", "stage1", "stage2"]
 STAGES: tuple[Stage, ...] = ("vae", "cache", "stage1", "stage2")
@@ -154,11 +161,6 @@ def train_scene(seed: int, index: int) -> WorldScene:
 
 # ---- stage: VAE -----------------------------------------------------------------------------------------------
 def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
-    from ..world.models.record import write_record
-    from ..world.models.vae import VaeTrainArgs, blend_test, evaluate_world_vae, latent_channel_stats, \
-        latent_scaling_factor, load_world_vae, normalise_latent_channels, train_world_vae
-    from ..world.sampler import sample_split
-
     out = Path(r.out)
     t0 = time.time()
     limit = r.stage_seconds(r.vae)
@@ -224,11 +226,7 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
 # ---- stage: cache ----------------------------------------------------------------------------------------------
 def run_cache_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     """Render + encode ``cache_graphs`` train graphs once: an Arrow table (scene, text, latent mean, latent std)."""
-    import datasets
-
-    from ..world.models.data import to_tensor
-    from ..world.models.vae import load_world_vae
-    from ..world.render import render_array
+    import datasets  # heavy: keeps world_base light for pretrain_world.py --help
 
     out = Path(r.out)
     t0 = time.time()
@@ -266,7 +264,7 @@ class LatentCache:
     """The cached latents as tensors in memory (32 k x 2 x 4 x 16 x 16 float32 = 256 MB)."""
 
     def __init__(self, folder: Path) -> None:
-        import datasets
+        import datasets  # heavy, as in run_cache_stage
 
         ds = datasets.load_from_disk(str(folder / "data")).with_format("numpy")
         self.mean = torch.from_numpy(np.asarray(ds["latent_mean"], dtype=np.float32))
@@ -303,7 +301,7 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
     """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
-    from ..models.loading import load_components, load_sg_encoder
+    from ..models.loading import load_components, load_sg_encoder  # heavy (diffusers): keeps world_base light
     from ..models.sg_encoder import SGEncoder
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -326,12 +324,10 @@ def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
 
 def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
     """Stage 1 (UNet + text encoder, text only) or stage 2 (SG encoder alone) on the cached latents."""
-    from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file, save_file
+    from diffusers.training_utils import EMAModel  # heavy: keeps world_base light for pretrain_world.py --help
 
     from ..models.conditioning import build_conditioning
     from ..training.pretrain_sg import make_pipeline, param_groups
-    from ..world.models.clip import store_token_table_fp16
 
     out = Path(r.out)
     name = f"stage{stage}"
@@ -482,10 +478,6 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     Why a ratio: the UNet passes the noise's spatial mean into the sample's latent mean nearly linearly (measured:
     scale 1 -> spread 0.6, 0.4 -> 0.25 per channel), so this scale gives samples the data's spread. It is chosen
     by that statistic alone, never by a quality metric, and on validation graphs only."""
-    from ..world.models.data import to_tensor
-    from ..world.render import render_array
-    from ..world.sampler import sample_split
-
     scenes = sample_split("validation", r.calib_graphs, seed=0)
     gen = torch.Generator().manual_seed(r.seed)
     z = pipe.vae.encode(to_tensor(render_array(scenes)).to(pipe.device) * 2 - 1).latent_dist.sample(generator=gen)
@@ -548,7 +540,7 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     (tmp / "stage_record.json").unlink(missing_ok=True)
     calibration, t_cal = None, time.time()
     if r.calib_graphs:
-        from ..pipelines import StableDiffusionSGPipeline
+        from ..pipelines import StableDiffusionSGPipeline  # heavy: keeps world_base light for pretrain_world.py --help
 
         pipe = StableDiffusionSGPipeline.from_pretrained(tmp).to(r.device)
         pipe.set_progress_bar_config(disable=True)

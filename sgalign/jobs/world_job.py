@@ -49,6 +49,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from data_builders.build import build_pairs
+from data_builders.variants import derive_variant
+from data_builders.world_pickapic import WorldPickapicConfig, build_world_pickapic, write_text_only_view
+
+from ..evaluation.report import write_report
+from ..evaluation.run import evaluate
+from ..hashing import folder_sha256, is_random_init, model_index, read_record
+from ..progress import quiet_library_bars
+from ..world.paths import world_model_path
 from .specs import (ALL_METHODS, BUDGETS, DEMO_METHODS, METHOD_SPECS, PAIRS_VARIANTS,  # noqa: F401 (API)
                     T2I_GUIDANCE, TASKS, JobBudget, eval_protocol, pairs_command, pairs_config, resolve_budget,
                     split_method_id, train_config, train_overrides)
@@ -69,8 +80,6 @@ def _done(stage: str, dst: Path, *files: str) -> bool:
 
 def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: str, input: Path | None = None):
     """``build_pairs`` with the job's config; an unfinished dataset afterwards is an error naming the command."""
-    from data_builders.build import build_pairs
-
     build_pairs(pairs_config(base, b, seed, task), dst, input=input, progress=False)
     if not (dst / "index.json").exists():
         raise RuntimeError(f"build_pairs left {dst} unfinished: {pairs_command(dst, base, b, seed, task, input)}")
@@ -78,9 +87,6 @@ def _build_pairs(dst: Path, base: Path | None, b: JobBudget, seed: int, task: st
 
 # ---- stages -------------------------------------------------------------------------------------------------------
 def stage_base(out: Path, base_model: str | Path | None) -> Path:
-    from ..hashing import folder_sha256, is_random_init, model_index, read_record
-    from ..world.paths import world_model_path
-
     dst = out / "base"
     src = Path(base_model) if base_model is not None else world_model_path()
     if (dst / "snapshot.json").exists():
@@ -106,8 +112,6 @@ def stage_base(out: Path, base_model: str | Path | None) -> Path:
 
 def stage_t2i_base(out: Path, base: Path) -> Path:
     """``base-t2i/``: the base snapshot's text path as a ``StableDiffusionPipeline`` folder (written atomically)."""
-    from data_builders.world_pickapic import write_text_only_view
-
     dst = out / "base-t2i"
     if _done("base-t2i", dst, "model_index.json"):
         return dst
@@ -117,8 +121,6 @@ def stage_t2i_base(out: Path, base: Path) -> Path:
 
 
 def stage_pickapic(out: Path, base: Path, b: JobBudget, seed: int) -> Path:
-    from data_builders.world_pickapic import WorldPickapicConfig, build_world_pickapic
-
     dst = out / "pickapic"
     if _done("pickapic", dst, "index.json"):
         return dst
@@ -144,8 +146,6 @@ def stage_pairs(out: Path, base: Path, b: JobBudget, seed: int, task: str = "com
 
 def stage_pairs_variant(out: Path, pairs: Path, variant: str, seed: int) -> Path:
     """``pairs-<variant>/``: the gold or shuffled dataset derived from ``pairs/`` (built once, shared by methods)."""
-    from data_builders.variants import derive_variant
-
     dst = out / f"pairs-{variant}"
     if _done(f"pairs-{variant}", dst, "index.json"):
         return dst
@@ -169,7 +169,7 @@ def _pairs_t2i(out: Path, dst: Path, base: Path, b: JobBudget, seed: int) -> Pat
 
 def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget, seed: int,
                 task: str = "compositional") -> Path:
-    from ..training.checkpoint import latest_checkpoint
+    from ..training.checkpoint import latest_checkpoint  # heavy (diffusers, accelerate): keeps world_job light
     from ..training.trainer import train
 
     run = out / "train" / method_id
@@ -195,9 +195,6 @@ def stage_train(out: Path, method_id: str, base: Path, pairs: Path, b: JobBudget
 
 def stage_eval(out: Path, method_id: str, model: Path, base: Path, b: JobBudget, seed: int,
                task: str = "compositional") -> Path:
-    from ..evaluation.report import write_report
-    from ..evaluation.run import evaluate
-
     dst = out / "eval" / method_id
     if _done(f"eval {method_id}", dst, "results.json", "report.html"):
         return dst
@@ -220,10 +217,7 @@ def run_world_job(out_dir: str | Path, budget: str | JobBudget = "demo", methods
                   **budget_overrides: Any) -> dict[str, Path]:
     """Run (or resume) the world job into ``out_dir``; return the table paths (``markdown``, ``json``, ``html``).
     ``task``: "compositional" (SG-IoU table) or "t2i" (win-rates vs base on world Pick-a-Pic pairs)."""
-    import diffusers  # noqa: F401  (imported first, so that quiet_library_bars switches its loading bars off too)
-    import torch
-
-    from ..progress import quiet_library_bars
+    import diffusers  # noqa: F401  heavy: keeps world_job light; here before quiet_library_bars, which then silences it
 
     quiet_library_bars()
     if task not in TASKS:

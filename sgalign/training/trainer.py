@@ -11,9 +11,12 @@ before the optimizer step, so the last checkpoint is the last good state.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +24,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..config import ConfigError, dump_config
 from ..errors import UserError
 from ..diffusion import TrajectoryCache, model_fingerprint
+from ..hashing import folder_sha256
 from ..methods import MethodContext, PairBatch, build_method
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from ..models.loading import detect_arch, load_components, load_sg_encoder
+from ..progress import progress
+from .checkpoint import export_pipeline, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from .modeling import (ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors,
                        weight_drift)
-from ..outdir import RunMismatch, check_claim, empty, refuse_inputs, write_record
+from ..outdir import RunMismatch, check_claim, empty, locked, refuse_inputs, write_record
 from .runs import SYNTHETIC, dataset_id, default_output_dir, read_run, resolve_data_path, run_identity, write_run
+from .synthetic import write_candidate_dataset, write_pickapic
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,7 +69,7 @@ def _peak_memory_gb() -> float:
     """Peak accelerator memory (CUDA), else the process's peak resident set size."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2 ** 30
-    import resource
+    import resource  # optional dependency: Unix-only stdlib module, needed only without CUDA
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
@@ -77,9 +88,6 @@ def resolve_run_paths(cfg: TrainConfig) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, overwrite: bool = False):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
         self.cfg = cfg
         if cfg.model.path == "auto":  # the trainer knows neither the world model nor the tiny factory
             raise ConfigError("model.path=auto reached the trainer: resolve it first (sgalign.jobs.commands."
@@ -88,7 +96,6 @@ class Trainer:
         self.run_dir = Path(cfg.trainer.output_dir)
         tb = cfg.logging.tensorboard
         if tb == "auto":
-            import importlib.util
             tb = "on" if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else "off"
         self.acc = Accelerator(gradient_accumulation_steps=cfg.trainer.gradient_accumulation_steps,
                                mixed_precision=cfg.trainer.mixed_precision,
@@ -137,7 +144,6 @@ class Trainer:
         by content); the stored summary when the same run already finished here, else None after claiming the
         folder (same unfinished run with checkpoints: resume from the latest; another run's folder: refused, or
         emptied with ``overwrite``)."""
-        from ..hashing import folder_sha256
         m, d = self.cfg.model, self.cfg.data
         base = m.path
         base_sha = folder_sha256(base)
@@ -169,7 +175,6 @@ class Trainer:
         d = self.cfg.data
         if d.path != SYNTHETIC:
             return
-        from .synthetic import write_candidate_dataset, write_pickapic
         res = d.resolution or 16
         if self.cfg.task == "compositional":
             out = self.run_dir / "data-synthetic-candidates"
@@ -186,18 +191,16 @@ class Trainer:
         self._log(f"[sgalign] {note}")
 
     def _build_models(self) -> None:
-        from ..models.loading import detect_arch, load_components
         m, dev = self.cfg.model, self.acc.device
         arch = detect_arch(m.path)
         self.comps = comps = load_components(m.path, arch, variant=m.variant)
         sg = None
         if self.cfg.task == "compositional":
-            from ..models.loading import load_sg_encoder
             spec = m.sg_encoder or Path(m.path) / "sg_encoder"
             sg = load_sg_encoder(spec)
         unet = comps["unet"]
         if m.unet_init:
-            from diffusers import UNet2DConditionModel
+            from diffusers import UNet2DConditionModel  # heavy (~3 s): keeps sgalign.training import light
             unet = UNet2DConditionModel.from_pretrained(m.unet_init, local_files_only=True)
         sign_attention_processors(unet)  # before the reference copy: both get them
         sign_attention_processors(comps["vae"])
@@ -251,7 +254,7 @@ class Trainer:
         self.alphas_cumprod = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32).to(dev)
         self.ema = None
         if self.cfg.trainer.ema:
-            from diffusers.training_utils import EMAModel
+            from diffusers.training_utils import EMAModel  # heavy (~3 s): keeps sgalign.training import light
             self.ema = EMAModel([p for p in self.policy.parameters() if p.requires_grad],
                                 decay=self.cfg.trainer.ema_decay)
 
@@ -304,16 +307,15 @@ class Trainer:
                                     foreach=True)
         elif o.name == "adamw8bit":
             try:
-                import bitsandbytes as bnb
+                import bitsandbytes as bnb  # optional dependency
             except ImportError:
                 raise ImportError("optimizer.name=adamw8bit needs bitsandbytes (pip install bitsandbytes); "
                                   "or use optimizer.name=adamw") from None
             opt = bnb.optim.AdamW8bit(params, lr=self.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
         else:  # official SDXL setting: fixed lr, no relative step, clip_threshold 1
-            from transformers.optimization import Adafactor
+            from transformers.optimization import Adafactor  # heavy (~3 s): keeps sgalign.training import light
             opt = Adafactor(params, lr=self.lr, scale_parameter=False, relative_step=False, warmup_init=False,
                             clip_threshold=1.0, weight_decay=o.weight_decay)
-        from diffusers.optimization import get_scheduler
         # stepped by us once per optimizer step (not prepared: accelerate would step it once per process)
         self.scheduler = get_scheduler(o.lr_scheduler, opt, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=t.max_steps)
@@ -344,7 +346,6 @@ class Trainer:
         happened to be cached already, so a resumed run (empty cache) would cache other values than an
         uninterrupted one (issue 29; measured after a kill -9 + resume: max |Δ| 3.1e-6 in the world UNet). One call per image makes a cached latent a
         pure function of its image; each image is encoded once per run, so the extra calls are few."""
-        from diffusers.utils.torch_utils import randn_tensor
         d, dev, vae, dtype = self.cfg.data, self.acc.device, self.vae, self.vae_dtype
         cache = self.latent_cache
         batched = batched and cache is None
@@ -509,7 +510,6 @@ class Trainer:
         A = cfg.trainer.gradient_accumulation_steps
         bar = None
         if acc.is_main_process:
-            from ..progress import progress
             bar = progress(cfg.trainer.max_steps, desc=f"{cfg.method.name}/{cfg.task}", unit="step",
                            initial=self.step, enabled=cfg.logging.tqdm)
         if torch.cuda.is_available():
@@ -556,7 +556,6 @@ class Trainer:
                 last = self.save()
         last = self.save()
         if cfg.checkpointing.final_pipeline:
-            from .checkpoint import export_pipeline
             export_pipeline(self, self.run_dir / "final")
         if bar is not None:
             bar.close()
@@ -594,7 +593,6 @@ def diverged_message(cfg: TrainConfig, run_dir: Path, what: str, value: float, s
                      micro: int) -> tuple[str, str]:
     """(why the run stopped, a command that works): a lower lr is another run (its id includes the lr), so the
     command starts one beside this one from this run's resolved config (the same settings, data and base model)."""
-    import shlex
     last = latest_checkpoint(run_dir)
     lr = f"{cfg.optimizer.lr / 10:.2e}"  # "1.00e-06": a float to YAML (PyYAML reads "1e-06" as a string)
     cmd = shlex.join(["python", "scripts/train.py", "--task", cfg.task, "--config",
@@ -617,10 +615,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, config_file: str | Path | N
     """Train ``cfg`` (``overwrite``: empty an output folder that holds another run; ``config_file``: the YAML it
     came from, an input too). The main process holds the run folder's lock throughout, so a second trainer into
     the same folder stops at once."""
-    import contextlib
-    import os
-
-    from ..outdir import locked
     resolve_run_paths(cfg)  # a missing dataset is refused before the run folder exists
     # before the lock creates the folder: an output inside an input must not leave even an empty folder there
     refuse_inputs({"trainer.output_dir": cfg.trainer.output_dir}, train_inputs(cfg, config_file), emptied=True)
