@@ -13,7 +13,8 @@ With ``alpha_obj == 0`` the result equals the text-only conditioning exactly (``
 
 Steps 2-3 are ``fuse_conditioning``, the one implementation of the fusion: vectorised over a batch of graphs padded
 to a common size (``graph_rows`` -> ``collate_graph_rows``). The trainer's ``Denoiser`` calls it on its cached,
-once-per-batch rows; ``build_conditioning`` on the rows of the graphs it is given.
+once-per-batch rows; ``build_conditioning`` on the rows of the graphs it is given. Both make those rows with
+``encode_condition_rows``, the one home of the inputs' encoding.
 """
 from __future__ import annotations
 
@@ -93,30 +94,61 @@ def build_conditioning(graphs: Any, sg_encoder: SGEncoder | None, tokenizers: Se
     ``height``/``width`` (pixels) are needed for SDXL's time ids."""
     sgs = as_scene_graphs(graphs)
     cfg = sg_encoder.config if sg_encoder is not None else None
-    mode = cfg.mode if cfg is not None else "object"
     if pad_with_eos_copies is None:
         pad_with_eos_copies = cfg.pad_with_eos_copies if cfg is not None else True
-    texts = [sg.serialize(faithful=mode == "faithful") for sg in sgs]
-    st = encode_texts(texts, tokenizers, text_encoders, hidden_layer=hidden_layer)
-    hidden, lengths = st.hidden, st.lengths
+    with_graph = use_graph and sg_encoder is not None
+    batch = collate_condition_rows(encode_condition_rows(
+        sgs, tokenizers, text_encoders, mode=cfg.mode if cfg is not None else "object", graph=with_graph,
+        self_loops=cfg.self_loops if cfg is not None else True, height=height, width=width,
+        original_size=original_size, hidden_layer=hidden_layer))
+    hidden = batch["text"]
     if cfg is not None and hidden.shape[-1] != cfg.text_dim:
         raise ValueError(f"SG encoder text_dim={cfg.text_dim} but the text encoders give {hidden.shape[-1]}-d states")
+    graph = {k: batch[k].to(hidden.device) for k in GRAPH_KEYS} if with_graph else None
+    cond = SGConditioning(fuse_conditioning(hidden, batch["lengths"], sg_encoder if with_graph else None, graph,
+                                            pad_with_eos_copies))
+    if "text_embeds" in batch:  # SDXL
+        cond.pooled_prompt_embeds, cond.add_time_ids = batch["text_embeds"], batch["time_ids"]
+    return cond
 
-    graph = None
-    if use_graph and sg_encoder is not None:
-        gi = build_graph_inputs(sgs, cfg.mode, tokenizers, text_encoders, hidden_layer=hidden_layer,
-                                self_loops=cfg.self_loops)
-        graph = {k: v.to(hidden.device) for k, v in collate_graph_rows(graph_rows(gi, st.input_ids, lengths)).items()}
-    hidden = fuse_conditioning(hidden, lengths, sg_encoder if graph is not None else None, graph,
-                               pad_with_eos_copies)
 
-    cond = SGConditioning(hidden)
+GRAPH_KEYS = ("nodes", "preds", "edges", "edge_mask", "gather", "gather_mask", "graph_on")
+
+
+def encode_condition_rows(prompts: Sequence[Any], tokenizers: Sequence, text_encoders: Sequence, *,
+                          mode: str = "object", graph: bool = False, self_loops: bool = True,
+                          height: int | None = None, width: int | None = None,
+                          original_size: tuple[int, int] | None = None,
+                          hidden_layer: HiddenLayer | None = None) -> list[dict[str, Tensor]]:
+    """The fusion's inputs, one dict per prompt (a ``SceneGraph``, serialised in ``mode``; or a caption, with no
+    graph): ``text`` (S, D) and ``lengths`` from the text encoders in one call, SDXL's ``text_embeds`` / ``time_ids``,
+    and with ``graph`` its SG-encoder rows (``graph_rows``; a caption gets the empty graph). The one place the
+    trainer's cached rows and ``build_conditioning`` encode their inputs; ``collate_condition_rows`` batches them."""
+    sgs = [p if isinstance(p, SceneGraph) else None for p in prompts]
+    st = encode_texts([sg.serialize(faithful=mode == "faithful") if sg is not None else str(p)
+                       for sg, p in zip(sgs, prompts)], tokenizers, text_encoders, hidden_layer=hidden_layer)
+    rows: list[dict[str, Tensor]] = [{"text": st.hidden[i], "lengths": st.lengths[i]} for i in range(len(prompts))]
     if st.pooled is not None:  # SDXL
         if height is None or width is None:
             raise ValueError("SDXL conditioning needs height and width (pixels) for add_time_ids")
-        cond.pooled_prompt_embeds = st.pooled
-        cond.add_time_ids = make_add_time_ids(len(sgs), height, width, original_size, device=hidden.device)
-    return cond
+        time_ids = make_add_time_ids(len(prompts), height, width, original_size, device=st.hidden.device)
+        for i, r in enumerate(rows):
+            r["text_embeds"], r["time_ids"] = st.pooled[i], time_ids[i]
+    if graph:
+        gi = build_graph_inputs([sg if sg is not None else SceneGraph([]) for sg in sgs], mode, tokenizers,
+                                text_encoders, hidden_layer=hidden_layer, self_loops=self_loops)
+        for r, g in zip(rows, graph_rows(gi, st.input_ids, st.lengths)):
+            r.update(g)
+    return rows
+
+
+def collate_condition_rows(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack ``encode_condition_rows`` rows; graph parts padded (``collate_graph_rows``)."""
+    out = {k: torch.stack([r[k] for r in rows]) for k in ("text", "lengths", "text_embeds", "time_ids")
+           if k in rows[0]}
+    if "nodes" in rows[0]:
+        out.update(collate_graph_rows(rows))
+    return out
 
 
 def graph_rows(gi: GraphInputs, input_ids: Tensor, lengths: Tensor) -> list[dict[str, Tensor]]:

@@ -25,10 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.guidance import Unconditional, zeros_like_cond
-from ..models.conditioning import collate_graph_rows, fuse_conditioning, graph_rows, make_add_time_ids
-from ..models.graph_inputs import build_graph_inputs
-from ..models.text import encode_texts
-from ..scene_graph import SceneGraph
+from ..models.conditioning import collate_condition_rows, encode_condition_rows, fuse_conditioning
 
 
 class Denoiser(nn.Module):
@@ -75,38 +72,20 @@ class ConditionEncoder:
             return self.cache[key]
         return self._store(key, self._rows([prompt])[0])
 
-    def _text(self, prompt: Any) -> str:
-        sg = prompt if isinstance(prompt, SceneGraph) else None
-        return sg.serialize(faithful=self.sg_mode == "faithful") if sg is not None else str(prompt)
-
     def _rows(self, prompts: Sequence[Any]) -> list[dict[str, Tensor]]:
-        """Conditioning rows of ``prompts``, their texts through the encoders in one call."""
-        st = encode_texts([self._text(p) for p in prompts], self.tokenizers, self.text_encoders)
-        time_ids = make_add_time_ids(1, self.height, self.width, device=st.hidden.device)[0] \
-            if st.pooled is not None else None
-        rows = []
-        for i, prompt in enumerate(prompts):
-            out = {"text": st.hidden[i].float(), "lengths": st.lengths[i]}
-            if st.pooled is not None:  # SDXL
-                out["text_embeds"] = st.pooled[i].float()
-                out["time_ids"] = time_ids
-            if self.sg_mode is not None:
-                sg = prompt if isinstance(prompt, SceneGraph) else SceneGraph([])
-                out.update(self._graph_row(sg, int(st.lengths[i]), st.input_ids[i]))
-            rows.append({k: v.cpu() for k, v in out.items()})
-        return rows
+        """Conditioning rows of ``prompts`` (``models.conditioning.encode_condition_rows``), float32 on the CPU."""
+        try:
+            rows = encode_condition_rows(prompts, self.tokenizers, self.text_encoders, mode=self.sg_mode or "object",
+                                         graph=self.sg_mode is not None, self_loops=self.self_loops,
+                                         height=self.height, width=self.width)
+        except RuntimeError as e:  # name the graphs: a row has no index the user knows
+            raise RuntimeError(f"scene graphs {[str(p) for p in prompts]!r}: {e}") from None
+        return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in r.items()} for r in rows]
 
     def _store(self, key: Any, row: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.cache is not None and key is not None:
             self.cache[key] = row
         return row
-
-    def _graph_row(self, sg: SceneGraph, length: int, input_ids: Tensor) -> dict[str, Tensor]:
-        gi = build_graph_inputs([sg], self.sg_mode, self.tokenizers, self.text_encoders, self_loops=self.self_loops)
-        try:
-            return graph_rows(gi, input_ids[None], torch.tensor([length]))[0]
-        except RuntimeError as e:  # name the graph: a row has no index the user knows
-            raise RuntimeError(f"scene graph {sg.serialize()!r}: {e}") from None
 
     @torch.no_grad()
     def batch(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
@@ -132,11 +111,11 @@ class ConditionEncoder:
             for idx, row in zip(uniq, enc):
                 for i in idx:
                     rows[i] = self._store(keys[i], row)
-        return collate_conditions(rows)  # type: ignore[arg-type]
+        return collate_condition_rows(rows)  # type: ignore[arg-type]
 
     def batch_rows(self, prompts: Sequence[Any], keys: Sequence[Any] | None = None) -> dict[str, Tensor]:
         """``batch`` row by row, each text encoded alone (the reference path of the equality tests)."""
-        return collate_conditions([self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))])
+        return collate_condition_rows([self.row(p, k) for p, k in zip(prompts, keys or [None] * len(prompts))])
 
     @property
     def sdxl(self) -> bool:
@@ -157,21 +136,11 @@ class ConditionEncoder:
     @torch.no_grad()
     def _empty_text(self) -> dict[str, Tensor]:
         if self._empty is None:
-            st = encode_texts([""], self.tokenizers, self.text_encoders)
-            self._empty = {"text": st.hidden[0].float().cpu(), "lengths": st.lengths[0].cpu()}
+            self._empty = {k: v for k, v in self._rows([""])[0].items() if k in ("text", "lengths")}
         return self._empty
 
     def unconditional_branch(self) -> Unconditional:
         return Unconditional(self.unconditional, "zeros" if self.sdxl else "empty-text")
-
-
-def collate_conditions(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack per-row conditionings; graph parts are padded (``models.conditioning.collate_graph_rows``)."""
-    out = {k: torch.stack([r[k] for r in rows]) for k in ("text", "lengths", "text_embeds", "time_ids")
-           if k in rows[0]}
-    if "nodes" in rows[0]:
-        out.update(collate_graph_rows(rows))
-    return out
 
 
 @functools.lru_cache(maxsize=None)
