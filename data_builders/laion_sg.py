@@ -118,12 +118,12 @@ def load_pipeline(model: ModelSection, sha256: str | None = None):
     """The base SG pipeline and what identifies it (content hash, random-init flag; ``sha256``: already known)."""
     import torch
 
-    from sgalign.pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+    from sgalign.pipelines import load_pipeline
 
     path = resolve_model_path(model)
-    cls = StableDiffusionXLSGPipeline if model.arch == "sdxl-sg" else StableDiffusionSGPipeline
     dtype = None if model.torch_dtype == "float32" else getattr(torch, model.torch_dtype)  # None: as saved (fp32)
-    pipe = cls.from_local(path, sg_encoder=model.sg_encoder, torch_dtype=dtype)
+    pipe = load_pipeline(path, arch="sdxl" if model.arch == "sdxl-sg" else "sd15", sg_encoder=model.sg_encoder,
+                         torch_dtype=dtype)
     device = model.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"

@@ -116,16 +116,17 @@ def text_pipeline(path: str | Path):
     from the folder's scheduler config, as ``evaluate --task t2i`` samples."""
     from diffusers import DDIMScheduler
 
-    from sgalign.pipelines.text_only import text_only_pipeline
+    from sgalign.models.loading import detect_arch
+    from sgalign.pipelines import load_pipeline
 
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {path}: no model_index.json; pass an SD1.5(-SG) model folder (default: "
                                 "the world SD1.5-SG, trained by scripts/pretrain_sg.py)")
-    pipe, arch = text_only_pipeline(path)
-    if arch != "sd15":
+    if detect_arch(path) != "sd15":
         raise ValueError(f"--model {path}: an SDXL folder; the world Pick-a-Pic file is made with an SD1.5-layout "
                          "model (the world SD1.5-SG)")
+    pipe = load_pipeline(path, text_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 

@@ -103,12 +103,14 @@ def run_case(c: dict) -> dict:
     bf16 = torch.bfloat16 if c["frozen_dtype"] == "bf16" else None
     built: dict = {}
 
-    def components(path, arch=None, **_):  # the random-init "loading" (module docstring)
+    def model(path, arch=None, *, text_only=False, **_):  # the random-init "loading" (module docstring)
         built.update(build_components(path, dtype=bf16, unet_dtype=torch.float32, device=dev))
-        return {k: v for k, v in built.items() if k != "sg_encoder"}
+        comps = {k: v for k, v in built.items() if k != "sg_encoder"}
+        if not text_only and "sg_encoder" in built:
+            comps["sg_encoder"] = built["sg_encoder"].float()
+        return loading.ModelComponents(comps, arch=loading.detect_arch(path), path=path)
 
-    loading.load_components = trainer_mod.load_components = components  # the trainer binds them at import
-    loading.load_sg_encoder = trainer_mod.load_sg_encoder = lambda spec, **_: built["sg_encoder"].float()
+    loading.load_model = trainer_mod.load_model = model  # the trainer binds it at import
     trainer_mod.save_checkpoint = lambda trainer, run_dir, step: None
     cfg = load_config(TrainConfig, None, [], base=case_config(c))
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from sgalign.models.loading import load_components, load_sg_encoder  # noqa: E402
+from sgalign.models.loading import load_model  # noqa: E402
 from sgalign.models.sg_encoder import SGEncoder, input_sensitivity  # noqa: E402
 from sgalign.world import invert_predicates, sample_split  # noqa: E402
 from sgalign.world.paths import world_model_path  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     graphs = [s.graph() for s in sample_split("validation", 4 * a.graphs, seed=0) if s.relations][:a.graphs]
     inverted = [invert_predicates(g) for g in graphs]
     rows = []
-    comps = load_components(world_model_path())
+    comps = load_model(world_model_path(), text_only=True)
     text = [comps["tokenizer"]], [comps["text_encoder"]]
     width = comps["text_encoder"].config.hidden_size
     for init in ("default", "variance-keeping"):
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"fresh, {layers} layer(s), {init} init", input_sensitivity(enc, graphs, inverted, *text),
                          enc.alpha_obj.item()))
     for m in [str(world_model_path()), *a.model]:
-        c = load_components(m)
-        enc = load_sg_encoder(Path(m) / "sg_encoder")
+        c = load_model(m, require_sg_encoder=True)
+        enc = c.sg_encoder
         s = input_sensitivity(enc, graphs, inverted, [c["tokenizer"]], [c["text_encoder"]])
         rows.append((f"trained: {m}", s, enc.alpha_obj.item()))
     print(f"{len(graphs)} world validation graphs with relations ({rows[0][1]['nodes']} objects)\n")

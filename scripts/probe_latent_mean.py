@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from sgalign.evaluation import GraphParserExtractor, evaluate_sg_iou
     from sgalign.machine import machine_line
-    from sgalign.pipelines import StableDiffusionSGPipeline
+    from sgalign.pipelines import load_pipeline
     from sgalign.world import WorldOracle, render_array, sample_split
     from sgalign.world.models.data import to_tensor
 
-    pipe = StableDiffusionSGPipeline.from_pretrained(args.model)
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     scenes = sample_split("validation", args.n_graphs, seed=0)
     gts = [s.graph() for s in scenes]

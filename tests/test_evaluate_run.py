@@ -264,7 +264,7 @@ def test_results_json_is_written_atomically(tmp_path, monkeypatch):
 def test_protocol_and_model_errors(models, tmp_path):
     from sgalign.config import ConfigError
     from sgalign.evaluation.protocol import load_protocol
-    from sgalign.evaluation.sampling import load_model
+    from sgalign.evaluation.sampling import load_evaluated_model
 
     with pytest.raises(ConfigError, match="sampling.stepz"):
         load_protocol(None, ["sampling.stepz=3"])
@@ -275,9 +275,9 @@ def test_protocol_and_model_errors(models, tmp_path):
     p = load_protocol(str(REPO / "configs/evaluate/world_t2i.yaml"), ["inputs.n=5"], task="t2i")
     assert p.task == "t2i" and p.inputs.n == 5 and p.sampling.guidance_scale == 3.0
     with pytest.raises(ValueError, match="StableDiffusionPipeline"):  # a text-only folder has no SG path
-        load_model(models["t2i_base"], "compositional")
+        load_evaluated_model(models["t2i_base"], "compositional")
     with pytest.raises(FileNotFoundError, match="model_index.json"):
-        load_model(tmp_path, "compositional")
+        load_evaluated_model(tmp_path, "compositional")
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (not a test dependency)")
@@ -300,19 +300,19 @@ def test_lora_export_is_applied(models, tmp_path):
     UNet it was saved from, different from the base."""
     from peft import LoraConfig
 
-    from sgalign.evaluation.sampling import load_model
+    from sgalign.evaluation.sampling import load_evaluated_model
     from sgalign.hashing import folder_sha256
 
     folder = tmp_path / "lora_model"
     shutil.copytree(models["sg_base"], folder)
-    src = load_model(folder, "compositional").pipe.unet
+    src = load_evaluated_model(folder, "compositional").pipe.unet
     torch.manual_seed(0)
     src.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                init_lora_weights=False))
     src.save_lora_adapter(str(folder / "unet_lora"))
     x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
-    loaded = load_model(folder, "compositional")
-    base = load_model(models["sg_base"], "compositional")
+    loaded = load_evaluated_model(folder, "compositional")
+    base = load_evaluated_model(models["sg_base"], "compositional")
     with torch.no_grad():
         want, got, plain = (u(x, t, c).sample for u in (src, loaded.pipe.unet, base.pipe.unet))
     torch.testing.assert_close(got, want)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sgalign.evaluation.sampling import load_model
+from sgalign.evaluation.sampling import load_evaluated_model
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_t2i_loads_sg_folder_as_its_text_path(folders):
     from sgalign.pipelines import StableDiffusionSGPipeline
 
     sg_dir, _ = folders
-    m = load_model(sg_dir, "t2i")
+    m = load_evaluated_model(sg_dir, "t2i")
     assert type(m.pipe) is StableDiffusionPipeline
     assert m.info["text_path_of_sg_model"] and m.info["class"] == "StableDiffusionSGPipeline"
     ref = StableDiffusionSGPipeline.from_pretrained(sg_dir)
@@ -33,6 +33,6 @@ def test_t2i_loads_sg_folder_as_its_text_path(folders):
 
 def test_compositional_still_refuses_a_text_folder(folders):
     _, plain = folders
-    assert not load_model(plain, "t2i").info["text_path_of_sg_model"]
+    assert not load_evaluated_model(plain, "t2i").info["text_path_of_sg_model"]
     with pytest.raises(ValueError, match="cannot run the compositional task"):
-        load_model(plain, "compositional")
+        load_evaluated_model(plain, "compositional")

@@ -387,8 +387,8 @@ def test_next_lines_are_shell_quoted(tmp_path):
 
 
 def test_library_progress_bars_are_off_without_a_terminal(tiny, capfd):
-    from sgalign.evaluation.sampling import load_model
-    load_model(tiny, "compositional")
+    from sgalign.evaluation.sampling import load_evaluated_model
+    load_evaluated_model(tiny, "compositional")
     err = capfd.readouterr().err
     assert "Loading pipeline components" not in err and "it/s]" not in err
 

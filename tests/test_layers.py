@@ -137,6 +137,37 @@ def test_the_forbidden_check_sees_what_the_trainer_used_to_import(tmp_path):
     assert forbidden_imports(f, "sgalign.jobs.probe") == set()  # the command layer may
 
 
+# the classes of a denoising model: loaded only by models.loading.load_model (issue 30 item 1, "one model object")
+DENOISER_CLASSES = {"UNet2DConditionModel", "DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline",
+                    "StableDiffusionSGPipeline", "StableDiffusionXLSGPipeline", "SGPipelineBase"}
+THE_LOADER = ROOT / "sgalign" / "models" / "loading.py"
+
+
+def loader_bypasses(path: Path) -> list[str]:
+    """``X.from_pretrained(...)`` of a denoiser class X, or any ``.from_local(...)``, called in ``path``."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+            if node.func.attr == "from_local" or (node.func.attr == "from_pretrained" and owner in DENOISER_CLASSES):
+                hits.append(f"{path.name}:{node.lineno}: {owner or '...'}.{node.func.attr}")
+    return hits
+
+
+def test_models_load_through_the_one_loader():
+    hits = [h for f in source_files() if f != THE_LOADER for h in loader_bypasses(f)]
+    assert not hits, "a model loaded around models.loading.load_model (use it, or sgalign.pipelines." \
+                     "load_pipeline / build_pipeline):\n" + "\n".join(hits)
+
+
+def test_the_loader_check_sees_a_bypass(tmp_path):
+    f = tmp_path / "probe.py"
+    f.write_text("def f(p):\n    a = UNet2DConditionModel.from_pretrained(p)\n    b = CLIPModel.from_pretrained(p)\n"
+                 "    return StableDiffusionSGPipeline.from_local(p)\n")
+    assert loader_bypasses(f) == ["probe.py:2: UNet2DConditionModel.from_pretrained",
+                                  "probe.py:4: StableDiffusionSGPipeline.from_local"]
+
+
 def test_package_init_imports_nothing_above_the_bottom():
     init = ROOT / "sgalign" / "__init__.py"
     bad = [t for _, t in imports(init) if unit_of(t) not in (None, "") and LAYER_OF[unit_of(t)] > 0]

@@ -184,11 +184,11 @@ SPREAD_MIN, INVERSION_MIN = 0.1, 2e-3  # measured: default init 0.027 / 1.2e-7, 
 
 @pytest.fixture(scope="module")
 def world_text():
-    from sgalign.models.loading import load_components
+    from sgalign.models.loading import load_model
     from sgalign.world import invert_predicates, sample_split
     from sgalign.world.paths import world_model_path
 
-    comps = load_components(world_model_path())
+    comps = load_model(world_model_path(), text_only=True)
     graphs = [s.graph() for s in sample_split("validation", 64, seed=0) if s.relations][:24]
     return graphs, [invert_predicates(g) for g in graphs], [comps["tokenizer"]], [comps["text_encoder"]]
 

@@ -26,7 +26,7 @@ def on_fake_device(monkeypatch):
                         lambda self, i: FakeGenerator().manual_seed(_micro_seed(self.cfg.trainer.seed, i)))
     import sgalign.training.trainer as trainer_mod
     mode = FakeDevice()
-    for name in ("load_components", "load_sg_encoder"):  # loading builds modules on the real meta device first
+    for name in ("load_model",):  # loading builds modules on the real meta device first
         f = getattr(trainer_mod, name)
         monkeypatch.setattr(trainer_mod, name, lambda *a, _f=f, **k: _paused(mode, _f, *a, **k))
     with mode:

@@ -41,7 +41,7 @@ from ..hashing import write_atomic, write_json_atomic
 from ..machine import machine_info
 from .extractors import TooManyExtractionFailures
 from .protocol import EvalProtocol
-from .sampling import configure_sampling, generate, load_inputs, load_model
+from .sampling import configure_sampling, generate, load_evaluated_model, load_inputs
 from .metrics import score_compositional, score_t2i
 
 RESULTS_NAME = "results.json"
@@ -189,7 +189,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
         if path is None:
             continue
         t1 = time.time()
-        loaded = load_model(path, protocol.task)
+        loaded = load_evaluated_model(path, protocol.task)
         used = configure_sampling(loaded.pipe, protocol)
         if resolved and used != {k: resolved[k] for k in used}:
             raise ValueError(f"model and baseline resolve the protocol differently: {resolved} vs {used}; set "

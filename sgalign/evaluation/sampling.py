@@ -30,22 +30,12 @@ class LoadedModel:
     info: dict[str, Any]
 
 
-def _pipeline(path: Path, cls_name: str, task: str) -> Any:
-    """The diffusers pipeline of a folder whose ``_class_name`` the task accepts."""
-    if task == "compositional":
-        from ..pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+def _pipeline(path: Path, task: str) -> Any:
+    """The pipeline of a folder the task accepts (``check_model_folder``), through the one loader: compositional,
+    its SG pipeline; t2i, its text path (an SG folder's encoder unused) as the plain diffusers pipeline."""
+    from ..pipelines import load_pipeline
 
-        cls = StableDiffusionSGPipeline if cls_name == "StableDiffusionSGPipeline" else StableDiffusionXLSGPipeline
-        return cls.from_pretrained(path)
-    if cls_name in _SG_CLASSES:
-        from ..pipelines.text_only import text_only_pipeline
-
-        return text_only_pipeline(path)[0]
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if cls_name == "StableDiffusionPipeline":
-        return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-    return StableDiffusionXLPipeline.from_pretrained(path)
+    return load_pipeline(path, text_only=task != "compositional")
 
 
 class ModelFolderError(UserError, ValueError):
@@ -83,14 +73,14 @@ def check_model_folder(path: str | Path, task: str, weights: bool = True) -> tup
     return index, cls_name, wanted
 
 
-def load_model(path: str | Path, task: str) -> LoadedModel:
+def load_evaluated_model(path: str | Path, task: str) -> LoadedModel:
     """The pipeline of a model folder (``model_index.json``), with a ``unet_lora/`` adapter applied when present
     (the trainer's LoRA export), and what provenance needs to know about it."""
     path = Path(path)
     index, cls_name, wanted = check_model_folder(path, task, weights=False)
     import diffusers.utils.logging  # noqa: F401 (loaded now, so that the next line can switch its bars off)
     quiet_library_bars()  # diffusers' "Loading pipeline components" bar ignores the environment variables
-    pipe = _pipeline(path, cls_name, task)
+    pipe = _pipeline(path, task)
     lora = path / "unet_lora"
     if lora.is_dir():
         pipe.unet.load_lora_adapter(str(lora), prefix=None, use_safetensors=True)

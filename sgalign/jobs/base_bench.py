@@ -32,7 +32,7 @@ from ..evaluation.fid import extract_features, fid_bootstrap
 from ..evaluation.fid_features import world_clip_dir, world_clip_fid_features
 from ..evaluation.sampling import input_noise_keys
 from ..evaluation.sg_iou import spatial_hold, triple_counts
-from ..pipelines import StableDiffusionSGPipeline
+from ..pipelines import load_pipeline
 from ..world import WorldOracle, render_array, sample_split
 
 TRAINING_KEYS = ("recipe", "steps", "wall_seconds", "effective_batch", "all_stages", "initialised_from", "launcher",
@@ -55,7 +55,7 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
     scenes = sample_split(split, n_graphs, seed=0)
     gts = [sc.graph() for sc in scenes]
     keys = input_noise_keys(gts) if noise == "per-graph" else None
-    pipe = StableDiffusionSGPipeline.from_pretrained(str(model))
+    pipe = load_pipeline(model, arch="sd15")
     pipe.set_progress_bar_config(disable=True)
     sampling = dict(use_graph=not text_only, steps=steps, guidance_scale=guidance, eta=eta,
                     graphs_per_call=graphs_per_call)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..evaluation import GraphParserExtractor, evaluate_sg_iou
 from ..evaluation.protocol import EvalProtocol
-from ..evaluation.sampling import configure_sampling, generate, load_inputs, load_model
+from ..evaluation.sampling import configure_sampling, generate, load_evaluated_model, load_inputs
 from ..evaluation.sg_iou import spatial_hold, triple_counts
 from ..machine import machine_info
 from ..world import WorldOracle
@@ -38,7 +38,7 @@ def noise_spread(model: str | Path, *, n_graphs: int = 128, reps: int = 8, k: in
         "sampling": {"steps": steps, "guidance_scale": guidance, "seeds": list(range(k))},
         "inputs": {"source": "world", "split": split, "n": n_graphs, "seed": 0},
         "compositional": {"granularities": ["phrase"], "fid": False}, "stats": {"n_resamples": n_resamples}})
-    loaded = load_model(model, "compositional")
+    loaded = load_evaluated_model(model, "compositional")
     used = configure_sampling(loaded.pipe, base)
     inputs = load_inputs(base)
     per_gt = [g for g in inputs.graphs for _ in range(k)]

@@ -301,16 +301,14 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
     """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
-    from ..models.loading import load_components, load_sg_encoder  # heavy (diffusers): keeps world_base light
+    from ..models.loading import load_model  # heavy (diffusers): keeps world_base light
     from ..models.sg_encoder import SGEncoder
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out = Path(r.out)
     if stage == 2:
-        comps = load_components(out / "stage1" / "pipeline")
-        comps["sg_encoder"] = load_sg_encoder(out / "stage1" / "pipeline" / "sg_encoder")
-        return comps
+        return load_model(out / "stage1" / "pipeline", require_sg_encoder=True)
     torch.manual_seed(r.seed)
     unet = UNet2DConditionModel(**r.unet)
     torch.manual_seed(r.seed + 1)
@@ -540,9 +538,9 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     (tmp / "stage_record.json").unlink(missing_ok=True)
     calibration, t_cal = None, time.time()
     if r.calib_graphs:
-        from ..pipelines import StableDiffusionSGPipeline  # heavy: keeps world_base light for pretrain_world.py --help
+        from ..pipelines import load_pipeline  # heavy: keeps world_base light for pretrain_world.py --help
 
-        pipe = StableDiffusionSGPipeline.from_pretrained(tmp).to(r.device)
+        pipe = load_pipeline(tmp, arch="sd15").to(r.device)
         pipe.set_progress_bar_config(disable=True)
         calibration = calibrate_noise_mean(pipe, r)
         index = json.loads((tmp / "model_index.json").read_text())

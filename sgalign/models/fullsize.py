@@ -41,7 +41,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def build_components(path: str | Path, *, dtype: torch.dtype | None = None, unet_dtype: torch.dtype | None = None,
                      device: str | torch.device | None = None, seed: int = 0) -> dict[str, Any]:
-    """The components of ``path`` (``load_components``' keys plus ``sg_encoder`` when the folder has one), random
+    """The components of ``path`` (``load_model``'s keys, ``sg_encoder`` when the folder has one), random
     init. ``dtype``: VAE, text encoders and SG encoder; ``unet_dtype``: the UNet (default ``dtype``);
     ``device="meta"`` builds shapes only."""
     import diffusers

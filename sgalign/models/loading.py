@@ -1,5 +1,10 @@
 """Loading SD1.5 / SDXL (+ SG encoder) from local folders in the Hugging Face layouts -- never from a hub.
 
+``load_model(path)`` is the one model loader: the components of a folder, its SG encoder and its pipeline settings
+as ``ModelComponents`` (``sgalign.pipelines.build_pipeline`` makes the pipeline object of them). Everything that
+loads a model -- trainer, SG pre-training, world recipe, evaluation, build_pairs, benchmarks -- goes through it;
+``load_component`` / ``load_sg_encoder`` load one part from its own folder (a config that names parts).
+
 Layouts checked (the files every component needs; extra folders such as ``safety_checker/`` or ``vae_1_0/`` are
 ignored):
 
@@ -188,41 +193,160 @@ def check_weights(folder: str | Path) -> None:
         have[n] -= 1
 
 
-def load_components(path: str | Path, arch: str | None = None, *, torch_dtype: Any = None,
-                    variant: str | None = None) -> dict[str, Any]:
-    """The base components of a local ``sd15``/``sdxl`` folder, each loaded by its own class (offline)."""
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+# component -> (module, class) that loads it from its own folder; the scheduler is built by its config's
+# _class_name, the SG encoder by ``load_sg_encoder``
+_CLASSES = {
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+}
 
-    path = Path(path)
-    arch = check_layout(path, arch, variant)
 
-    def var(name: str) -> str | None:  # use the variant only where the plain file is absent
-        stem = _COMPONENTS[name][1]
-        return None if _weights_present(path / name, stem, None) else variant
+class ModelComponents(dict):
+    """The modules of one model, by component name (``scheduler``, ``tokenizer``, ``text_encoder``, ``unet``,
+    ``vae``; SDXL adds ``tokenizer_2`` / ``text_encoder_2``; an SG model ``sg_encoder``; a plain SD1.5 folder that
+    lists one, ``feature_extractor``), so ``Pipeline(**components)`` works, plus what the folder says beyond them:
 
-    sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    sched_cls = getattr(diffusers, sched_cfg.get("_class_name", ""), None)
-    if sched_cls is None:
-        raise ValueError(f"{path / 'scheduler' / 'scheduler_config.json'}: unknown scheduler class "
-                         f"{sched_cfg.get('_class_name')!r}")
+    * ``arch``: ``"sd15"`` or ``"sdxl"``;
+    * ``path``: the folder (None when assembled from parts);
+    * ``settings``: ``model_index.json``'s pipeline settings (its entries that are neither components nor
+      ``_``-private, e.g. ``initial_noise_mean_scale``), which a pipeline built from these components takes as
+      ``from_pretrained`` would pass them (``sgalign.pipelines.build_pipeline``)."""
+
+    def __init__(self, modules: dict[str, Any] | None = None, *, arch: str = "sd15", path: str | Path | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        super().__init__(modules or {})
+        self.arch = arch
+        self.path = None if path is None else Path(path)
+        self.settings = dict(settings or {})
+
+    @property
+    def sg_encoder(self) -> SGEncoder | None:
+        return self.get("sg_encoder")
+
+
+def pipeline_settings(path: str | Path) -> dict[str, Any]:
+    """``model_index.json``'s entries that are pipeline settings (not components, not ``_``-private); {} without
+    an index."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return {}
+    data = json.loads(index.read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("_") and not _is_component_entry(v)}
+
+
+def _is_component_entry(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(x is None or isinstance(x, str) for x in v)
+
+
+def load_component(name: str, folder: str | Path, *, torch_dtype: Any = None, variant: str | None = None) -> Any:
+    """One component from its own folder (offline), by the class its name stands for: ``text_encoder(_2)``,
+    ``tokenizer(_2)``, ``unet``, ``vae``, ``scheduler`` (its config's ``_class_name``), ``sg_encoder``
+    (``load_sg_encoder``: a folder or LAION-SG's ``.pt``). Text encoders come back in eval mode."""
+    folder = Path(folder)
+    if name == "sg_encoder":
+        enc = load_sg_encoder(folder)
+        return enc if torch_dtype is None else enc.to(torch_dtype)
+    if name == "scheduler":
+        import diffusers
+
+        cfg_file = folder / "scheduler_config.json"
+        sched_cfg = json.loads(cfg_file.read_text())
+        sched_cls = getattr(diffusers, sched_cfg.get("_class_name", ""), None)
+        if sched_cls is None:
+            raise ValueError(f"{cfg_file}: unknown scheduler class {sched_cfg.get('_class_name')!r}")
+        return sched_cls.from_config(sched_cfg)
+    if name not in _CLASSES:
+        raise ValueError(f"unknown component {name!r}; one of {sorted({*_CLASSES, 'scheduler', 'sg_encoder'})}")
+    import importlib
+
+    module, cls_name = _CLASSES[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    if name.startswith("tokenizer"):
+        return cls.from_pretrained(folder, local_files_only=True)
     dt = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-    comps: dict[str, Any] = {
-        "scheduler": sched_cls.from_config(sched_cfg),
-        "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True),
-        "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True,
-                                                      variant=var("text_encoder"), **dt),
-        "unet": UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True, variant=var("unet"), **dt),
-        "vae": AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, variant=var("vae"), **dt),
-    }
+    model = cls.from_pretrained(folder, local_files_only=True, variant=variant, **dt)
+    return model.eval() if name.startswith("text_encoder") else model
+
+
+def _base_components(path: Path, arch: str | None, torch_dtype: Any, variant: str | None,
+                     parts: dict[str, str | Path | None] | None) -> tuple[str, dict[str, Any]]:
+    """(arch, the base components of a local ``sd15``/``sdxl`` folder), each loaded by its own class (offline);
+    ``parts``: {component: folder} loaded from that folder instead of ``path``'s (``load_component``, no
+    variant)."""
+    arch = check_layout(path, arch, variant)
+    parts = {k: v for k, v in (parts or {}).items() if v}
+
+    def load(name: str) -> Any:
+        if name in parts:
+            return load_component(name, parts[name])
+        stem = _COMPONENTS[name][1]  # the variant only where the plain file is absent
+        var = None if stem is None or _weights_present(path / name, stem, None) else variant
+        return load_component(name, path / name, torch_dtype=None if stem is None else torch_dtype, variant=var)
+
+    comps = {name: load(name) for name in ("scheduler", "tokenizer", "text_encoder", "unet", "vae")}
     if arch == "sdxl":
-        comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
-        comps["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-            path / "text_encoder_2", local_files_only=True, variant=var("text_encoder_2"), **dt)
-    for m in ("text_encoder", "text_encoder_2"):
-        if m in comps:
-            comps[m].eval()
+        comps["tokenizer_2"] = load("tokenizer_2")
+        comps["text_encoder_2"] = load("text_encoder_2")
+    unknown = sorted(set(parts) - set(comps))
+    if unknown:
+        raise ValueError(f"parts {unknown}: not components of a {arch} folder ({', '.join(sorted(comps))}); the SG "
+                         "encoder is load_model's sg_encoder argument")
+    return arch, comps
+
+
+def load_model(path: str | Path, arch: str | None = None, *, sg_encoder: SGEncoder | str | Path | None = None,
+               require_sg_encoder: bool = False, text_only: bool = False, init_sg_encoder: dict | None = None,
+               parts: dict[str, str | Path | None] | None = None, torch_dtype: Any = None,
+               variant: str | None = None) -> ModelComponents:
+    """THE model loader: every component of the local model folder ``path`` (its layout and weights checked
+    first, ``check_layout``), the SG encoder included, as ``ModelComponents``. The trainer, the SG pre-training,
+    the world recipe, the evaluation sampler, build_pairs and the pipelines (``sgalign.pipelines.load_pipeline``)
+    all load through it; the conditioning of what it returns is ``models.conditioning``'s, the only one.
+
+    * ``arch``: ``"sd15"`` / ``"sdxl"`` to insist on (None: detected);
+    * SG encoder, the first that applies: none with ``text_only`` (the text path of an SG folder); ``sg_encoder``
+      (a module, an ``sg_encoder/`` folder or LAION-SG's ``.pt``); the folder's own ``sg_encoder/``; a fresh
+      random-init encoder sized to the text encoders when ``init_sg_encoder`` (its config overrides) is given;
+      else none, or ``MissingModelFileError`` with ``require_sg_encoder``;
+    * ``parts``: {component: folder} replacing the folder's own (e.g. the trainer's ``model.unet_init``, the SG
+      pre-training's ``model.vae``); None values are ignored;
+    * ``torch_dtype`` / ``variant``: as diffusers' (weights of ``variant`` are used where the plain file is
+      absent); ``torch_dtype`` also casts the SG encoder.
+    """
+    path = Path(path)
+    arch, base = _base_components(path, arch, torch_dtype, variant, parts)
+    comps = ModelComponents(base, arch=arch, path=path, settings=pipeline_settings(path))
+    index = path / "model_index.json"
+    listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    fe = listed.get("feature_extractor")
+    if _is_component_entry(fe) and fe[1] and (path / "feature_extractor").is_dir():
+        import transformers  # a plain SD1.5 folder's image processor, loaded as from_pretrained would
+
+        comps["feature_extractor"] = getattr(transformers, fe[1]).from_pretrained(path / "feature_extractor",
+                                                                                  local_files_only=True)
+    enc = None
+    if text_only:
+        pass
+    elif isinstance(sg_encoder, SGEncoder):
+        enc = sg_encoder
+    elif sg_encoder is not None:
+        enc = load_sg_encoder(sg_encoder)
+    elif (path / "sg_encoder").exists():
+        enc = load_sg_encoder(path / "sg_encoder")
+    elif init_sg_encoder is not None:
+        text_dim = sum(comps[k].config.hidden_size for k in ("text_encoder", "text_encoder_2") if k in comps)
+        enc = SGEncoder(**{"text_dim": text_dim, **init_sg_encoder})
+    elif require_sg_encoder:
+        raise MissingModelFileError(
+            f"{path} has no sg_encoder/ folder (config.json + diffusion_pytorch_model.safetensors) and no SG "
+            "encoder was given: pass one (a sg_encoder/ folder or LAION-SG's .pt: model.sg_encoder, or "
+            "sg_encoder=...), or init_sg_encoder={} for a random-init encoder")
+    if enc is not None:
+        comps["sg_encoder"] = enc if torch_dtype is None else enc.to(torch_dtype)
     return comps
 
 

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +22,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..diffusion.noise import image_generators, shrink_spatial_mean
 from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
 from ..models.graph_inputs import as_scene_graphs
-from ..models.loading import MissingModelFileError, load_components, load_sg_encoder
 from ..models.sg_encoder import SGEncoder
 
 
@@ -161,30 +159,13 @@ class SGPipelineBase(DiffusionPipeline):
     @classmethod
     def from_local(cls, path: str | Path, sg_encoder: SGEncoder | str | Path | None = None, *,
                    init_sg_encoder: dict | None = None, torch_dtype: Any = None, variant: str | None = None):
-        """Load from a local folder in the base layout (``stable-diffusion-v1-5`` / ``-xl-base-1.0``).
+        """Load from a local folder in the base layout (``stable-diffusion-v1-5`` / ``-xl-base-1.0``) through the one
+        loader (``models.loading.load_model``; ``sgalign.pipelines.load_pipeline`` with this class's arch).
 
         The SG encoder is, in order: ``sg_encoder`` (module, ``sg_encoder/`` folder or LAION-SG ``.pt``), the
         folder's own ``sg_encoder/``, or -- only if ``init_sg_encoder`` (config overrides) is given -- a fresh
         random-init encoder sized to the text encoders."""
-        path = Path(path)
-        comps = load_components(path, cls.arch, torch_dtype=torch_dtype, variant=variant)
-        if isinstance(sg_encoder, SGEncoder):
-            enc = sg_encoder
-        elif sg_encoder is not None:
-            enc = load_sg_encoder(sg_encoder)
-        elif (path / "sg_encoder").exists():
-            enc = load_sg_encoder(path / "sg_encoder")
-        elif init_sg_encoder is not None:
-            text_dim = sum(te.config.hidden_size for te in
-                           [comps["text_encoder"]] + ([comps["text_encoder_2"]] if cls.arch == "sdxl" else []))
-            enc = SGEncoder(**{"text_dim": text_dim, **init_sg_encoder})
-        else:
-            raise MissingModelFileError(
-                f"{path} has no sg_encoder/ folder (config.json + diffusion_pytorch_model.safetensors) and no SG "
-                "encoder was given: pass sg_encoder=<folder or LAION-SG .pt>, or init_sg_encoder={} for a "
-                "random-init encoder")
-        if torch_dtype is not None:
-            enc = enc.to(torch_dtype)
-        index = path / "model_index.json"  # the folder's sampling settings, as from_pretrained would pass them
-        scale = json.loads(index.read_text()).get("initial_noise_mean_scale", 1.0) if index.is_file() else 1.0
-        return cls(**comps, sg_encoder=enc, initial_noise_mean_scale=scale)
+        from .assemble import load_pipeline
+
+        return load_pipeline(path, arch=cls.arch, sg_encoder=sg_encoder, init_sg_encoder=init_sg_encoder,
+                             torch_dtype=torch_dtype, variant=variant)

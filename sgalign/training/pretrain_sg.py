@@ -256,41 +256,39 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 # ---- model assembly -------------------------------------------------------------------------------------------
 def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
-    """The pipeline components named by ``cfg`` (see ``ModelConfig``)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The pipeline components named by ``cfg`` (see ``ModelConfig``): a base folder through the one loader
+    (``models.loading.load_model``, the named parts in place of its own), or tiny components with the named parts
+    loaded one by one (``load_component``); fresh parts seeded."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from ..models.loading import load_components, load_sg_encoder
+    from ..models.loading import load_component, load_model
     from ..models.sg_encoder import SGEncoder
 
+    parts = {"text_encoder": cfg.text_encoder, "tokenizer": cfg.tokenizer, "vae": cfg.vae, "unet": cfg.unet_path}
+    parts = {k: v for k, v in parts.items() if v}
     comps: dict[str, Any] = {}
     if cfg.base:
-        comps = load_components(cfg.base)
-        if (Path(cfg.base) / "sg_encoder").is_dir() and cfg.sg_encoder is None and not cfg.sg_encoder_path:
-            comps["sg_encoder"] = load_sg_encoder(Path(cfg.base) / "sg_encoder")
-    elif cfg.tiny:
-        from ..pipelines.tiny import tiny_components
+        # the base's own sg_encoder/ unless the config names another one or a fresh one; a plain dict: the
+        # pipeline saved at the end starts from default settings (initial_noise_mean_scale 1), not the base's
+        comps = dict(load_model(cfg.base, parts=parts, sg_encoder=cfg.sg_encoder_path or None,
+                                text_only=cfg.sg_encoder is not None))
+    else:
+        if cfg.tiny:
+            from ..pipelines.tiny import tiny_components
 
-        comps = tiny_components(cfg.tiny, seed=seed)
-    if cfg.text_encoder:
-        comps["text_encoder"] = CLIPTextModel.from_pretrained(cfg.text_encoder, local_files_only=True).eval()
-    if cfg.tokenizer:
-        comps["tokenizer"] = CLIPTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
-    if cfg.vae:
-        comps["vae"] = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True)
+            comps = tiny_components(cfg.tiny, seed=seed)
+        comps.update({k: load_component(k, v) for k, v in parts.items()})
+        if cfg.sg_encoder_path:
+            comps["sg_encoder"] = load_component("sg_encoder", cfg.sg_encoder_path)
     if cfg.scheduler is not None:
         comps["scheduler"] = DDIMScheduler.from_config(cfg.scheduler)
     if cfg.unet is not None:
         torch.manual_seed(seed)
         comps["unet"] = UNet2DConditionModel(**cfg.unet)
-    elif cfg.unet_path:
-        comps["unet"] = UNet2DConditionModel.from_pretrained(cfg.unet_path, local_files_only=True)
     text_dim = sum(comps[k].config.hidden_size for k in ("text_encoder", "text_encoder_2") if k in comps)
     if cfg.sg_encoder is not None:
         torch.manual_seed(seed + 1)
         comps["sg_encoder"] = SGEncoder(**{"text_dim": text_dim, **cfg.sg_encoder})
-    elif cfg.sg_encoder_path:
-        comps["sg_encoder"] = load_sg_encoder(cfg.sg_encoder_path)
     need = ["vae", "text_encoder", "tokenizer", "unet", "scheduler", "sg_encoder"]
     missing = [k for k in need if k not in comps]
     if missing:
@@ -304,10 +302,10 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
 
 
 def make_pipeline(comps: dict[str, Any]):
-    from ..pipelines import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
+    """The SG pipeline object of ``comps`` (``sgalign.pipelines.build_pipeline``)."""
+    from ..pipelines import build_pipeline
 
-    cls = StableDiffusionXLSGPipeline if "text_encoder_2" in comps else StableDiffusionSGPipeline
-    return cls(**comps)
+    return build_pipeline(comps)
 
 
 # ---- the loss -------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..diffusion import TrajectoryCache, model_fingerprint
 from ..hashing import folder_sha256
 from ..methods import MethodContext, PairBatch, build_method
-from ..models.loading import detect_arch, load_components, load_sg_encoder
+from ..models.loading import load_model
 from ..progress import progress
 from .checkpoint import export_pipeline, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, method_options
@@ -192,16 +192,11 @@ class Trainer:
 
     def _build_models(self) -> None:
         m, dev = self.cfg.model, self.acc.device
-        arch = detect_arch(m.path)
-        self.comps = comps = load_components(m.path, arch, variant=m.variant)
-        sg = None
-        if self.cfg.task == "compositional":
-            spec = m.sg_encoder or Path(m.path) / "sg_encoder"
-            sg = load_sg_encoder(spec)
-        unet = comps["unet"]
-        if m.unet_init:
-            from diffusers import UNet2DConditionModel  # heavy (~3 s): keeps sgalign.training import light
-            unet = UNet2DConditionModel.from_pretrained(m.unet_init, local_files_only=True)
+        sg_task = self.cfg.task == "compositional"  # t2i trains the text path: an SG folder's encoder stays unloaded
+        # model.unet_init: a UNet folder that initialises policy AND reference in place of the folder's own
+        self.comps = comps = load_model(m.path, variant=m.variant, sg_encoder=m.sg_encoder or None,
+                                        text_only=not sg_task, require_sg_encoder=sg_task, parts={"unet": m.unet_init})
+        arch, sg, unet = comps.arch, comps.sg_encoder, comps["unet"]
         sign_attention_processors(unet)  # before the reference copy: both get them
         sign_attention_processors(comps["vae"])
         mp = self.cfg.trainer.mixed_precision
