@@ -1,5 +1,6 @@
 """Config: every shipped YAML validates; unknown / mistyped keys and bad method options are errors naming the key;
-recipes carry the official values; the CLI maps --task/--method/--resume onto the config."""
+recipes carry the official values; the CLI maps --task/--method/--resume onto the config; every setting (lr, the
+method's optimizer settings) is resolved once, into the config the trainer reads and the run records."""
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from sgalign.config import ConfigError, load_config
 from sgalign.jobs.train_cli import default_config, parse
 from sgalign.training.config import TrainConfig
+from training_helpers import make_config, tiny_assets  # noqa: F401
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 YAMLS = sorted([*(CONFIGS / "world").glob("*.yaml"), *(CONFIGS / "recipes").rglob("*.yaml")])
@@ -128,3 +130,42 @@ def test_bad_method_settings_are_named(settings, key):
     with pytest.raises(ConfigError) as e:
         load_config(TrainConfig, None, [], base={"method": {"name": "sft", "settings": settings}})
     assert key in str(e.value)
+
+
+def test_method_optimizer_settings_are_merged_when_the_config_is_resolved(tmp_path):
+    """Faithful Inversion-DPO's weight_decay 0 is in the resolved config itself (not set later by the trainer);
+    a configured value wins; dumping and reloading the resolved config gives the same config."""
+    from sgalign.config import dump_config
+
+    faithful = ["method.name=inversion-dpo", "method.options.inversion-dpo.faithful=true"]
+    assert load_config(TrainConfig, None, faithful).optimizer.weight_decay == 0.0
+    assert load_config(TrainConfig, None, faithful[:1]).optimizer.weight_decay == 1e-2
+    assert load_config(TrainConfig, None, [*faithful, "optimizer.weight_decay=0.03"]).optimizer.weight_decay == 0.03
+    cfg = load_config(TrainConfig, None, faithful)
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(TrainConfig, tmp_path / "resolved.yaml") == cfg
+
+
+def test_the_lr_given_by_set_is_the_resolved_configs_and_the_optimizers(tiny_assets, tmp_path):  # noqa: F811
+    """lr from the file, the method's tuned settings and --set: the resolved config the run records holds the one
+    --set gives, and the optimizer's param group has exactly that lr (x the effective batch under scale_lr)."""
+    import json
+
+    import yaml
+
+    from sgalign.training.trainer import Trainer
+
+    tuned = "method.settings.diffusion-dpo.optimizer.lr=5e-5"  # below --set, above the file's 3e-4
+    tr = Trainer(make_config(tiny_assets, tmp_path / "a", overrides=[tuned, "optimizer.lr=7e-5"]))
+    resolved = yaml.safe_load((tmp_path / "a" / "resolved_config.yaml").read_text())
+    assert resolved["optimizer"]["lr"] == tr.cfg.optimizer.lr == 7e-5
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [7e-5]
+    tr = Trainer(make_config(tiny_assets, tmp_path / "b", overrides=[
+        tuned, "optimizer.lr=7e-5", "optimizer.scale_lr=true", "trainer.gradient_accumulation_steps=3",
+        "trainer.max_steps=1"]))
+    resolved = yaml.safe_load((tmp_path / "b" / "resolved_config.yaml").read_text())
+    assert resolved["optimizer"]["lr"] == 7e-5 and resolved["optimizer"]["scale_lr"] is True
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [7e-5 * 2 * 3]  # batch 2 x accumulation 3
+    summary = tr.train().summary
+    assert (summary["lr"], summary["effective_batch"]) == (7e-5 * 6, 6)
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["lr"] == 7e-5 * 6

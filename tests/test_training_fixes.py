@@ -1,9 +1,9 @@
 """Trainer-level checks of two fixes:
 
 * faithful Inversion-DPO run exactly as the world job launches it (configs/world/compositional.yaml, whose AdamW
-  keeps the trainer's 1e-2 weight decay): the method's optimizer override (weight_decay 0, the official run's
-  effective value) keeps every weight bit-identical, since the official objective has exactly zero gradient at
-  θ = θ_ref; an explicitly configured weight decay is kept (and noted);
+  keeps the trainer's 1e-2 weight decay): the method's optimizer setting (weight_decay 0, the official run's
+  effective value, merged into the resolved config) keeps every weight bit-identical, since the official objective
+  has exactly zero gradient at θ = θ_ref; an explicitly configured weight decay is kept (and noted);
 * guidance's unconditional branch passed to the UNet: SD1.5 the empty-text conditioning
   (``models.conditioning.unconditional_conditioning``), SDXL zeros; faithful Inversion-DPO zeros for both.
 """
@@ -46,7 +46,9 @@ def weights(tr):
 
 def test_world_faithful_inversion_dpo_keeps_weights_bit_identical(tiny_assets, tmp_path):  # noqa: F811
     cfg = world_config(tiny_assets, tmp_path / "run", "inversion-dpo-faithful")
-    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 1e-2  # the world config as written
+    # the world config keeps AdamW's 1e-2; the method's 0 is merged when the config is resolved
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 0.0
+    assert world_config(tiny_assets, tmp_path / "c", "inversion-dpo").optimizer.weight_decay == 1e-2
     tr = Trainer(cfg)
     assert tr.lr == pytest.approx(2e-5)  # 1e-5 per pair x 2: a 1e-2 decay would shrink every weight by 2e-7
     start = weights(tr)

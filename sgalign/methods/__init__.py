@@ -20,8 +20,8 @@ A generic trainer never names a method; it does::
   UNet forwards per pair (policy/reference × grad/no-grad).
 * Each method's config is a dataclass with ``faithful``: options left ``None`` resolve to the official code's
   behaviour when ``faithful=True`` and to our corrected default otherwise; ``MethodOutput.provenance`` records the
-  resolved options. ``Method.optimizer_overrides()`` names optimizer settings a faithful run needs (the trainer
-  applies them unless configured explicitly).
+  resolved options. ``Method.optimizer_overrides()`` names optimizer settings a faithful run needs (merged into the
+  training config when it is resolved, unless configured explicitly).
 """
 from . import diffusion_dpo, inpo, inversion_dpo, sft, smpo  # noqa: F401  (registration)
 from .base import Method, MethodConfig, MethodContext, MethodOutput, PairBatch

@@ -109,7 +109,8 @@ class Method(ABC):
 
     def optimizer_overrides(self) -> dict[str, Any]:
         """Optimizer settings (``OptimizerConfig`` keys) the official run effectively used where they differ from
-        the trainer's defaults; the trainer applies them unless the config sets the key itself (faithful only)."""
+        the trainer's defaults; the training config merges them when it is resolved unless it sets the key
+        itself (faithful only; ``sgalign.training.config.TrainConfig``)."""
         cfg = self.config
         return dict(getattr(cfg, "_official_optimizer", {})) if getattr(cfg, "faithful", False) else {}
 

@@ -16,7 +16,8 @@ the same trajectory points.
   step (Adafactor, ``--adam_weight_decay`` 1e-2, ``--scale_lr`` with batch 1, accumulation 1), less than half an
   fp32 ulp (≥ 2⁻²⁵ ≈ 3e-8 relative), so it never changes a weight: its effective weight decay is exactly 0. At our
   learning rates a 1e-2 decay would move θ off θ_ref at step 1 and give the zero-gradient objective a gradient, so
-  ``faithful=True`` asks the trainer for ``optimizer.weight_decay=0`` (``Method.optimizer_overrides``).
+  ``faithful=True`` asks for ``optimizer.weight_decay=0`` (``Method.optimizer_overrides``, merged into the
+  resolved training config).
 """
 from __future__ import annotations
 

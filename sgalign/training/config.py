@@ -205,6 +205,17 @@ class TrainConfig(ConfigModel):
         return {k: v for k, v in chosen.items() if k in SETTINGS_SECTIONS}
 
     @model_validator(mode="after")
+    def _method_optimizer(self) -> "TrainConfig":
+        """The method's faithful optimizer settings (``Method.optimizer_overrides``, e.g. Inversion-DPO's
+        weight_decay 0) merged here, once, where the config is resolved: each one the config does not set itself
+        (file, include, method.settings, caller updates or --set), so the resolved config -- what the trainer
+        reads and the run records -- holds the values the optimizer gets."""
+        for key, value in method_optimizer_settings(self).items():
+            if key not in self.optimizer.model_fields_set:
+                setattr(self.optimizer, key, value)
+        return self
+
+    @model_validator(mode="after")
     def _trainable(self) -> "TrainConfig":
         sg = self.task == "compositional" and self.model.train_sg_encoder
         if self.model.train_unet == "none" and not sg:
@@ -224,3 +235,25 @@ class TrainConfig(ConfigModel):
                              "data.vae_sample=false (the posterior mean), data.random_flip=false and "
                              "data.center_crop=true, or trainer.trajectory_cache=false")
         return self
+
+
+def method_optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The optimizer settings the trained method's faithful reproduction needs (``Method.optimizer_overrides``);
+    ``TrainConfig`` merges them at validation (``_method_optimizer``)."""
+    from ..methods import build_method
+
+    name = cfg.method.name
+    return build_method(name, **method_options(name, cfg.method.chosen())).optimizer_overrides()
+
+
+def method_optimizer_notes(cfg: TrainConfig) -> list[str]:
+    """The run notes on ``method_optimizer_settings``: each value the method set, or the configured value kept."""
+    o, name, notes = cfg.optimizer, cfg.method.name, []
+    for key, value in method_optimizer_settings(cfg).items():
+        if getattr(o, key) == value:
+            notes.append(f"optimizer.{key}={value}: the official run's effective value, set by method {name} "
+                         "(faithful) unless configured")
+        else:
+            notes.append(f"method {name} (faithful) reproduces the official run with optimizer.{key}={value}; "
+                         f"keeping the configured optimizer.{key}={getattr(o, key)}")
+    return notes

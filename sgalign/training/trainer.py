@@ -37,7 +37,7 @@ from ..methods import MethodContext, PairBatch, build_method
 from ..models.loading import load_model
 from ..progress import progress
 from .checkpoint import export_pipeline, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .config import TrainConfig, method_options
+from .config import TrainConfig, method_optimizer_notes, method_options
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from .modeling import (ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors,
                        weight_drift)
@@ -117,7 +117,7 @@ class Trainer:
         self._build_models()
         self._build_data()
         self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
-        self._apply_method_optimizer_settings()
+        self._note_method_optimizer_settings()
         self._build_optimizer()
         self.cache = TrajectoryCache(self.run_dir / "trajectory_cache", compute_dtype=self._reference_dtype()) \
             if cfg.trainer.trajectory_cache else None
@@ -266,21 +266,10 @@ class Trainer:
         self.stream = BatchStream(src, d.batch_size)
         self.latent_cache: dict[str, torch.Tensor] | None = {} if d.cache_latents else None
 
-    def _apply_method_optimizer_settings(self) -> None:
-        """Optimizer settings the method's faithful reproduction needs (``Method.optimizer_overrides``), applied
-        unless the config sets that key itself (then kept, with a note if it differs); recorded in the run notes
-        and resolved_config.yaml."""
-        o, name = self.cfg.optimizer, self.cfg.method.name
-        for key, value in self.method.optimizer_overrides().items():
-            if key in o.model_fields_set:
-                if getattr(o, key) != value:
-                    note = (f"method {name} (faithful) reproduces the official run with optimizer.{key}={value}; "
-                            f"keeping the configured optimizer.{key}={getattr(o, key)}")
-                    self.notes.append(note)
-                    self._log(f"[sgalign] {note}")
-                continue
-            setattr(o, key, value)
-            note = f"optimizer.{key}={value}: the official run's effective value, set by method {name} (faithful)"
+    def _note_method_optimizer_settings(self) -> None:
+        """The run notes on the optimizer settings the method's faithful reproduction needs: the config merged them
+        when it was resolved (``TrainConfig._method_optimizer``); the trainer only reads the resolved config."""
+        for note in method_optimizer_notes(self.cfg):
             self.notes.append(note)
             self._log(f"[sgalign] {note}")
 
@@ -572,6 +561,8 @@ class Trainer:
              "pairs_per_s": hist[-1]["pairs_per_s"] if hist else 0.0,
              "peak_mem_gb": hist[-1]["peak_mem_gb"] if hist else 0.0,
              "seconds": seconds, "random_init_model": self.cfg.model.random_init,
+             # the optimizer's lr: resolved_config.yaml's optimizer.lr, x effective_batch when scale_lr
+             "lr": self.lr, "effective_batch": self.effective_batch,
              "skipped_pairs": len(self.source.skipped), "notes": self.notes, "method_provenance": prov,
              "weight_drift": weight_drift(self.acc.unwrap_model(self.policy), self.reference)}
         if self.acc.is_main_process:
