@@ -39,6 +39,9 @@ from safetensors.torch import load_file, save_file
 
 from ..hashing import write_json_atomic
 from ..machine import machine_info
+from ..models.graph_inputs import build_graph_inputs
+from ..models.sg_layout import LayoutHead, layout_loss, node_boxes
+from ..world import rules
 from ..world.models.clip import store_token_table_fp16
 from ..world.models.data import to_tensor
 from ..world.models.record import write_record
@@ -47,8 +50,8 @@ from ..world.models.vae import (VaeTrainArgs, blend_test, evaluate_world_vae, la
 from ..world.render import render_array
 from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, sample_split, split_of
 
-Stage = Literal["vae", "cache", "stage1", "stage2"]
-STAGES: tuple[Stage, ...] = ("vae", "cache", "stage1", "stage2")
+Stage = Literal["vae", "cache", "sg_layout", "stage1", "stage2"]
+STAGES: tuple[Stage, ...] = ("vae", "cache", "sg_layout", "stage1", "stage2")
 RECORD_NAME = "training_record.json"
 REPO = Path(__file__).resolve().parents[2]
 WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
@@ -100,6 +103,17 @@ class WorldBaseRecipe:
     # a model of its own (the t2i base; LAION-SG's "SG path vs text alone" is then a comparison of two trained paths)
     stage1_graph: bool = True
     graph_drop_prob: float = 0.2
+    # layout supervision of the SG encoder (models.sg_layout, sg2im's box regression): sg_layout_steps of box
+    # regression before stage 1 (text encoder frozen), then sg_layout_weight x the box loss added to stage 1's loss so
+    # the encoder keeps saying where each object goes (epsilon-MSE alone flattens it: docs/RESULTS.md). 0: off.
+    sg_layout_steps: int = 0
+    sg_layout_batch: int = 128
+    sg_layout_lr: float = 1e-3
+    sg_layout_weight: float = 0.0
+    # stage 1 timesteps: t_high_frac of the rows draw t from [t_high_min, T) instead of [0, T), more of the steps
+    # where the layout is not yet in x_t and can only come from the conditioning. 0: uniform (as before).
+    t_high_frac: float = 0.0
+    t_high_min: int = 600
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -290,6 +304,86 @@ class LatentCache:
         return (self.mean[t] + self.std[t] * torch.randn(self.mean[t].shape, generator=gen)) * scale
 
 
+# ---- stage: SG-encoder layout pre-training ----------------------------------------------------------------------
+def cache_scenes(folder: Path) -> list[str]:
+    import datasets  # heavy, as in run_cache_stage
+
+    return list(datasets.load_from_disk(str(folder / "data"))["scene"])
+
+
+def scene_boxes(scenes: list[WorldScene]) -> Any:
+    """``node_boxes`` targets of the scenes' graphs (item id = object index)."""
+    return node_boxes([sc.graph() for sc in scenes], [{i: o.box for i, o in enumerate(sc.objects)} for sc in scenes],
+                      float(rules.CANVAS))
+
+
+@torch.no_grad()
+def layout_fit(enc, head, scenes: list[WorldScene], tok, te) -> dict:
+    """Box MSE of the head on ``scenes`` against predicting every box's mean (R^2 = 1 - mse / baseline)."""
+    gi = build_graph_inputs([sc.graph() for sc in scenes], "object", [tok], [te], self_loops=enc.config.self_loops)
+    y = scene_boxes(scenes)
+    mse = float(layout_loss(enc, head, gi, y))
+    base = float(((y - y.mean(0)) ** 2).mean())
+    return {"box_mse": round(mse, 6), "baseline_mse": round(base, 6), "r2": round(1 - mse / base, 4)}
+
+
+def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
+    """``sg_layout_steps`` of box regression (``models.sg_layout``) for stage 1's fresh SG encoder, its inputs from
+    the frozen world-CLIP text tower; writes ``OUT/sg_layout/{sg_encoder, layout_head.safetensors}``. 0 steps: a
+    record only, and stage 1 starts from the fresh encoder."""
+    from ..models.sg_encoder import input_sensitivity
+    from ..world.sampler import invert_predicates
+
+    out, t0 = Path(r.out), time.time()
+    tmp = out / "sg_layout.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rec: dict[str, Any] = {"stage": "sg_layout", "steps": r.sg_layout_steps}
+    if r.sg_layout_steps > 0:
+        comps = _components(r, 1)
+        enc, tok, te = comps["sg_encoder"], comps["tokenizer"], comps["text_encoder"].eval().requires_grad_(False)
+        head = LayoutHead(enc.config.embed_dim)
+        scenes = cache_scenes(out / "cache")
+        val = sample_split("validation", 512, seed=0)
+        probe = [sc.graph() for sc in val[:64] if sc.relations]
+        sens0 = input_sensitivity(enc, probe, [invert_predicates(g) for g in probe], [tok], [te])
+        params = list(enc.parameters()) + list(head.parameters())
+        opt = torch.optim.AdamW(params, lr=r.sg_layout_lr, weight_decay=0.0)
+        total = r.sg_layout_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: min(1.0, (k + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+        enc.train()
+        losses = []
+        for step in range(total):
+            rng = np.random.default_rng(np.random.SeedSequence([r.seed, 91, step]))
+            batch = [scene_from_json(scenes[i]) for i in rng.choice(len(scenes), r.sg_layout_batch, replace=False)]
+            gi = build_graph_inputs([sc.graph() for sc in batch], "object", [tok], [te],
+                                    self_loops=enc.config.self_loops)
+            loss = layout_loss(enc, head, gi, scene_boxes(batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if (step + 1) % r.log_every == 0:
+                log(f"sg_layout step {step + 1}/{total} box-mse {np.mean(losses[-r.log_every:]):.5f} "
+                    f"{time.time() - t0:.0f}s")
+        enc.eval()
+        rec.update({"batch": r.sg_layout_batch, "lr": r.sg_layout_lr, "validation": layout_fit(enc, head, val, tok, te),
+                    "sensitivity_before": sens0,
+                    "sensitivity_after": input_sensitivity(enc, probe, [invert_predicates(g) for g in probe],
+                                                           [tok], [te]),
+                    "train_box_mse_last_50": float(np.mean(losses[-50:]))})
+        enc.save_pretrained(tmp / "sg_encoder", safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp / "layout_head.safetensors")
+        log(f"sg_layout: validation {rec['validation']}, sensitivity {sens0} -> {rec['sensitivity_after']}")
+    rec["wall_seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(tmp / "done.json", rec)
+    _replace_dir(tmp, out / "sg_layout")
+    return rec
+
+
 # ---- stages 1 and 2 --------------------------------------------------------------------------------------------
 def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023)."""
@@ -319,7 +413,9 @@ def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
             "text_encoder": te, "tokenizer": CLIPTokenizer.from_pretrained(WORLD_CLIP / "tokenizer",
                                                                             local_files_only=True),
             "unet": unet, "scheduler": DDIMScheduler(**r.scheduler),
-            "sg_encoder": SGEncoder(text_dim=te.config.hidden_size, **r.sg_encoder)}
+            "sg_encoder": (load_sg_encoder(out / "sg_layout" / "sg_encoder")
+                           if (out / "sg_layout" / "sg_encoder").is_dir() and stage == 1
+                           else SGEncoder(text_dim=te.config.hidden_size, **r.sg_encoder))}
 
 
 def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
@@ -346,7 +442,13 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         trained["sg_encoder"] = pipe.sg_encoder
     for m in trained.values():  # before param_groups, which keeps only parameters that require grad
         m.requires_grad_(True).train()
-    lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr}
+    layout_head = None
+    if stage == 1 and with_graph and r.sg_layout_weight > 0:
+        layout_head = LayoutHead(pipe.sg_encoder.config.embed_dim).to(r.device)
+        if (out / "sg_layout" / "layout_head.safetensors").is_file():
+            layout_head.load_state_dict(load_file(out / "sg_layout" / "layout_head.safetensors"))
+        trained["layout_head"] = layout_head.requires_grad_(True).train()
+    lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr, "layout_head": r.sg_lr}
     groups = [{**g, "lr": lrs[k]} for k, m in trained.items() for g in param_groups([m], 0.0)]
     assert sum(len(g["params"]) for g in groups) == sum(1 for m in trained.values() for _ in m.parameters())
     params = [p for m in trained.values() for p in m.parameters()]
@@ -367,7 +469,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
 
     # ---- resume ----
     ckpt = work / "checkpoint"
-    step, elapsed, losses = 0, 0.0, []
+    step, elapsed, losses, box_losses = 0, 0.0, [], []
     if (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
         for k, m in trained.items():
@@ -403,7 +505,12 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         if stage == 1 and r.offset_noise > 0:
             noise = noise + r.offset_noise * torch.randn(lat.shape[:2] + (1, 1), generator=gen)
         noise = noise.to(r.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen).to(r.device)
+        n_t = noise_sched.config.num_train_timesteps
+        t = torch.randint(0, n_t, (len(idx),), generator=gen)
+        if stage == 1 and r.t_high_frac > 0:  # extra draws only when on: the default stream is unchanged
+            high = torch.randint(r.t_high_min, n_t, (len(idx),), generator=gen)
+            t = torch.where(torch.rand(len(idx), generator=gen) < r.t_high_frac, high, t)
+        t = t.to(r.device)
         noisy = noise_sched.add_noise(lat, noise, t)
         if stage == 1 and with_graph and r.graph_drop_prob > 0:
             text_only = torch.rand(len(idx), generator=gen) < r.graph_drop_prob
@@ -425,6 +532,12 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
         w = min_snr_weights(noise_sched, t, r.min_snr_gamma) if stage == 1 and r.min_snr_gamma else 1.0
         loss = (per * w).mean()
+        if layout_head is not None:
+            batch_scenes = [scene_from_json(cache.scenes[i]) for i in idx]
+            gi = build_graph_inputs(graphs, "object", tok, te, self_loops=pipe.sg_encoder.config.self_loops)
+            box = layout_loss(pipe.sg_encoder, layout_head, gi, scene_boxes(batch_scenes).to(r.device))
+            loss = loss + r.sg_layout_weight * box
+            box_losses.append(float(box.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -437,6 +550,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         elapsed = time.time() - t_start
         if step % r.log_every == 0:
             log(f"{name} step {step}/{total} eps-mse {np.mean(losses[-r.log_every:]):.4f} "
+                + (f"box-mse {np.mean(box_losses[-r.log_every:]):.5f} " if box_losses else "") +
                 f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {elapsed:.0f}s")
         if limit is not None and elapsed > limit:
             stopped_early = f"time share ({limit / 60:.1f} min) reached at step {step}"
@@ -526,6 +640,8 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
                 done = run_vae_stage(r, log)
             elif stage == "cache":
                 done = run_cache_stage(r, log)
+            elif stage == "sg_layout":
+                done = run_sg_layout_stage(r, log)
             else:
                 done = run_diffusion_stage(r, int(stage[-1]), log)
         if done is None:
