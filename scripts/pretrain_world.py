@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graph-drop-prob", type=float, default=d.graph_drop_prob,
                     help="stage 1 with the graph: share of rows conditioned on the text alone")
     ap.add_argument("--text-lr", type=float, default=d.text_lr, help="stage 1 text-encoder lr")
+    ap.add_argument("--sg-layout-steps", type=int, default=d.sg_layout_steps,
+                    help="box-regression pre-training steps of the SG encoder before stage 1 (0: none)")
+    ap.add_argument("--sg-layout-weight", type=float, default=d.sg_layout_weight,
+                    help="stage 1: weight of the SG encoder's box-regression loss added to epsilon-MSE (0: none)")
+    ap.add_argument("--t-high-frac", type=float, default=d.t_high_frac,
+                    help="stage 1: share of rows whose timestep is drawn from [--t-high-min, T)")
+    ap.add_argument("--t-high-min", type=int, default=d.t_high_min)
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
@@ -49,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                         stage1=StageBudget(a.stage1_steps, d.stage1.share),
                         stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch,
                         offset_noise=a.offset_noise, stage1_graph=a.stage1_graph,
-                        graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr)
+                        graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,
+                        sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
+                        t_high_frac=a.t_high_frac, t_high_min=a.t_high_min)
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()
     final = run_world_base(r, command=command, only=a.only,

@@ -7,7 +7,8 @@
   ``model_index.json``, the random-init mark tiny factories write there, its ``training_record.json``);
 * ``identity_hash``: a run's short id over a JSON-able mapping;
 * ``write_atomic`` / ``write_text_atomic`` / ``write_json_atomic`` / ``write_jsonl_atomic``: a temporary file in the same folder, fsync, then
-  ``os.replace``: readers see the old file or the complete new one, never a partial one.
+  ``os.replace``: readers see the old file or the complete new one, never a partial one;
+* ``replace_dir``: a folder written whole under a temporary name, then moved into place.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +135,17 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_dir(tmp: str | Path, dst: str | Path) -> None:
+    """Move the finished folder ``tmp`` onto ``dst`` (the old ``dst`` is removed only once the new one is in place)."""
+    tmp, dst = Path(tmp), Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, min_snr_weights, run_world_base, \
-    run_diffusion_stage, scene_from_json, scene_to_json, train_scene
+from sgalign.diffusion.loop import min_snr_weights
+from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, run_world_base, run_diffusion_stage, \
+    scene_from_json, scene_to_json, train_scene
 
 
 def tiny(out) -> WorldBaseRecipe:

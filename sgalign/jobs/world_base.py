@@ -25,7 +25,6 @@ comes first, and the record says which. ``training_record.json`` in the final fo
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,8 +36,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..hashing import write_json_atomic
+from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
+from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
+from ..models.graph_inputs import build_graph_inputs
+from ..models.sg_layout import LayoutHead, layout_loss, node_boxes
+from ..world import rules
 from ..world.models.clip import store_token_table_fp16
 from ..world.models.data import to_tensor
 from ..world.models.record import write_record
@@ -47,8 +50,8 @@ from ..world.models.vae import (VaeTrainArgs, blend_test, evaluate_world_vae, la
 from ..world.render import render_array
 from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, sample_split, split_of
 
-Stage = Literal["vae", "cache", "stage1", "stage2"]
-STAGES: tuple[Stage, ...] = ("vae", "cache", "stage1", "stage2")
+Stage = Literal["vae", "cache", "sg_layout", "stage1", "stage2"]
+STAGES: tuple[Stage, ...] = ("vae", "cache", "sg_layout", "stage1", "stage2")
 RECORD_NAME = "training_record.json"
 REPO = Path(__file__).resolve().parents[2]
 WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
@@ -100,6 +103,17 @@ class WorldBaseRecipe:
     # a model of its own (the t2i base; LAION-SG's "SG path vs text alone" is then a comparison of two trained paths)
     stage1_graph: bool = True
     graph_drop_prob: float = 0.2
+    # layout supervision of the SG encoder (models.sg_layout, sg2im's box regression): sg_layout_steps of box
+    # regression before stage 1 (text encoder frozen), then sg_layout_weight x the box loss added to stage 1's loss so
+    # the encoder keeps saying where each object goes (epsilon-MSE alone flattens it: docs/RESULTS.md). 0: off.
+    sg_layout_steps: int = 0
+    sg_layout_batch: int = 128
+    sg_layout_lr: float = 1e-3
+    sg_layout_weight: float = 0.0
+    # stage 1 timesteps: t_high_frac of the rows draw t from [t_high_min, T) instead of [0, T), more of the steps
+    # where the layout is not yet in x_t and can only come from the conditioning. 0: uniform (as before).
+    t_high_frac: float = 0.0
+    t_high_min: int = 600
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -127,16 +141,6 @@ class WorldBaseRecipe:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
-def _replace_dir(tmp: Path, dst: Path) -> None:
-    """Move a finished folder into place (the old one is removed only once the new one is complete)."""
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    tmp.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def stage_done(out: Path, stage: Stage) -> dict | None:
     p = out / stage / "done.json"
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
@@ -175,7 +179,7 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
                 f"{time.time() - t0:.0f}s")
 
     vae, history = train_world_vae(args, progress=progress,
-                                   stop=None if limit is None else lambda: time.time() - t0 > limit)
+                                   max_seconds=None if limit is None else limit - (time.time() - t0))
     train_s = time.time() - t0
     steps_done = len(history)
     vae = vae.eval()
@@ -217,7 +221,7 @@ def run_vae_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
                                                             "interp_weight", "train_wall_s", "total_wall_s")}
     write_record(tmp, rec)
     write_json_atomic(tmp / "done.json", {"wall_seconds": rec["wall_seconds"]})
-    _replace_dir(tmp, out / "vae")
+    replace_dir(tmp, out / "vae")
     log(f"vae: PSNR {metrics['psnr_db']:.1f} dB, oracle objects exact {metrics['oracle_objects_exact']:.3f}, "
         f"blend test {'passes' if blend['passes'] else 'FAILS'} ({time.time() - t0:.0f}s)")
     return rec
@@ -256,7 +260,7 @@ def run_cache_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     rec = {"stage": "cache", "graphs": n, "split": "train", "seed": r.seed, "vae": str(out / "vae"),
            "wall_seconds": round(time.time() - t0, 1)}
     write_json_atomic(tmp / "done.json", rec)
-    _replace_dir(tmp, out / "cache")
+    replace_dir(tmp, out / "cache")
     return rec
 
 
@@ -290,14 +294,86 @@ class LatentCache:
         return (self.mean[t] + self.std[t] * torch.randn(self.mean[t].shape, generator=gen)) * scale
 
 
+# ---- stage: SG-encoder layout pre-training ----------------------------------------------------------------------
+def cache_scenes(folder: Path) -> list[str]:
+    import datasets  # heavy, as in run_cache_stage
+
+    return list(datasets.load_from_disk(str(folder / "data"))["scene"])
+
+
+def scene_boxes(scenes: list[WorldScene]) -> Any:
+    """``node_boxes`` targets of the scenes' graphs (item id = object index)."""
+    return node_boxes([sc.graph() for sc in scenes], [{i: o.box for i, o in enumerate(sc.objects)} for sc in scenes],
+                      float(rules.CANVAS))
+
+
+@torch.no_grad()
+def layout_fit(enc, head, scenes: list[WorldScene], tok, te) -> dict:
+    """Box MSE of the head on ``scenes`` against predicting every box's mean (R^2 = 1 - mse / baseline)."""
+    gi = build_graph_inputs([sc.graph() for sc in scenes], "object", [tok], [te], self_loops=enc.config.self_loops)
+    y = scene_boxes(scenes)
+    mse = float(layout_loss(enc, head, gi, y))
+    base = float(((y - y.mean(0)) ** 2).mean())
+    return {"box_mse": round(mse, 6), "baseline_mse": round(base, 6), "r2": round(1 - mse / base, 4)}
+
+
+def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
+    """``sg_layout_steps`` of box regression (``models.sg_layout``) for stage 1's fresh SG encoder, its inputs from
+    the frozen world-CLIP text tower; writes ``OUT/sg_layout/{sg_encoder, layout_head.safetensors}``. 0 steps: a
+    record only, and stage 1 starts from the fresh encoder."""
+    from ..models.sg_encoder import input_sensitivity
+    from ..world.sampler import invert_predicates
+
+    out, t0 = Path(r.out), time.time()
+    tmp = out / "sg_layout.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rec: dict[str, Any] = {"stage": "sg_layout", "steps": r.sg_layout_steps}
+    if r.sg_layout_steps > 0:
+        comps = _components(r, 1)
+        enc, tok, te = comps["sg_encoder"], comps["tokenizer"], comps["text_encoder"].eval().requires_grad_(False)
+        head = LayoutHead(enc.config.embed_dim)
+        scenes = cache_scenes(out / "cache")
+        val = sample_split("validation", 512, seed=0)
+        probe = [sc.graph() for sc in val[:64] if sc.relations]
+        sens0 = input_sensitivity(enc, probe, [invert_predicates(g) for g in probe], [tok], [te])
+        opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=r.sg_layout_lr,
+                                weight_decay=0.0)
+        total = r.sg_layout_steps
+        loop = Loop({"sg_encoder": enc, "layout_head": head}, opt,
+                    torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(50, total)), max_grad_norm=1.0)
+
+        def step_loss(step: int):
+            rng = np.random.default_rng(np.random.SeedSequence([r.seed, 91, step]))
+            batch = [scene_from_json(scenes[i]) for i in rng.choice(len(scenes), r.sg_layout_batch, replace=False)]
+            gi = build_graph_inputs([sc.graph() for sc in batch], "object", [tok], [te],
+                                    self_loops=enc.config.self_loops)
+            loss = layout_loss(enc, head, gi, scene_boxes(batch))
+            return loss, {"loss": float(loss.detach())}
+
+        def progress(step: int, _: dict) -> None:
+            if step % r.log_every == 0:
+                log(f"sg_layout step {step}/{total} box-mse "
+                    f"{np.mean([h['loss'] for h in loop.history[-r.log_every:]]):.5f} {time.time() - t0:.0f}s")
+
+        enc.train()
+        losses = [h["loss"] for h in loop.run(total, step_loss, on_step=progress)]
+        enc.eval()
+        rec.update({"batch": r.sg_layout_batch, "lr": r.sg_layout_lr, "validation": layout_fit(enc, head, val, tok, te),
+                    "sensitivity_before": sens0,
+                    "sensitivity_after": input_sensitivity(enc, probe, [invert_predicates(g) for g in probe],
+                                                           [tok], [te]),
+                    "train_box_mse_last_50": float(np.mean(losses[-50:]))})
+        enc.save_pretrained(tmp / "sg_encoder", safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp / "layout_head.safetensors")
+        log(f"sg_layout: validation {rec['validation']}, sensitivity {sens0} -> {rec['sensitivity_after']}")
+    rec["wall_seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(tmp / "done.json", rec)
+    replace_dir(tmp, out / "sg_layout")
+    return rec
+
+
 # ---- stages 1 and 2 --------------------------------------------------------------------------------------------
-def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023)."""
-    ac = scheduler.alphas_cumprod[t.cpu()].to(torch.float32)
-    snr = ac / (1 - ac)
-    return (torch.clamp(snr, max=gamma) / snr).to(t.device)
-
-
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
     """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
@@ -317,82 +393,77 @@ def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
             "text_encoder": te, "tokenizer": CLIPTokenizer.from_pretrained(WORLD_CLIP / "tokenizer",
                                                                             local_files_only=True),
             "unet": unet, "scheduler": DDIMScheduler(**r.scheduler),
-            "sg_encoder": SGEncoder(text_dim=te.config.hidden_size, **r.sg_encoder)}
+            "sg_encoder": (load_sg_encoder(out / "sg_layout" / "sg_encoder")
+                           if (out / "sg_layout" / "sg_encoder").is_dir() and stage == 1
+                           else SGEncoder(text_dim=te.config.hidden_size, **r.sg_encoder))}
 
 
-def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
-    """Stage 1 (UNet + text encoder, text only) or stage 2 (SG encoder alone) on the cached latents."""
-    from diffusers.training_utils import EMAModel  # heavy: keeps world_base light for pretrain_world.py --help
-
-    from ..models.conditioning import build_conditioning
-    from ..training.pretrain_sg import make_pipeline, param_groups
-
-    out = Path(r.out)
-    name = f"stage{stage}"
-    budget = r.stage1 if stage == 1 else r.stage2
-    limit = r.stage_seconds(budget)
-    work = out / name
-    work.mkdir(parents=True, exist_ok=True)
-    comps = _components(r, stage)
-    pipe = make_pipeline(comps)
-    pipe.set_progress_bar_config(disable=True)
+def _stage_modules(r: WorldBaseRecipe, stage: int, pipe) -> dict[str, torch.nn.Module]:
+    """The modules a stage trains (in training mode), everything else of ``pipe`` frozen: stage 1 the UNet and
+    text encoder (+ the SG encoder with ``stage1_graph``, + a layout head with ``sg_layout_weight``), stage 2 the
+    SG encoder."""
     for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.sg_encoder):
         m.requires_grad_(False).eval().to(r.device)
-    with_graph = stage == 2 or r.stage1_graph
     trained = {"unet": pipe.unet, "text_encoder": pipe.text_encoder} if stage == 1 else {}
-    if with_graph:
+    if stage == 2 or r.stage1_graph:
         trained["sg_encoder"] = pipe.sg_encoder
     for m in trained.values():  # before param_groups, which keeps only parameters that require grad
         m.requires_grad_(True).train()
-    lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr}
+    if stage == 1 and "sg_encoder" in trained and r.sg_layout_weight > 0:
+        head = LayoutHead(pipe.sg_encoder.config.embed_dim).to(r.device)
+        if (Path(r.out) / "sg_layout" / "layout_head.safetensors").is_file():
+            head.load_state_dict(load_file(Path(r.out) / "sg_layout" / "layout_head.safetensors"))
+        trained["layout_head"] = head.requires_grad_(True).train()
+    return trained
+
+
+def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn.Module], total: int):
+    """AdamW with one learning rate per module (no weight decay), warmup then cosine; returns (opt, sched, lrs)."""
+    from ..training.pretrain_sg import param_groups
+
+    lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr, "layout_head": r.sg_lr}
     groups = [{**g, "lr": lrs[k]} for k, m in trained.items() for g in param_groups([m], 0.0)]
     assert sum(len(g["params"]) for g in groups) == sum(1 for m in trained.values() for _ in m.parameters())
-    params = [p for m in trained.values() for p in m.parameters()]
     opt = torch.optim.AdamW(groups, lr=r.unet_lr if stage == 1 else r.sg_lr, weight_decay=0.0)
-    total = budget.steps
-    warm = r.warmup_steps
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(r.warmup_steps, total)), \
+        {k: lrs[k] for k in trained}
 
-    def lr_at(step: int) -> float:
-        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    emas = {k: EMAModel(m.parameters(), decay=r.ema_decay) for k, m in trained.items()}
-    cache = LatentCache(out / "cache")
-    scale = pipe.vae.config.scaling_factor
-    noise_sched = pipe.scheduler
-    tok, te = [pipe.tokenizer], [pipe.text_encoder]
-    empty = None
+def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen: torch.Generator,
+                        with_graph: bool) -> torch.Tensor:
+    """Prompt embeddings of a batch: with the graph (stage 1: ``graph_drop_prob`` of the rows on the text alone),
+    and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance)."""
+    from ..models.conditioning import build_conditioning
 
-    # ---- resume ----
-    ckpt = work / "checkpoint"
-    step, elapsed, losses = 0, 0.0, []
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        for k, m in trained.items():
-            m.load_state_dict(load_file(ckpt / f"{k}.safetensors"))
-            emas[k].load_state_dict(torch.load(ckpt / f"{k}.ema.pt", weights_only=True))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(state["scheduler"])
-        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
-        log(f"{name}: resumed at step {step} ({elapsed:.0f}s done)")
+    tok, te, n = [pipe.tokenizer], [pipe.text_encoder], len(graphs)
+    if stage == 1 and with_graph and r.graph_drop_prob > 0:
+        text_only = torch.rand(n, generator=gen) < r.graph_drop_prob
+        cond = None
+        for use_graph, rows in ((True, (~text_only).nonzero()[:, 0]), (False, text_only.nonzero()[:, 0])):
+            if len(rows):
+                part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
+                                          use_graph=use_graph).prompt_embeds
+                cond = part.new_zeros((n,) + part.shape[1:]) if cond is None else cond
+                cond = cond.index_copy(0, rows.to(part.device), part)
+    else:
+        cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
+    if stage == 1 and r.uncond_prob > 0:
+        drop = (torch.rand(n, generator=gen) < r.uncond_prob).to(r.device)
+        if drop.any():
+            empty = build_conditioning([graphs[0].__class__([])], None, tok, te, use_graph=False).prompt_embeds
+            cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+    return cond
 
-    def save_checkpoint() -> None:
-        tmp = work / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for k, m in trained.items():
-            save_file({n: p.detach().cpu().contiguous() for n, p in m.state_dict().items()}, tmp / f"{k}.safetensors")
-            torch.save(emas[k].state_dict(), tmp / f"{k}.ema.pt")
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        write_json_atomic(tmp / "state.json", {"step": step, "elapsed": elapsed, "losses": losses,
-                                         "scheduler": sched.state_dict()})
-        _replace_dir(tmp, ckpt)
 
-    log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
-        + (f", at most {limit / 60:.1f} min" if limit else "") + f", training {list(trained)}")
-    t_start = time.time() - elapsed
-    stopped_early = None
-    while step < total:
+def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_graph: bool,
+                layout_head: LayoutHead | None) -> Callable[[int], tuple[torch.Tensor, dict[str, float]]]:
+    """``loss_fn(step)`` of a diffusion stage: epsilon-MSE on cached latents (stage 1: min-SNR weighted, offset
+    noise, high-timestep draws, + the layout head's box loss); every draw from the step's own generator. Stats:
+    ``loss`` the plain epsilon-MSE, ``box`` the box loss."""
+    scale, noise_sched = pipe.vae.config.scaling_factor, pipe.scheduler
+    n_t = noise_sched.config.num_train_timesteps
+
+    def loss_fn(step: int):
         gen = torch.Generator().manual_seed(r.seed * 1_000_003 + 7919 * stage + step)
         idx = cache.batch_indices(r.seed + stage, step, r.batch)
         graphs = cache.graphs(idx)
@@ -401,68 +472,79 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         if stage == 1 and r.offset_noise > 0:
             noise = noise + r.offset_noise * torch.randn(lat.shape[:2] + (1, 1), generator=gen)
         noise = noise.to(r.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen).to(r.device)
+        t = torch.randint(0, n_t, (len(idx),), generator=gen)
+        if stage == 1 and r.t_high_frac > 0:  # extra draws only when on: the default stream is unchanged
+            high = torch.randint(r.t_high_min, n_t, (len(idx),), generator=gen)
+            t = torch.where(torch.rand(len(idx), generator=gen) < r.t_high_frac, high, t)
+        t = t.to(r.device)
         noisy = noise_sched.add_noise(lat, noise, t)
-        if stage == 1 and with_graph and r.graph_drop_prob > 0:
-            text_only = torch.rand(len(idx), generator=gen) < r.graph_drop_prob
-            cond = None
-            for use_graph, rows in ((True, (~text_only).nonzero()[:, 0]), (False, text_only.nonzero()[:, 0])):
-                if len(rows):
-                    part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
-                                              use_graph=use_graph).prompt_embeds
-                    cond = part.new_zeros((len(idx),) + part.shape[1:]) if cond is None else cond
-                    cond = cond.index_copy(0, rows.to(part.device), part)
-        else:
-            cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
-        if stage == 1 and r.uncond_prob > 0:
-            drop = (torch.rand(len(idx), generator=gen) < r.uncond_prob).to(r.device)
-            if drop.any():
-                empty = build_conditioning([graphs[0].__class__([])], None, tok, te, use_graph=False).prompt_embeds
-                cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+        cond = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
         pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
         w = min_snr_weights(noise_sched, t, r.min_snr_gamma) if stage == 1 and r.min_snr_gamma else 1.0
         loss = (per * w).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        for k, m in trained.items():
-            emas[k].step(m.parameters())
-        step += 1
-        losses.append(round(float(per.mean().detach()), 5))
-        elapsed = time.time() - t_start
-        if step % r.log_every == 0:
-            log(f"{name} step {step}/{total} eps-mse {np.mean(losses[-r.log_every:]):.4f} "
-                f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {elapsed:.0f}s")
-        if limit is not None and elapsed > limit:
-            stopped_early = f"time share ({limit / 60:.1f} min) reached at step {step}"
-            break
-        if step % r.save_every == 0:
-            save_checkpoint()
-    save_checkpoint()
+        stats = {"loss": round(float(per.mean().detach()), 5)}
+        if layout_head is not None:
+            gi = build_graph_inputs(graphs, "object", [pipe.tokenizer], [pipe.text_encoder],
+                                    self_loops=pipe.sg_encoder.config.self_loops)
+            boxes = scene_boxes([scene_from_json(cache.scenes[i]) for i in idx]).to(r.device)
+            box = layout_loss(pipe.sg_encoder, layout_head, gi, boxes)
+            loss = loss + r.sg_layout_weight * box
+            stats["box"] = float(box.detach())
+        return loss, stats
 
-    # ---- the stage's pipeline: EMA weights ----
-    for k, m in trained.items():
-        emas[k].copy_to(m.parameters())
-        m.eval()
+    return loss_fn
+
+
+def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
+    """Stage 1 (UNet + text encoder [+ SG encoder]) or stage 2 (SG encoder alone) on the cached latents: the shared
+    ``Loop`` (EMA, clipping, time share, checkpoint/resume in ``OUT/stageN/checkpoint``) with this stage's loss."""
+    from ..training.pretrain_sg import make_pipeline
+
+    name, budget = f"stage{stage}", r.stage1 if stage == 1 else r.stage2
+    work, total, limit = Path(r.out) / name, budget.steps, r.stage_seconds(budget)
+    work.mkdir(parents=True, exist_ok=True)
+    pipe = make_pipeline(_components(r, stage))
+    pipe.set_progress_bar_config(disable=True)
+    trained = _stage_modules(r, stage, pipe)
+    with_graph = "sg_encoder" in trained
+    opt, sched, lrs = _stage_optimizer(r, stage, trained, total)
+    loop = Loop(trained, opt, sched, max_grad_norm=1.0, ema_decay=r.ema_decay, max_seconds=limit,
+                checkpoint_dir=work / "checkpoint", save_every=r.save_every)
+    cache = LatentCache(Path(r.out) / "cache")
+    if loop.resume():
+        log(f"{name}: resumed at step {loop.step} ({loop.elapsed:.0f}s done)")
+
+    def progress(step: int, _: dict) -> None:
+        if step % r.log_every == 0:
+            recent = loop.history[-r.log_every:]
+            box = [h["box"] for h in recent if "box" in h]
+            log(f"{name} step {step}/{total} eps-mse {np.mean([h['loss'] for h in recent]):.4f} "
+                + (f"box-mse {np.mean(box):.5f} " if box else "") +
+                f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {loop.elapsed:.0f}s")
+
+    log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
+        + (f", at most {limit / 60:.1f} min" if limit else "") + f", training {list(trained)}")
+    loop.run(total, _stage_loss(r, stage, pipe, cache, with_graph, trained.get("layout_head")), on_step=progress)
     tmp = work / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    with loop.ema_weights():  # the stage's pipeline: EMA weights
+        pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        alpha_obj = float(pipe.sg_encoder.alpha_obj.detach())
     # the token table in float16 (loads back as float32): what makes the world models small enough to ship
     store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")
-    rec = {"stage": name, "trained": list(trained), "steps": step, "planned_steps": total,
-           "stopped_early": stopped_early, "batch": r.batch, "wall_seconds": round(elapsed, 1),
-           "lr": {k: lrs[k] for k in trained}, "graph": with_graph,
+    losses = [h["loss"] for h in loop.history]
+    rec = {"stage": name, "trained": list(trained), "steps": loop.step, "planned_steps": total,
+           "stopped_early": f"time share ({limit / 60:.1f} min) reached at step {loop.step}" if loop.timed_out
+           else None, "batch": r.batch, "wall_seconds": round(loop.elapsed, 1), "lr": lrs, "graph": with_graph,
            "graph_drop_prob": r.graph_drop_prob if stage == 1 and with_graph else None,
-           "warmup_steps": warm, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
+           "warmup_steps": r.warmup_steps, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
            "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
-           "alpha_obj": float(pipe.sg_encoder.alpha_obj.detach()), "cached_graphs": len(cache)}
+           "alpha_obj": alpha_obj, "cached_graphs": len(cache)}
     write_json_atomic(tmp / "stage_record.json", rec)
-    _replace_dir(tmp, work / "pipeline")
+    replace_dir(tmp, work / "pipeline")
     write_json_atomic(work / "done.json", rec)
     return rec
 
@@ -524,6 +606,8 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
                 done = run_vae_stage(r, log)
             elif stage == "cache":
                 done = run_cache_stage(r, log)
+            elif stage == "sg_layout":
+                done = run_sg_layout_stage(r, log)
             else:
                 done = run_diffusion_stage(r, int(stage[-1]), log)
         if done is None:
@@ -562,7 +646,7 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
               "sampling_calibration": calibration, "machine": machine_info()}
     write_json_atomic(tmp / RECORD_NAME, record)
     (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     log(f"world base: {final} ({total_s / 60:.1f} min in all stages)")
     return final
 

@@ -105,13 +105,18 @@ class SGEncoder(ModelMixin, ConfigMixin):
     def gate(self) -> Tensor:
         return self.alpha_obj
 
-    def forward(self, x: Tensor, pred: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Graph features in text width: ``(N, text_dim)`` for nodes and ``(T, text_dim)`` for predicates."""
+    def graph_features(self, x: Tensor, pred: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """The unit-norm graph features ``(N, embed_dim)``, ``(T, embed_dim)`` before ``projection_mlp_2``: what a
+        layout head reads (``sg_layout``)."""
         x, pred = self.projection_mlp_1(x), self.projection_mlp_1(pred)
         x, pred = self.graph_conv(x, pred, edge_index)
         x, pred = self.graph_net(x, pred, edge_index)
         # F.normalize (eps 1e-12): a row the final ReLU zeroed stays 0 instead of becoming NaN.
-        x, pred = F.normalize(x, dim=1), F.normalize(pred, dim=1)
+        return F.normalize(x, dim=1), F.normalize(pred, dim=1)
+
+    def forward(self, x: Tensor, pred: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Graph features in text width: ``(N, text_dim)`` for nodes and ``(T, text_dim)`` for predicates."""
+        x, pred = self.graph_features(x, pred, edge_index)
         return self.projection_mlp_2(x), self.projection_mlp_2(pred)
 
     # ---- LAION-SG checkpoints -------------------------------------------------------------------------------

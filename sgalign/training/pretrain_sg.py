@@ -4,7 +4,8 @@ Per step (reference anchor-laion-sg.md §2.7): images -> VAE latents x scaling f
 over the training timesteps; ``add_noise``; conditioning from the scene graphs (``build_conditioning``: serialised
 graph text + gated SG-encoder residual); loss = MSE(unet(x_t, t, cond), eps) (or the v target for v-prediction
 schedulers). AdamW with weight decay on >= 2-D weights only (biases, ``alpha_obj``, ``logit_scale`` get none), global
-gradient-norm clipping, linear warmup then cosine decay.
+gradient-norm clipping, linear warmup then cosine decay; the steps run in the shared pre-training loop
+(``diffusion.loop.Loop``, with accelerate's accumulation, autocast and multi-process gradient averaging).
 
 LAION-SG bugs fixed here (each default is the corrected behaviour; the quirk is reproducible where it is a data
 choice, marked ``faithful``):
@@ -35,7 +36,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigModel, dump_config
+from ..diffusion.loop import Loop
 from ..scene_graph import LaionSGRecord, Reject, SceneGraph, load_split, write_rejects
 from ..machine import machine_info
 
@@ -432,14 +434,73 @@ def _quiet(*_: Any) -> None:
     pass
 
 
-def _average_gradients(acc, params: list[torch.nn.Parameter]) -> None:
-    """Mean of the gradients over processes (every process reduces every parameter: a missing grad is zero)."""
-    if acc.num_processes == 1:
+def _trainable_pipeline(cfg: PretrainConfig):
+    """The pipeline, everything frozen but the trained modules (in training mode); returns (pipe, trained)."""
+    pipe = make_pipeline(build_components(cfg.model, cfg.train.seed))
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("vae", "text_encoder", "text_encoder_2", "unet", "sg_encoder"):
+        m = getattr(pipe, name, None)
+        if m is not None:
+            m.requires_grad_(False).eval()
+    trained = {n: getattr(pipe, n) for n, on in (("sg_encoder", cfg.train.train_sg_encoder),
+                                                   ("unet", cfg.train.train_unet)) if on}
+    for m in trained.values():
+        m.requires_grad_(True).train()
+    return pipe, trained
+
+
+def _run_record(cfg: PretrainConfig, acc, pipe, dataset, total: int, command: str | None) -> dict[str, Any]:
+    tc = cfg.train
+    record: dict[str, Any] = {
+        "recipe": command, "seed": tc.seed, "planned_steps": total, "batch_size_per_process": tc.batch_size,
+        "grad_accum": tc.grad_accum, "num_processes": acc.num_processes,
+        "effective_batch": tc.batch_size * tc.grad_accum * acc.num_processes, "lr": tc.lr,
+        "warmup_steps": tc.warmup_steps, "lr_schedule": tc.lr_schedule, "ema_decay": tc.ema_decay,
+        "trained": [n for n, f in (("sg_encoder", tc.train_sg_encoder), ("unet", tc.train_unet)) if f],
+        "data": cfg.data.source, "dataset_size": len(dataset), "rejects": len(dataset.rejects),
+        "vae_input_range": tc.vae_input_range, "time_ids_order": tc.time_ids_order, "uncond_prob": tc.uncond_prob,
+        "sg_mode": pipe.sg_encoder.config.mode, "machine": machine_info(tc.machine_shared),
+        "random_init_parts": [k for k in ("text_encoder", "vae") if cfg.model.tiny and not getattr(cfg.model, k)],
+    }
+    prev = _previous_record(cfg.model)
+    if prev is not None:  # continuing a pretrain_sg run: keep its recipe and cost in this record
+        record["initialised_from"] = prev
+    return record
+
+
+def _save(acc, pipe, loop: Loop, out: Path, record: dict[str, Any], complete: bool, t0: float) -> None:
+    """The pipeline (EMA weights, if any) into ``out``, with its training record and model card (main process)."""
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
         return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.copy_(acc.reduce(p.grad, reduction="mean"))
+    tmp = out.with_name(out.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with loop.ema_weights():
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    for f in sorted(tmp.iterdir()):  # replace the pipeline's entries, keep logs / rejects / config
+        dst = out / f.name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        shutil.move(str(f), str(dst))
+    tmp.rmdir()
+    losses = [h["loss"] for h in loop.history]
+    rec = dict(record, steps=loop.step, complete=complete, wall_seconds=round(time.time() - t0, 1),
+               final_loss_mean_last_50=float(np.mean(losses[-50:])) if losses else None,
+               alpha_obj=float(pipe.sg_encoder.alpha_obj.detach().float().item()))
+    prev = record.get("initialised_from")
+    if prev is not None:
+        before = prev.get("all_stages") or {"steps": prev.get("steps", 0), "wall_seconds": prev.get("wall_seconds", 0)}
+        rec["all_stages"] = {"steps": before["steps"] + loop.step,
+                             "wall_seconds": round(before["wall_seconds"] + rec["wall_seconds"], 1)}
+    (out / RECORD_NAME).write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(rec, type(pipe).__name__), encoding="utf-8")
+
+
+def _forever(loader) -> Iterator[Any]:
+    while True:
+        yield from loader
 
 
 def train(cfg: PretrainConfig, *, command: str | None = None, log=print) -> Path:
@@ -458,140 +519,53 @@ def train(cfg: PretrainConfig, *, command: str | None = None, log=print) -> Path
         log = _quiet  # noqa: F811 -- one process logs
     out = Path(tc.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     dataset = build_dataset(cfg.data)
     if acc.is_main_process and (cfg.data.source == "laion" or dataset.rejects):
         write_rejects(dataset.rejects, out / "rejects.jsonl")
         if dataset.rejects:
             log(f"skipped {len(dataset.rejects)} bad records (see rejects.jsonl); first: {dataset.rejects[0]}")
-    comps = build_components(cfg.model, tc.seed)
-    pipe = make_pipeline(comps)
-    pipe.set_progress_bar_config(disable=True)
-    for name in ("vae", "text_encoder", "text_encoder_2", "unet", "sg_encoder"):
-        m = getattr(pipe, name, None)
-        if m is not None:
-            m.requires_grad_(False).eval()
-    trained: list[torch.nn.Module] = []
-    if tc.train_sg_encoder:
-        trained.append(pipe.sg_encoder)
-    if tc.train_unet:
-        trained.append(pipe.unet)
-    for m in trained:
-        m.requires_grad_(True).train()
-
+    pipe, trained = _trainable_pipeline(cfg)
     gen = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
                         num_workers=tc.num_workers, generator=gen, drop_last=len(dataset) >= tc.batch_size)
-    optimizer = torch.optim.AdamW(param_groups(trained, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.adam_eps)
+    optimizer = torch.optim.AdamW(param_groups(list(trained.values()), tc.weight_decay), lr=tc.lr, betas=tc.betas,
+                                  eps=tc.adam_eps)
     # The models are not DDP-wrapped: the pipeline calls them directly (build_conditioning needs the SGEncoder's
-    # config), so gradients are averaged across processes by hand before each optimiser step (a no-op alone).
+    # config), so the loop averages gradients across processes before each optimiser step (a no-op alone).
     optimizer, loader = acc.prepare(optimizer, loader)
-    models = trained
-    params = [p for m in models for p in m.parameters() if p.requires_grad]
     # after prepare: the loader is this process's shard, so the schedule covers the steps this run really takes
-    steps_per_epoch = max(1, len(loader) // tc.grad_accum)
-    total = tc.max_steps if tc.max_steps is not None else steps_per_epoch * tc.epochs
+    total = tc.max_steps if tc.max_steps is not None else max(1, len(loader) // tc.grad_accum) * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, total, tc.lr_schedule))
-    ema = None
-    if tc.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = [EMAModel(m.parameters(), decay=tc.ema_decay) for m in models]
-
+    loop = Loop(trained, optimizer, scheduler, max_grad_norm=tc.max_grad_norm, ema_decay=tc.ema_decay,
+                max_seconds=None if tc.max_wall_minutes is None else 60 * tc.max_wall_minutes,
+                save_every=tc.save_every, accelerator=acc)
     step_gen = torch.Generator().manual_seed(tc.seed * 1000 + acc.process_index)
-    record: dict[str, Any] = {
-        "recipe": command, "seed": tc.seed, "planned_steps": total, "batch_size_per_process": tc.batch_size,
-        "grad_accum": tc.grad_accum, "num_processes": acc.num_processes,
-        "effective_batch": tc.batch_size * tc.grad_accum * acc.num_processes, "lr": tc.lr,
-        "warmup_steps": tc.warmup_steps, "lr_schedule": tc.lr_schedule, "ema_decay": tc.ema_decay,
-        "trained": [n for n, f in (("sg_encoder", tc.train_sg_encoder), ("unet", tc.train_unet)) if f],
-        "data": cfg.data.source, "dataset_size": len(dataset), "rejects": len(dataset.rejects),
-        "vae_input_range": tc.vae_input_range, "time_ids_order": tc.time_ids_order, "uncond_prob": tc.uncond_prob,
-        "sg_mode": pipe.sg_encoder.config.mode, "machine": machine_info(tc.machine_shared),
-        "random_init_parts": [k for k in ("text_encoder", "vae") if cfg.model.tiny and not getattr(cfg.model, k)],
-    }
-    prev = _previous_record(cfg.model)
-    if prev is not None:  # continuing a pretrain_sg run: keep its recipe and cost in this record
-        record["initialised_from"] = prev
+    record = _run_record(cfg, acc, pipe, dataset, total, command)
     if acc.is_main_process:
         dump_config(cfg, out / "pretrain_config.yaml")
+    batches = _forever(loader)
 
-    def save(step: int, complete: bool, losses: list[float]) -> None:
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return
-        originals = []
-        if ema is not None:  # save the EMA weights, then restore the raw ones for further training
-            for e, m in zip(ema, models):
-                p = list(m.parameters())
-                originals.append([t.detach().clone() for t in p])
-                e.copy_to(p)
-        tmp = out.with_name(out.name + ".saving")
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        for f in sorted(tmp.iterdir()):  # replace the pipeline's entries, keep logs / rejects / config
-            dst = out / f.name
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            elif dst.exists():
-                dst.unlink()
-            shutil.move(str(f), str(dst))
-        tmp.rmdir()
-        for o, m in zip(originals, models):
-            for t, src in zip(m.parameters(), o):
-                t.data.copy_(src)
-        rec = dict(record, steps=step, complete=complete, wall_seconds=round(time.time() - t0, 1),
-                   final_loss_mean_last_50=float(np.mean(losses[-50:])) if losses else None,
-                   alpha_obj=float(pipe.sg_encoder.alpha_obj.detach().float().item()))
-        prev = record.get("initialised_from")
-        if prev is not None:
-            before = prev.get("all_stages") or {"steps": prev.get("steps", 0),
-                                                "wall_seconds": prev.get("wall_seconds", 0)}
-            rec["all_stages"] = {"steps": before["steps"] + step,
-                                 "wall_seconds": round(before["wall_seconds"] + rec["wall_seconds"], 1)}
-        (out / RECORD_NAME).write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
-        (out / "README.md").write_text(model_card(rec, type(pipe).__name__), encoding="utf-8")
+    def loss_fn(_: int):
+        loss = diffusion_loss(pipe, next(batches), step_gen, uncond_prob=tc.uncond_prob,
+                              vae_input_range=tc.vae_input_range, time_ids_order=tc.time_ids_order)
+        return loss, {"loss": float(loss.detach())}
+
+    def on_step(step: int, _: dict) -> None:
+        if tc.log_every and step % tc.log_every == 0:
+            log(f"step {step}/{total} loss {np.mean([h['loss'] for h in loop.history[-tc.log_every:]]):.4f} "
+                f"lr {scheduler.get_last_lr()[0]:.2e} alpha {pipe.sg_encoder.alpha_obj.item():+.4f} "
+                f"{time.time() - t0:.0f}s")
+
+    def on_save(final: bool) -> None:
+        if final:
+            for m in trained.values():
+                m.eval()
+            if loop.timed_out:
+                record["stopped_early"] = f"max_wall_minutes={tc.max_wall_minutes} reached at step {loop.step}"
+        _save(acc, pipe, loop, out, record, final, t0)
 
     t0 = time.time()
-    step, losses, window = 0, [], []
     log(f"pretrain_sg: {len(dataset)} samples, {total} optimiser steps x effective batch "
         f"{record['effective_batch']}, training {record['trained']}")
-    done = False
-    while not done:
-        for batch in loader:
-            with acc.accumulate(*models):
-                with acc.autocast():
-                    loss = diffusion_loss(pipe, batch, step_gen, uncond_prob=tc.uncond_prob,
-                                          vae_input_range=tc.vae_input_range, time_ids_order=tc.time_ids_order)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    _average_gradients(acc, params)
-                    acc.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.append(float(loss.detach()))
-            if not acc.sync_gradients:
-                continue
-            scheduler.step()
-            if ema is not None:
-                for e, m in zip(ema, models):
-                    e.step(m.parameters())
-            step += 1
-            losses.append(float(np.mean(window)))
-            window = []
-            if tc.log_every and step % tc.log_every == 0:
-                log(f"step {step}/{total} loss {np.mean(losses[-tc.log_every:]):.4f} "
-                    f"lr {scheduler.get_last_lr()[0]:.2e} alpha {pipe.sg_encoder.alpha_obj.item():+.4f} "
-                    f"{time.time() - t0:.0f}s")
-            over_time = tc.max_wall_minutes is not None and time.time() - t0 > 60 * tc.max_wall_minutes
-            if step >= total or over_time:
-                if over_time:
-                    record["stopped_early"] = f"max_wall_minutes={tc.max_wall_minutes} reached at step {step}"
-                done = True
-                break
-            if tc.save_every and step % tc.save_every == 0:
-                save(step, False, losses)
-    for m in models:
-        m.eval()
-    save(step, True, losses)
+    loop.run(total, loss_fn, on_step=on_step, on_save=on_save)
     return out

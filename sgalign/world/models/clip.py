@@ -23,7 +23,6 @@ Folder layout written by ``save_world_clip`` (no tensor is stored twice)::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from ..render import render_array
 from ..sampler import WorldScene, sample_split
-from .loop import run_steps
+from ...diffusion.loop import Loop, warmup_cosine
 from .data import CORRUPTIONS, caption, corrupt, render_stream, to_tensor
 
 WORLD_CLIP_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-clip"
@@ -127,13 +126,17 @@ def train_world_clip(args: ClipTrainArgs, tokenizer=None,
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = min(args.warmup, max(args.steps // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(min(args.warmup, max(args.steps // 10, 1)),
+                                                                 args.steps))
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, 7]))  # corruption choices
-    history = run_steps(model, opt, sched, args.steps, render_stream("train", args.seed, args.batch),
-                        lambda batch: clip_loss(model, tokenizer, batch[1], batch[0], rng, args.hard_negatives),
-                        progress)
+    stream = render_stream("train", args.seed, args.batch)
+
+    def step_loss(_: int):
+        scenes, images = next(stream)
+        return clip_loss(model, tokenizer, images, scenes, rng, args.hard_negatives)
+
+    history = Loop({"clip": model}, opt, sched, max_grad_norm=1.0).run(
+        args.steps, step_loss, on_step=None if progress is None else lambda done, stats: progress(done - 1, stats))
     return model.eval(), tokenizer, history
 
 

@@ -36,7 +36,6 @@ decoded images are the same to float precision and ``scaling_factor`` becomes 1.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -50,7 +49,7 @@ from ..oracle import WorldOracle, colour_model
 from ..render import render_array
 from ..robustness import oracle_accuracy
 from ..sampler import WorldScene
-from .loop import run_steps
+from ...diffusion.loop import Loop, warmup_cosine
 from .data import render_stream, to_tensor
 
 WORLD_VAE_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-vae"
@@ -121,45 +120,45 @@ class VaeTrainArgs:
     init: str | None = None  # start from this VAE folder (fine-tuning) instead of a fresh VAE
 
 
+def _train(trained: dict[str, torch.nn.Module], vae, args: VaeTrainArgs, gen: torch.Generator, stream_seed: int,
+           progress: Callable[[int, dict[str, float]], None] | None, max_seconds: float | None) -> list[dict]:
+    """``args.steps`` steps of ``vae_loss`` on the train-split render stream of ``stream_seed``, ``trained``'s
+    parameters optimised (fewer steps once ``max_seconds`` are spent); ``progress(step, stats)``, step from 0."""
+    params = [p for m in trained.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(min(args.warmup, max(args.steps // 10, 1)),
+                                                                 args.steps))
+    stream = render_stream("train", stream_seed, args.batch)
+    loop = Loop(trained, opt, sched, max_grad_norm=1.0, max_seconds=max_seconds)
+    return loop.run(args.steps, lambda _: vae_loss(vae, next(stream)[1], args.kl_weight, args.interp_weight, gen,
+                                                   args.interp_paths),
+                    on_step=None if progress is None else lambda done, stats: progress(done - 1, stats))
+
+
 def train_world_vae(args: VaeTrainArgs, progress: Callable[[int, dict[str, float]], None] | None = None,
-                    stop: Callable[[], bool] | None = None):
-    """Train the world VAE from scratch on the train-split render stream (until ``stop()``, if given, turns true).
-    Returns (vae, history)."""
+                    max_seconds: float | None = None):
+    """Train the world VAE from scratch (or from ``args.init``) on the train-split render stream (at most
+    ``max_seconds``, if given). Returns (vae, history)."""
     vae = (world_vae(args.seed) if args.init is None else load_world_vae(args.init)).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = min(args.warmup, max(args.steps // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
     gen = torch.Generator().manual_seed(args.seed)  # posterior sampling noise and interpolation weights
-    stream = render_stream("train", args.seed + 1000, args.batch)  # its own stream, not world-CLIP's batches
-    history = run_steps(vae, opt, sched, args.steps, stream,
-                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen,
-                                               args.interp_paths), progress, stop=stop)
+    # its own render stream (seed + 1000), not world-CLIP's batches
+    history = _train({"vae": vae}, vae, args, gen, args.seed + 1000, progress, max_seconds)
     return vae.eval(), history
 
 
 def refine_world_vae_decoder(vae, args: VaeTrainArgs,
                              progress: Callable[[int, dict[str, float]], None] | None = None,
-                             stop: Callable[[], bool] | None = None):
+                             max_seconds: float | None = None):
     """Fine-tune the decoder (and post_quant_conv) alone with the same loss, the encoder frozen: latents (and so any
     latent cache or diffusion model trained on them) stay exactly as they are, only the decoding of blends
     improves. Returns (vae, history)."""
     vae.requires_grad_(False)
-    trained = [vae.decoder, vae.post_quant_conv]
-    params = [p for m in trained for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    trained = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
+    for m in trained.values():
+        m.requires_grad_(True)
     vae.train()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    warmup = min(args.warmup, max(args.steps // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / max(args.steps, 1))))
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    stream = render_stream("train", args.seed + 2000, args.batch)
-    holder = torch.nn.ModuleList(trained)
-    history = run_steps(holder, opt, sched, args.steps, stream,
-                        lambda batch: vae_loss(vae, batch[1], args.kl_weight, args.interp_weight, gen,
-                                               args.interp_paths), progress, stop=stop)
+    history = _train(trained, vae, args, torch.Generator().manual_seed(args.seed + 1), args.seed + 2000, progress,
+                     max_seconds)
     vae.requires_grad_(False)
     return vae.eval(), history
 
