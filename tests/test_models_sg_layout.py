@@ -46,12 +46,12 @@ def test_layout_training_makes_the_encoder_carry_its_predicates():
     baseline on those scenes, and inverting the predicates of held-out graphs moves the object outputs far more than
     at init. (Held-out box fit needs ~1,500 steps on the recipe's 24 k graphs: R^2 0.32 on validation, in the
     sg_layout stage's record.)"""
-    from sgalign.models.loading import load_components
+    from sgalign.models.loading import load_model
     from sgalign.models.sg_encoder import input_sensitivity
     from sgalign.world import invert_predicates, sample_split
     from sgalign.world.paths import world_model_path
 
-    comps = load_components(world_model_path())
+    comps = load_model(world_model_path())
     tok, te = [comps["tokenizer"]], [comps["text_encoder"].eval()]
     train = [s for s in sample_split("train", 160, seed=0) if s.relations][:128]
     held = [s for s in sample_split("validation", 128, seed=0) if s.relations]

@@ -17,7 +17,8 @@ def tiny(out) -> WorldBaseRecipe:
     return WorldBaseRecipe(out=str(out), minutes=30, threads=1, vae=StageBudget(2, 0.0), vae_batch=4,
                            vae_eval_graphs=8, cache_graphs=16, stage1=StageBudget(3, 0.0),
                            stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1,
-                           calib_graphs=4, calib_steps=2)  # the default 64 graphs x 20 steps: 14 s of each run
+                           calib_graphs=4, calib_steps=2, sg_layout_steps=2, sg_layout_batch=8, sg_layout_weight=1.0,
+                           sg_layout_eval_graphs=16, t_high_frac=0.3)  # the default 64 graphs x 20 steps: 14 s of each run
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,11 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert list(rec["stages"]) == list(STAGES)
     assert rec["stages"]["stage1"]["steps"] == 3 and rec["stages"]["stage2"]["steps"] == 2
     # stage 1 trains the SG encoder with the UNet and text encoder (its gate open), 20 % of rows on text alone
-    assert rec["stages"]["stage1"]["trained"] == ["unet", "text_encoder", "sg_encoder"]
+    # ... and its box-regression head (models.sg_layout), both from the sg_layout stage's pre-training
+    assert rec["stages"]["stage1"]["trained"] == ["unet", "text_encoder", "sg_encoder", "layout_head"]
+    lay = rec["stages"]["sg_layout"]
+    assert lay["steps"] == 2 and set(lay["validation"]) == {"box_mse", "baseline_mse", "r2"}
+    assert lay["sensitivity_after"]["nodes"] > 0 and (out / "sg_layout" / "layout_head.safetensors").is_file()
     assert rec["stages"]["stage1"]["graph"] is True and rec["stages"]["stage1"]["graph_drop_prob"] == 0.2
     assert rec["stages"]["stage2"]["trained"] == ["sg_encoder"]
     assert rec["steps"] == 5 and rec["wall_seconds"] > 0

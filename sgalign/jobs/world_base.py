@@ -110,6 +110,7 @@ class WorldBaseRecipe:
     sg_layout_batch: int = 128
     sg_layout_lr: float = 1e-3
     sg_layout_weight: float = 0.0
+    sg_layout_eval_graphs: int = 512  # validation graphs of the stage's box fit (R^2) and sensitivity probe
     # stage 1 timesteps: t_high_frac of the rows draw t from [t_high_min, T) instead of [0, T), more of the steps
     # where the layout is not yet in x_t and can only come from the conditioning. 0: uniform (as before).
     t_high_frac: float = 0.0
@@ -334,7 +335,7 @@ def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
         enc, tok, te = comps["sg_encoder"], comps["tokenizer"], comps["text_encoder"].eval().requires_grad_(False)
         head = LayoutHead(enc.config.embed_dim)
         scenes = cache_scenes(out / "cache")
-        val = sample_split("validation", 512, seed=0)
+        val = sample_split("validation", r.sg_layout_eval_graphs, seed=0)
         probe = [sc.graph() for sc in val[:64] if sc.relations]
         sens0 = input_sensitivity(enc, probe, [invert_predicates(g) for g in probe], [tok], [te])
         opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=r.sg_layout_lr,
@@ -377,7 +378,7 @@ def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
     """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
-    from ..models.loading import load_model  # heavy (diffusers): keeps world_base light
+    from ..models.loading import load_model, load_sg_encoder  # heavy (diffusers): keeps world_base light
     from ..models.sg_encoder import SGEncoder
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
