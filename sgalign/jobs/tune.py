@@ -41,6 +41,7 @@ import yaml
 
 from ..config import apply_overrides
 from ..evaluation.preference import summarize_preference
+from ..evaluation.protocol import EvalProtocol
 from ..evaluation.run import evaluate
 from ..evaluation.sampling import check_same_noise
 from ..evaluation.stats import paired_bootstrap_ci
@@ -207,75 +208,101 @@ def run_tune(out_dir: str | Path, grid: TuneGrid, budget: str | JobBudget = "dem
     steps = sorted(set(grid.steps or [default_steps]))
     lrs = grid.lrs or [default_lr]
     betas: list[float | None] = list(grid.betas) or [None]
-    every = math.gcd(*steps)
-    name = trainer_method(grid.method)
     _log(f"{grid.method}: {len(betas)} β x {len(lrs)} lr x {len(grid.option_sets)} option set(s) runs of "
          f"{steps[-1]} steps, evaluated at steps {steps} on {b.eval_graphs} validation graphs")
-    # a folder holds one method's grid at one budget: cells of another budget or method would mix in silently
-    task = grid.task
+    _claim_tune_folder(out, grid, b, seed)
+    base, pairs = _stage_inputs(out, grid, b, seed, base_model)
+    protocol = eval_protocol(b, seed, grid.task)
+    base_res = _evaluate_once(base, out / "eval" / "base", protocol, grid.method, "base")
+    base_fig = _figures(base_res) if grid.task == "compositional" else {"fid": None}
+    cells = []
+    for beta, lr, opts in itertools.product(betas, lrs, grid.option_sets):
+        cname = cell_name(beta, lr, opts)
+        run = out / "train" / cname
+        _train_cell(run, cname, grid, replace(b, lr=lr, train_steps=steps[-1]), seed, beta, opts,
+                    math.gcd(*steps), base, pairs)
+        summary = json.loads((run / "summary.json").read_text())
+        for s in steps:
+            dst = out / "eval" / cname / f"step-{s}"
+            if not (dst / "results.json").exists():
+                tmp = out / "models" / cname / f"step-{s}"
+                _evaluate_once(_model_at(run, s, steps[-1], base, tmp), dst, protocol, grid.method,
+                               f"{cname} step {s}")
+                shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
+            res = json.loads((dst / "results.json").read_text())
+            check_same_noise({"eval/base": base_res, str(dst.relative_to(out)): res})
+            cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s,
+                          **_cell_figures(res, base_res, grid.task, b, seed),
+                          "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc",
+                                                                        "weight_drift")},
+                          "results": str(dst.relative_to(out) / "results.json")})
+    record = {"method": grid.method, "task": grid.task, "trainer_method": trainer_method(grid.method),
+              "grid": asdict(grid), "steps": steps, "budget": asdict(b), "seed": seed, "base": base_fig,
+              "base_snapshot": json.loads((base / "snapshot.json").read_text())}
+    return _choose_and_write(out, record, cells, grid, write_config, config_path)
+
+
+def _claim_tune_folder(out: Path, grid: TuneGrid, b: JobBudget, seed: int) -> None:
+    """``tune.json``: a folder holds one method's grid at one budget and seed; cells of another would mix in
+    silently, so another setup is refused."""
     setup = {"method": grid.method, "budget": asdict(b), "seed": seed,
-             **({"task": task} if task != "compositional" else {}),
+             **({"task": grid.task} if grid.task != "compositional" else {}),
              **({"train_sets": grid.train_sets} if grid.train_sets else {})}
     setup_file = out / "tune.json"
     if setup_file.exists() and json.loads(setup_file.read_text()) != json.loads(json.dumps(setup)):
         raise ValueError(f"{out} holds a tuning run of another method/budget/seed (see {setup_file}); use a new "
                          "out_dir")
     setup_file.write_text(json.dumps(setup, indent=2) + "\n")
+
+
+def _stage_inputs(out: Path, grid: TuneGrid, b: JobBudget, seed: int,
+                  base_model: str | Path | None) -> tuple[Path, Path]:
+    """The world job's ``base/`` and the grid's pairs (``pairs/``, or its gold / shuffled variant)."""
     base = stage_base(out, base_model)
-    pairs = stage_pairs(out, base, b, seed, task)
+    pairs = stage_pairs(out, base, b, seed, grid.task)
     variant = split_method_id(grid.method)[1]
     if variant is not None:
         pairs = stage_pairs_variant(out, pairs, variant, seed)
-    protocol = eval_protocol(b, seed, task)
+    return base, pairs
 
-    def _eval(model: Path, dst: Path, what: str) -> dict[str, Any]:
-        if not (dst / "results.json").exists():
-            _log(f"[eval {what}] ...")
-            evaluate(model, dst, protocol, command=f"sgalign.jobs.tune.run_tune ({grid.method}, {what})")
-        return json.loads((dst / "results.json").read_text())
 
-    base_res = _eval(base, out / "eval" / "base", "base")
-    base_fig = _figures(base_res) if task == "compositional" else {"fid": None}
-    cells = []
-    for beta, lr, opts in itertools.product(betas, lrs, grid.option_sets):
-        cname = cell_name(beta, lr, opts)
-        run = out / "train" / cname
-        options = {**opts, **({"beta": beta} if beta is not None else {})}
-        if not ((run / "final" / "model_index.json").exists() and (run / "summary.json").exists()):
-            from ..training.trainer import train  # heavy (diffusers, accelerate): keeps tune light
+def _evaluate_once(model: Path, dst: Path, protocol: EvalProtocol, method: str, what: str) -> dict[str, Any]:
+    """``dst/results.json`` of ``model`` under ``protocol`` (evaluated unless already there)."""
+    if not (dst / "results.json").exists():
+        _log(f"[eval {what}] ...")
+        evaluate(model, dst, protocol, command=f"sgalign.jobs.tune.run_tune ({method}, {what})")
+    return json.loads((dst / "results.json").read_text())
 
-            if run.exists():
-                shutil.rmtree(run)  # no resume across grid cells: a partial run starts clean
-            extra: dict[str, Any] = apply_overrides({}, grid.train_sets)
-            extra["checkpointing"] = {"every": every, "keep": None}
-            if options:
-                extra["method"] = {"options": {name: options}}
-            _log(f"[train {cname}] {steps[-1]} steps ...")
-            train(train_config(grid.method, run, base, pairs, replace(b, lr=lr, train_steps=steps[-1]), seed,
-                               task, extra=extra))
-        summary = json.loads((run / "summary.json").read_text())
-        for s in steps:
-            dst = out / "eval" / cname / f"step-{s}"
-            if not (dst / "results.json").exists():
-                tmp = out / "models" / cname / f"step-{s}"
-                _eval(_model_at(run, s, steps[-1], base, tmp), dst, f"{cname} step {s}")
-                shutil.rmtree(tmp, ignore_errors=True)  # a model copy per step is only needed for its evaluation
-            res = json.loads((dst / "results.json").read_text())
-            check_same_noise({"eval/base": base_res, str(dst.relative_to(out)): res})
-            if task == "compositional":
-                fig = _figures(res)
-                fig["delta_sg_iou"] = paired_delta(res, base_res, fig["key"], len(b.eval_seeds),
-                                                   n_resamples=b.n_resamples, seed=seed)
-            else:
-                fig = _figures_t2i(res, base_res, b.n_resamples, seed)
-            cells.append({"cell": cname, "beta": beta, "lr": lr, "options": opts, "step": s, **fig,
-                          "train_summary": {k: summary.get(k) for k in ("seconds", "final_loss", "implicit_acc",
-                                                                        "weight_drift")},
-                          "results": str(dst.relative_to(out) / "results.json")})
-    record = {"method": grid.method, "task": task, "trainer_method": name, "grid": asdict(grid), "steps": steps,
-              "budget": asdict(b), "seed": seed, "base": base_fig,
-              "base_snapshot": json.loads((base / "snapshot.json").read_text())}
-    return _choose_and_write(out, record, cells, grid, write_config, config_path)
+
+def _train_cell(run: Path, cname: str, grid: TuneGrid, b: JobBudget, seed: int, beta: float | None,
+                opts: dict[str, Any], every: int, base: Path, pairs: Path) -> None:
+    """One training run of the grid (``b``: the cell's lr and the grid's last step), checkpointed every ``every``
+    steps; skipped once finished, restarted clean when partial."""
+    if (run / "final" / "model_index.json").exists() and (run / "summary.json").exists():
+        return
+    from ..training.trainer import train  # heavy (diffusers, accelerate): keeps tune light
+
+    if run.exists():
+        shutil.rmtree(run)  # no resume across grid cells: a partial run starts clean
+    options = {**opts, **({"beta": beta} if beta is not None else {})}
+    extra: dict[str, Any] = apply_overrides({}, grid.train_sets)
+    extra["checkpointing"] = {"every": every, "keep": None}
+    if options:
+        extra["method"] = {"options": {trainer_method(grid.method): options}}
+    _log(f"[train {cname}] {b.train_steps} steps ...")
+    train(train_config(grid.method, run, base, pairs, b, seed, grid.task, extra=extra))
+
+
+def _cell_figures(res: dict[str, Any], base_res: dict[str, Any], task: str, b: JobBudget,
+                  seed: int) -> dict[str, Any]:
+    """A cell's validation figures at one step: SG-IoU family, FID and paired Δ SG-IoU (compositional), or the
+    win-rates over the base (t2i)."""
+    if task != "compositional":
+        return _figures_t2i(res, base_res, b.n_resamples, seed)
+    fig = _figures(res)
+    fig["delta_sg_iou"] = paired_delta(res, base_res, fig["key"], len(b.eval_seeds), n_resamples=b.n_resamples,
+                                       seed=seed)
+    return fig
 
 
 def _choose_and_write(out: Path, record: dict[str, Any], cells: list[dict[str, Any]], grid: TuneGrid,
