@@ -230,16 +230,34 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     """Build (or resume) the world Pick-a-Pic folder ``out``; return its provenance record (also written to
     ``out/world_pickapic.json``). ``model``: an SD1.5(-SG) folder, default the world SD1.5-SG. ``overwrite``: ``out``
     holds another build: empty it first."""
-    from tqdm.auto import tqdm
-
-    from sgalign.machine import machine_info
-    from sgalign.world.paths import world_model_path
-    from sgalign.world.sampler import img_id_for, sample_split
-
     cfg = cfg or WorldPickapicConfig()
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    path, ident = _base_model(model, log)
+    num_shards = -(-cfg.n // cfg.rows_per_shard)
+    settings = {k: v for k, v in asdict(cfg).items() if k != "batch_prompts"}  # batching does not change rows
+    sh.check_or_write_build(out, {"format": FORMAT, "version": VERSION, "config": settings,
+                                  "model_sha256": ident["sha256"], "num_shards": num_shards}, overwrite=overwrite)
+    captions = _captions(cfg)
+    _write_shards(out, cfg, sh.todo_shards(out, list(range(num_shards)), log), captions, path, ident, progress)
+    ms = [sh.read_manifest(out, i) for i in range(num_shards)]
+    sh.remove_stale_temps(out)
+    record = _record(cfg, settings, model is not None, path, ident, ms, t0)
+    sh.write_json_atomic(out / RECORD_FILE, record)
+    sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": FORMAT, "num_shards": num_shards,
+                                               "rows": cfg.n, "shards": sh.index_shards(out, ms)})
+    lab = record["labels"]
+    log(f"world pickapic: {cfg.n} pairs of {ident['name']} ({ident['sha256'][:12]}), {cfg.steps} DDIM steps, "
+        f"CFG {cfg.guidance}: image 0 wins {lab['wins_image_0']}, image 1 wins {lab['wins_image_1']}, "
+        f"ties {lab['ties']} (tolerance {cfg.tie_tolerance}); {record['wall_seconds_this_run']:.1f} s -> {out}")
+    return record
+
+
+def _base_model(model: str | Path | None, log) -> tuple[Path, dict[str, Any]]:
+    """The model folder (default: the world SD1.5-SG) and its identity; refused without a model_index.json."""
+    from sgalign.world.paths import world_model_path
+
     path = Path(model) if model is not None else world_model_path()
     if not (path / "model_index.json").is_file():
         raise ModelNotFound(f"model {path}: no model_index.json; train the world SD1.5-SG first "
@@ -247,17 +265,30 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
     ident = model_identity(path)
     if ident["random_init"]:
         log(f"pickapic: RANDOM-INIT model {path.name}: plumbing only, the images and labels mean nothing")
-    num_shards = -(-cfg.n // cfg.rows_per_shard)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "batch_prompts"}  # batching does not change rows
-    sh.check_or_write_build(out, {"format": FORMAT, "version": VERSION, "config": settings,
-                                  "model_sha256": ident["sha256"], "num_shards": num_shards}, overwrite=overwrite)
+    return path, ident
+
+
+def _captions(cfg: WorldPickapicConfig) -> tuple[list[str], list[str], dict[str, int]]:
+    """The rows' captions (the ``cfg.split`` graphs serialised), their image ids and each caption's row count."""
+    from sgalign.world.sampler import img_id_for, sample_split
+
     scenes = sample_split(cfg.split, cfg.n, seed=cfg.seed)
     prompts = [sc.graph().serialize().strip() for sc in scenes]
     ids = [img_id_for(cfg.split, i) for i in range(len(scenes))]
     counts: dict[str, int] = {}
     for p in prompts:
         counts[p] = counts.get(p, 0) + 1
-    todo = sh.todo_shards(out, list(range(num_shards)), log)
+    return prompts, ids, counts
+
+
+def _write_shards(out: Path, cfg: WorldPickapicConfig, todo: list[int],
+                  captions: tuple[list[str], list[str], dict[str, int]], path: Path, ident: dict[str, Any],
+                  progress: bool) -> None:
+    """Generate, score and write the shards ``todo`` (each parquet file, then its manifest); ``captions``: what
+    ``_captions`` returns."""
+    from tqdm.auto import tqdm
+
+    prompts, ids, counts = captions
     pipe = reward = None
     if todo:
         from sgalign.rewards import world_reward
@@ -276,17 +307,22 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
                                                         "seconds": round(time.perf_counter() - t1, 3)})
         bar.update(hi - lo)
     bar.close()
-    ms = [sh.read_manifest(out, i) for i in range(num_shards)]
-    sh.remove_stale_temps(out)
+
+
+def _record(cfg: WorldPickapicConfig, settings: dict[str, Any], model_given: bool, path: Path,
+            ident: dict[str, Any], ms: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    """The provenance record (``world_pickapic.json``) of a finished build from its shard manifests ``ms``."""
+    from sgalign.machine import machine_info
+
     rewards = np.array([r for m in ms for r in m["rewards"]], dtype=np.float64).reshape(-1, 2)
     counts_out = {k: sum(m[k] for m in ms) for k in ("wins_image_0", "wins_image_1", "ties")}
-    record = {
+    return {
         "format": FORMAT, "version": VERSION, "rows": cfg.n, "columns": COLUMN_DTYPES, "config": settings,
         "command": (f"python scripts/build_pairs.py --source world-pickapic --n {cfg.n} --out OUT "
                     f"--set world_pickapic.seed={cfg.seed} --set world_pickapic.steps={cfg.steps} "
                     f"--set world_pickapic.guidance={cfg.guidance} "
                     f"--set world_pickapic.tie_tolerance={cfg.tie_tolerance}"
-                    + ("" if model is None else f" --model {path.name}")),
+                    + ("" if not model_given else f" --model {path.name}")),
         "model": ident, "model_0_1": ident["name"],
         "captions": f"sgalign.world.sample_split({cfg.split!r}, {cfg.n}, seed={cfg.seed}): "
                     "SceneGraph.serialize().strip() of each graph (evaluate --task t2i's prompt form)",
@@ -302,14 +338,7 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
                    "reward_mean": float(rewards.mean()), "reward_median": float(np.median(rewards)),
                    "mean_abs_reward_gap": float(np.abs(rewards[:, 0] - rewards[:, 1]).mean())},
         "user_id": "0 for every row (one rater: the world reward)",
-        "created_at": "UTC time each shard was written", "shards": num_shards,
+        "created_at": "UTC time each shard was written", "shards": len(ms),
         "machine": machine_info(), "wall_seconds_this_run": round(time.perf_counter() - t0, 2),
         "generation_seconds_total": round(sum(m["seconds"] for m in ms), 2),
     }
-    sh.write_json_atomic(out / RECORD_FILE, record)
-    sh.write_json_atomic(out / sh.INDEX_FILE, {"complete": True, "format": FORMAT, "num_shards": num_shards,
-                                               "rows": cfg.n, "shards": sh.index_shards(out, ms)})
-    log(f"world pickapic: {cfg.n} pairs of {ident['name']} ({ident['sha256'][:12]}), {cfg.steps} DDIM steps, "
-        f"CFG {cfg.guidance}: image 0 wins {counts_out['wins_image_0']}, image 1 wins {counts_out['wins_image_1']}, "
-        f"ties {counts_out['ties']} (tolerance {cfg.tie_tolerance}); {record['wall_seconds_this_run']:.1f} s -> {out}")
-    return record
