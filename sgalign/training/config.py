@@ -242,14 +242,14 @@ def method_optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
     ``TrainConfig`` merges them at validation (``_method_optimizer``)."""
     from ..methods import build_method
 
-    name = cfg.method.name
-    return build_method(name, **method_options(name, cfg.method.chosen())).optimizer_overrides()
+    return build_method(cfg.method.name, cfg.method.chosen()).optimizer_overrides()
 
 
-def method_optimizer_notes(cfg: TrainConfig) -> list[str]:
-    """The run notes on ``method_optimizer_settings``: each value the method set, or the configured value kept."""
+def method_optimizer_notes(cfg: TrainConfig, settings: dict[str, Any]) -> list[str]:
+    """The run notes on ``settings`` (the trained method's ``optimizer_overrides()``, which ``_method_optimizer``
+    merged): each value the method set, or the configured value kept."""
     o, name, notes = cfg.optimizer, cfg.method.name, []
-    for key, value in method_optimizer_settings(cfg).items():
+    for key, value in settings.items():
         if getattr(o, key) == value:
             notes.append(f"optimizer.{key}={value}: the official run's effective value, set by method {name} "
                          "(faithful) unless configured")

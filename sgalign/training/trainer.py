@@ -37,7 +37,7 @@ from ..methods import MethodContext, PairBatch, build_method
 from ..models.loading import load_model
 from ..progress import progress
 from .checkpoint import export_pipeline, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .config import TrainConfig, method_optimizer_notes, method_options
+from .config import TrainConfig, method_optimizer_notes
 from .data import BatchStream, CandidatePairs, PickapicPairs, preprocess
 from .modeling import (ConditionEncoder, Denoiser, add_lora, freeze, frozen_copy, sign_attention_processors,
                        weight_drift)
@@ -116,7 +116,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         self._build_models()
         self._build_data()
-        self.method = build_method(cfg.method.name, **method_options(cfg.method.name, cfg.method.chosen()))
+        self.method = build_method(cfg.method.name, cfg.method.chosen())  # the method's config class validates
         self._note_method_optimizer_settings()
         self._build_optimizer()
         self.cache = TrajectoryCache(self.run_dir / "trajectory_cache", compute_dtype=self._reference_dtype()) \
@@ -269,7 +269,7 @@ class Trainer:
     def _note_method_optimizer_settings(self) -> None:
         """The run notes on the optimizer settings the method's faithful reproduction needs: the config merged them
         when it was resolved (``TrainConfig._method_optimizer``); the trainer only reads the resolved config."""
-        for note in method_optimizer_notes(self.cfg):
+        for note in method_optimizer_notes(self.cfg, self.method.optimizer_overrides()):
             self.notes.append(note)
             self._log(f"[sgalign] {note}")
 
