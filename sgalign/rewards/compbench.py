@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
 from PIL import Image
@@ -36,7 +36,7 @@ from ..scene_graph import Item, SceneGraph
 from .backends.protocols import Detection, Detector, ImageTextSimilarity, ParsedText, TextParser, VQAQuery, YesNoVQA, \
     prepare_backends
 from .lexicon import LOCALITIES, is_spatial_predicate, predicate_locality
-from .provenance import Provenance, RewardOutput, check_unit
+from .provenance import Provenance, QuirkFlags, RewardOutput, check_unit
 
 PromptType = Literal["spatial", "action", "spatial_action"]
 EXCLUDED_CHUNKS = ("top", "the side", "the left", "the right")
@@ -49,18 +49,11 @@ NP_NUM = 8
 
 
 @dataclass(frozen=True)
-class CompBenchConfig:
+class CompBenchConfig(QuirkFlags):
     on_top_of_zero: bool = False
     round_attribute: bool = False
     np_cap: bool = False
     same_label_same_box: bool = False
-
-    @classmethod
-    def official(cls) -> "CompBenchConfig":
-        return cls(**{f.name: True for f in fields(cls)})
-
-    def flags(self) -> dict[str, bool]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ---- A: attribute binding ----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
@@ -35,7 +35,7 @@ from PIL import Image
 from ..scene_graph import SceneGraph
 from .backends.protocols import VQAQuery, YesNoVQA, prepare_backends
 from .lexicon import attribute_kind, dpg_relation_kind
-from .provenance import Provenance, RewardOutput, check_unit
+from .provenance import Provenance, QuirkFlags, RewardOutput, check_unit
 
 
 class DSGFormatError(ValueError):
@@ -50,19 +50,12 @@ class DependencyError(KeyError):
 
 
 @dataclass(frozen=True)
-class DPGConfig:
+class DPGConfig(QuirkFlags):
     skip_first_row: bool = False
     file_order_dependency: bool = False
     last_tile_categories: bool = False
     drop_failed: bool = False
     lenient_crop: bool = False
-
-    @classmethod
-    def official(cls) -> "DPGConfig":
-        return cls(**{f.name: True for f in fields(cls)})
-
-    def flags(self) -> dict[str, bool]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ ran with. A number computed with fakes can therefore never be mistaken for an of
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping, TypeVar
 
 BackendKind = Literal["real", "world", "scripted", "fallback"]
 
@@ -29,6 +29,22 @@ class BackendInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "details": dict(self.details)}
+
+
+Q = TypeVar("Q", bound="QuirkFlags")
+
+
+class QuirkFlags:
+    """Base of a benchmark's quirk flags (a frozen dataclass of booleans, each one of the official scorer's quirks):
+    the default is the corrected logic, ``official()`` turns every quirk on, ``flags()`` is what a ``Provenance``
+    records."""
+
+    @classmethod
+    def official(cls: type[Q]) -> Q:
+        return cls(**{f.name: True for f in fields(cls)})
+
+    def flags(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def scripted_info(name: str, **details: Any) -> BackendInfo:
