@@ -31,6 +31,9 @@ def _invisible(v: str) -> str | None:
 
 
 def _visible(v: str, what: str) -> str:
+    """``v``, refused when blank or holding an invisible or control character (``what`` names it in the error)."""
+    if not v.strip():
+        raise ValueError(f"{what} is blank")
     bad = _invisible(v)
     if bad is not None:
         raise ValueError(f"{what} contains the invisible or control character {bad}")
@@ -51,16 +54,12 @@ class LaionSGItem(_Strict):
     @field_validator("label")
     @classmethod
     def _label_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("label is blank")
         return _visible(v, "label")
 
     @field_validator("attributes")
     @classmethod
     def _attributes_not_blank(cls, v: list[str]) -> list[str]:
         for i, a in enumerate(v):
-            if not a.strip():
-                raise ValueError(f"attribute {i} is blank")
             _visible(a, f"attribute {i}")
         return v
 
@@ -75,8 +74,6 @@ class LaionSGRelation(_Strict):
     @field_validator("relation")
     @classmethod
     def _relation_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("relation is blank")
         return _visible(v, "relation")
 
 
