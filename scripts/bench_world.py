@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
-
 from sgalign.jobs.seeds import write_seeds_table  # noqa: E402
-from sgalign.jobs.world_job import ALL_METHODS, BUDGETS, TASKS, JobBudget, run_world_job  # noqa: E402
+from sgalign.jobs.specs import parse_budget_sets  # noqa: E402
+from sgalign.jobs.world_job import ALL_METHODS, BUDGETS, TASKS, run_world_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,13 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one JobBudget field (e.g. lr=5e-5, train_steps=400); recorded in job.json")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.budget_set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in JobBudget.__dataclass_fields__ or key == "name":
-            ap.error(f"--budget-set {item!r}: expected KEY=VALUE with KEY one of "
-                     f"{', '.join(k for k in JobBudget.__dataclass_fields__ if k != 'name')}")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_budget_sets(args.budget_set)
+    except ValueError as e:
+        ap.error(str(e))
     default_out = f"runs/world-{args.budget}" if args.task == "compositional" else f"runs/world-t2i-{args.budget}"
     out = Path(args.out or default_out)
     methods = [m for m in args.methods.split(",") if m]

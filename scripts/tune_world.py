@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from sgalign.jobs.specs import BUDGETS, JobBudget  # noqa: E402
+from sgalign.jobs.specs import BUDGETS, parse_budget_sets  # noqa: E402
 from sgalign.jobs.tune import DEFAULT_OPTION_SETS, FID_GUARD, TuneGrid, run_tune, run_tune_draws  # noqa: E402
 
 
@@ -70,12 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-config", nargs="?", const="", default=None, metavar="FILE",
                     help="write the choice to FILE (default OUT/tuned.yaml), a new YAML including the world YAML")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.budget_set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in JobBudget.__dataclass_fields__ or key == "name":
-            ap.error(f"--budget-set {item!r}: expected KEY=VALUE with KEY a JobBudget field")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_budget_sets(args.budget_set)
+    except ValueError as e:
+        ap.error(str(e))
     name = args.method.partition("@")[0]
     options = yaml.safe_load(args.options) if args.options else DEFAULT_OPTION_SETS.get(name, [{}])
     if not isinstance(options, list) or not all(isinstance(o, dict) for o in options):

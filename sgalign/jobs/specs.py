@@ -10,7 +10,9 @@ import json
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Iterable, Literal, get_args
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs" / "world" / "compositional.yaml"
@@ -126,6 +128,19 @@ def resolve_budget(budget: str | JobBudget, **overrides: Any) -> JobBudget:
     else:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)} or pass a JobBudget")
     return replace(b, **overrides) if overrides else b
+
+
+def parse_budget_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``--budget-set KEY=VALUE`` items as ``resolve_budget`` overrides (each value read as YAML); a KEY that is not
+    a ``JobBudget`` field (``name`` included: the budget is chosen by name) is refused with a ``ValueError``."""
+    keys = [k for k in JobBudget.__dataclass_fields__ if k != "name"]
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys:
+            raise ValueError(f"--budget-set {item!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 # ---- typed stage configs ------------------------------------------------------------------------------------------
 def _cli_value(v: Any) -> str:
