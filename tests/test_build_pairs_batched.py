@@ -6,25 +6,17 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from data_builders.laion_sg import CandidateBuilder
 from data_builders.scoring import build_reward
 from data_builders.shapes import plan_world
-from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SceneGraph
 from sgalign.world import sample_split, split_records
 from sgalign.world.render import render
-from build_pairs_helpers import small_config
+from build_pairs_helpers import small_config, tiny  # noqa: F401 (tiny: a fixture)
 
 FLOAT = 1e-6  # C is a CLIP cosine: a batched forward may sum in another order
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.set_num_threads(1)
-    return make_tiny("sd15-sg", tmp_path_factory.mktemp("m") / "tiny", gate_init=0.5)
 
 
 def _pixels(rows):

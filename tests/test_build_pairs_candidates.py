@@ -13,16 +13,9 @@ from data_builders import laion_sg, shards
 from data_builders.laion_sg import build_candidates, candidate_seed, load_candidates, plan_annotations
 from data_builders.scoring import build_reward
 from data_builders.shapes import plan_world
-from sgalign.pipelines.tiny import make_tiny
 from sgalign.scene_graph import SceneGraph, write_split
 from sgalign.world import sample_split, split_records
-from build_pairs_helpers import rows, small_config
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.set_num_threads(1)
-    return make_tiny("sd15-sg", tmp_path_factory.mktemp("m") / "tiny", gate_init=0.5)
+from build_pairs_helpers import rows, small_config, tiny  # noqa: F401 (tiny: a fixture)
 
 
 @pytest.fixture(scope="module")

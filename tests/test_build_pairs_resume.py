@@ -6,20 +6,12 @@ import signal
 import time
 
 import pytest
-import torch
 
 from data_builders.laion_sg import build_candidates, load_candidates
 from data_builders.shapes import plan_world
-from sgalign.pipelines.tiny import make_tiny
-from build_pairs_helpers import SMALL, cli, rows, small_config
+from build_pairs_helpers import SMALL, cli, rows, small_config, tiny  # noqa: F401 (tiny: a fixture)
 
 N = 8  # world annotations, one per shard
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.set_num_threads(1)
-    return make_tiny("sd15-sg", tmp_path_factory.mktemp("m") / "tiny", gate_init=0.5)
 
 
 @pytest.fixture(scope="module")

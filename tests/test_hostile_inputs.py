@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from build_pairs_helpers import SMALL, rows, small_config
+from build_pairs_helpers import SMALL, rows, small_config, tiny  # noqa: F401 (tiny: a fixture)
 from data_builders import cli as build_cli
 from data_builders import shards as sh
 from data_builders.laion_sg import build_candidates, load_candidates
@@ -25,13 +24,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes (the input's state, to compare before / after)."""
     root = Path(root)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from sgalign.pipelines.tiny import make_tiny
-    torch.set_num_threads(1)
-    return make_tiny("sd15-sg", tmp_path_factory.mktemp("m") / "tiny", gate_init=0.5)
 
 
 def _build(tiny, out, seed=0):
