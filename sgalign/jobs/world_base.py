@@ -1,4 +1,4 @@
-"""The world base recipe: world VAE -> latent cache -> stage 1 (text -> image) -> stage 2 (SG encoder), one job.
+"""The world base recipe: world VAE -> latent cache -> SG layout -> stage 1 (text -> image) -> stage 2 (SG encoder).
 
     python scripts/pretrain_world.py --out runs/world-base --minutes 90        # CPU default; --device cuda on a GPU
 
@@ -8,6 +8,9 @@ Why these stages (measurements in docs/RESULTS.md, "World base model"):
   to RGB blends, so a blurry prediction decodes to a paler version of the right colour, not to another colour.
 * **Cache**: the train graphs rendered and VAE-encoded once (posterior mean and std, an HF ``datasets`` Arrow table
   on disk); a step then samples its latents instead of rendering and encoding (step time halves on CPU).
+* **SG layout** (off unless ``sg_layout_steps``): sg2im's box regression for the fresh SG encoder
+  (``models.sg_layout``), and optionally the same loss beside stage 1's ε-MSE (``sg_layout_weight``), so the encoder
+  carries where each object goes instead of flattening into a constant.
 * **Stage 1** (LAION-SG's base model, and the world SD1.5 the t2i task starts from): UNet + text encoder trained
   jointly on the serialised-graph text, as the original LDM trained its text transformer with the UNet; a frozen
   text tower left the UNet nearly ignoring its text (conditioning gap 10 % of the loss). Min-SNR-5 weighting,
