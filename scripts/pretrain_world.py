@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sgalign.jobs.world_base import STAGES, StageBudget, WorldBaseRecipe, run_world_base  # noqa: E402
+from sgalign.jobs.world_base import STAGES, ZERO_SNR_V, StageBudget, WorldBaseRecipe, run_world_base  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t-high-frac", type=float, default=d.t_high_frac,
                     help="stage 1: share of rows whose timestep is drawn from [--t-high-min, T)")
     ap.add_argument("--t-high-min", type=int, default=d.t_high_min)
+    ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
+                    help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
+                         "t = T, where the layout is decided)")
+    ap.add_argument("--zero-snr-v", action="store_true",
+                    help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
+                         "at t = T the layout can only come from the conditioning; the preference trainer does not "
+                         "support v-prediction yet")
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
@@ -58,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         offset_noise=a.offset_noise, stage1_graph=a.stage1_graph,
                         graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,
                         sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
-                        t_high_frac=a.t_high_frac, t_high_min=a.t_high_min)
+                        t_high_frac=a.t_high_frac, t_high_min=a.t_high_min, min_snr_gamma=a.min_snr_gamma,
+                        scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()
     final = run_world_base(r, command=command, only=a.only,

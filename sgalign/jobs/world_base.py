@@ -56,6 +56,8 @@ from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, s
 Stage = Literal["vae", "cache", "sg_layout", "stage1", "stage2"]
 STAGES: tuple[Stage, ...] = ("vae", "cache", "sg_layout", "stage1", "stage2")
 RECORD_NAME = "training_record.json"
+# zero-terminal-SNR + v-prediction (Lin et al. 2024), the scheduler settings of the recipe's --zero-snr-v
+ZERO_SNR_V = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 REPO = Path(__file__).resolve().parents[2]
 WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
 
@@ -461,7 +463,7 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
 
 def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_graph: bool,
                 layout_head: LayoutHead | None) -> Callable[[int], tuple[torch.Tensor, dict[str, float]]]:
-    """``loss_fn(step)`` of a diffusion stage: epsilon-MSE on cached latents (stage 1: min-SNR weighted, offset
+    """``loss_fn(step)`` of a diffusion stage: epsilon-MSE (v-MSE for a v-prediction scheduler) on cached latents (stage 1: min-SNR weighted, offset
     noise, high-timestep draws, + the layout head's box loss); every draw from the step's own generator. Stats:
     ``loss`` the plain epsilon-MSE, ``box`` the box loss."""
     scale, noise_sched = pipe.vae.config.scaling_factor, pipe.scheduler
@@ -484,8 +486,10 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         noisy = noise_sched.add_noise(lat, noise, t)
         cond = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
         pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-        per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
-        w = min_snr_weights(noise_sched, t, r.min_snr_gamma) if stage == 1 and r.min_snr_gamma else 1.0
+        kind = noise_sched.config.prediction_type
+        target = noise if kind == "epsilon" else noise_sched.get_velocity(lat, noise, t)
+        per = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
+        w = min_snr_weights(noise_sched, t, r.min_snr_gamma, kind) if stage == 1 and r.min_snr_gamma else 1.0
         loss = (per * w).mean()
         stats = {"loss": round(float(per.mean().detach()), 5)}
         if layout_head is not None:
