@@ -182,3 +182,22 @@ def test_sg_encoder_lr_is_its_own_group_and_moves_the_gate_at_its_rate(tiny_asse
         tr.train()
         moved[name] = abs(tr.policy.sg_encoder.alpha_obj.item() - before)
     assert moved["same"] > 0 and 30 < moved["own"] / moved["same"] < 300
+
+
+def test_a_v_prediction_base_is_refused_with_one_line(tiny_assets, tmp_path):  # noqa: F811
+    """Every method's loss and the inversion are written for epsilon models: a v-prediction base (e.g. the world
+    recipe's --zero-snr-v probes) is refused before any step, naming the model, not trained as if it were epsilon."""
+    import json
+    import shutil
+
+    from sgalign.errors import UserError
+    from sgalign.training.trainer import Trainer
+
+    model = tmp_path / "v-model"
+    shutil.copytree(tiny_assets["sd15-sg"], model)
+    cfg_file = model / "scheduler" / "scheduler_config.json"
+    sched = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**sched, "prediction_type": "v_prediction"}))
+    assets = {**tiny_assets, "sd15-sg": model}
+    with pytest.raises(UserError, match="predicts 'v_prediction'; the preference trainer supports epsilon"):
+        Trainer(make_config(assets, tmp_path / "out"))

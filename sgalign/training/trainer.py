@@ -246,6 +246,11 @@ class Trainer:
         if not self.lora:
             self.reference.eval()
         sched = comps["scheduler"]
+        kind = sched.config.get("prediction_type", "epsilon")
+        if kind != "epsilon":  # every method's loss and the inversion are written for an epsilon model
+            raise UserError(f"{m.path}: its scheduler predicts {kind!r}; the preference trainer supports epsilon "
+                            "prediction only (a v-prediction base, e.g. pretrain_world.py --zero-snr-v, is for "
+                            "pre-training probes until the methods support it)")
         self.alphas_cumprod = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32).to(dev)
         self.ema = None
         if self.cfg.trainer.ema:
