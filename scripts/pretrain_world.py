@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sgalign.jobs.world_base import STAGES, ZERO_SNR_V, StageBudget, WorldBaseRecipe, run_world_base  # noqa: E402
+from sgalign.errors import run_main  # noqa: E402
+from sgalign.jobs.world_base import (STAGES, ZERO_SNR_V, StageBudget, WorldBaseRecipe, recipe_of,  # noqa: E402
+                                     run_world_base, snapshot_stage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +57,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
                          "at t = T the layout can only come from the conditioning; the preference trainer does not "
                          "support v-prediction yet")
+    ap.add_argument("--snapshot", metavar="DST", default=None,
+                    help="write the --out run's last stage-1 checkpoint (EMA weights) as a pipeline folder DST, "
+                         "labelled a snapshot, and exit (the run's own settings are read from OUT/recipe.json)")
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
+    if a.snapshot:
+        r = recipe_of(a.out)
+        r.threads = a.threads or r.threads
+        dst = snapshot_stage(r, 1, a.snapshot, log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+        print(f"next: python scripts/bench_world_base.py --model {shlex.quote(str(dst))} --split validation")
+        return 0
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
                         vae_init=a.vae_init or None,
                         vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
@@ -77,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, prog="pretrain_world.py"))

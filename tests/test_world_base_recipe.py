@@ -118,3 +118,23 @@ def test_scene_json_round_trip_and_min_snr():
     snr = ac / (1 - ac)
     assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
     assert w[0] < 0.01 and w[2] == 1.0  # low-noise steps down-weighted; high-noise steps keep weight 1
+
+
+def test_snapshot_of_a_stage_is_its_checkpoints_ema_weights(built, tmp_path):
+    """``--snapshot``: the last stage-1 checkpoint as a pipeline folder, labelled; at the stage's end its weights are
+    the stage's own pipeline's (EMA) bit for bit; a folder the recipe never started is refused with one line."""
+    from sgalign.errors import UserError
+    from sgalign.jobs.world_base import recipe_of, snapshot_stage
+    from sgalign.pipelines import StableDiffusionSGPipeline
+
+    out, _ = built
+    dst = snapshot_stage(recipe_of(out), 1, tmp_path / "snap", log=lambda m: None)
+    index = json.loads((dst / "model_index.json").read_text())
+    assert index["snapshot"] == {"stage": "stage1", "step": 3} and 0.0 <= index["initial_noise_mean_scale"] <= 1.0
+    snap = StableDiffusionSGPipeline.from_pretrained(dst)
+    s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
+    for name in ("unet", "sg_encoder", "text_encoder"):
+        for a, b in zip(getattr(snap, name).state_dict().values(), getattr(s1, name).state_dict().values()):
+            assert torch.equal(a, b)
+    with pytest.raises(UserError, match="recipe.json: not found"):
+        recipe_of(tmp_path / "nothing")

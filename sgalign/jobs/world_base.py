@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
+from ..errors import UserError
 from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
 from ..models.graph_inputs import build_graph_inputs
@@ -587,6 +588,70 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
+def calibrate_folder(folder: Path, r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
+    """``calibrate_noise_mean`` on the pipeline in ``folder``; writes the scale into its ``model_index.json``."""
+    from ..pipelines import load_pipeline  # heavy: keeps world_base light for pretrain_world.py --help
+
+    t_cal = time.time()
+    pipe = load_pipeline(folder, arch="sd15").to(r.device)
+    pipe.set_progress_bar_config(disable=True)
+    calibration = calibrate_noise_mean(pipe, r)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["initial_noise_mean_scale"] = calibration["initial_noise_mean_scale"]
+    write_json_atomic(folder / "model_index.json", index)
+    calibration["wall_seconds"] = round(time.time() - t_cal, 1)
+    log(f"sampling: initial noise mean scale {calibration['initial_noise_mean_scale']:.3f} (validation spread "
+        f"of latent means, renders {calibration['renders_latent_mean_spread']} vs samples at scale 1 "
+        f"{calibration['samples_latent_mean_spread_at_scale_1']})")
+    return calibration
+
+
+def recipe_of(out: str | Path) -> WorldBaseRecipe:
+    """The recipe a run folder was started with (``OUT/recipe.json``)."""
+    spec = Path(out) / "recipe.json"
+    if not spec.is_file():
+        raise UserError(f"{spec}: not found; --out must be a folder that pretrain_world.py started")
+    d = json.loads(spec.read_text())
+    known = {f.name for f in fields(WorldBaseRecipe)}
+    d = {k: v for k, v in d.items() if k in known}
+    for k in ("vae", "stage1", "stage2"):
+        if k in d:
+            d[k] = StageBudget(**d[k])
+    return WorldBaseRecipe(**{**d, "out": str(out)})
+
+
+def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callable[[str], None] = print) -> Path:
+    """A running or stopped diffusion stage's last checkpoint as a pipeline folder ``dst`` (EMA weights, sampling
+    calibrated like the final folder), to look at a long run midway. Its ``model_index.json`` says
+    ``"snapshot": {"stage", "step"}``: an intermediate model, never the recipe's result."""
+    from ..training.pretrain_sg import make_pipeline
+
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    ck, dst = Path(r.out) / f"stage{stage}" / "checkpoint", Path(dst)
+    if not (ck / "state.json").is_file():
+        raise UserError(f"{ck}: no checkpoint yet (a stage checkpoints every {r.save_every} steps); try again later")
+    pipe = make_pipeline(_components(r, stage))
+    pipe.set_progress_bar_config(disable=True)
+    trained = _stage_modules(r, stage, pipe)
+    opt, sched, _ = _stage_optimizer(r, stage, trained, (r.stage1 if stage == 1 else r.stage2).steps)
+    loop = Loop(trained, opt, sched, ema_decay=r.ema_decay, checkpoint_dir=ck)
+    loop.resume()
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with loop.ema_weights():
+        pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")  # as the stage's own pipeline
+    if r.calib_graphs:
+        calibrate_folder(tmp, r, log)
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["snapshot"] = {"stage": f"stage{stage}", "step": loop.step}
+    write_json_atomic(tmp / "model_index.json", index)
+    replace_dir(tmp, dst)
+    log(f"snapshot of stage {stage} at step {loop.step}: {dst}")
+    return dst
+
+
 def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str], None] = print,
                    only: Stage | None = None) -> Path:
     """Run (or resume) every stage not yet done; returns the final pipeline folder (``OUT/world-sd15-sg``)."""
@@ -628,20 +693,7 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out / "stage2" / "pipeline", tmp)
     (tmp / "stage_record.json").unlink(missing_ok=True)
-    calibration, t_cal = None, time.time()
-    if r.calib_graphs:
-        from ..pipelines import load_pipeline  # heavy: keeps world_base light for pretrain_world.py --help
-
-        pipe = load_pipeline(tmp, arch="sd15").to(r.device)
-        pipe.set_progress_bar_config(disable=True)
-        calibration = calibrate_noise_mean(pipe, r)
-        index = json.loads((tmp / "model_index.json").read_text())
-        index["initial_noise_mean_scale"] = calibration["initial_noise_mean_scale"]
-        write_json_atomic(tmp / "model_index.json", index)
-        calibration["wall_seconds"] = round(time.time() - t_cal, 1)
-        log(f"sampling: initial noise mean scale {calibration['initial_noise_mean_scale']:.3f} (validation spread "
-            f"of latent means, renders {calibration['renders_latent_mean_spread']} vs samples at scale 1 "
-            f"{calibration['samples_latent_mean_spread_at_scale_1']})")
+    calibration = calibrate_folder(tmp, r, log) if r.calib_graphs else None
     vae_rec = json.loads((out / "vae" / RECORD_NAME).read_text())
     init_s = float((vae_rec.get("initialised_from") or {}).get("total_wall_s") or 0.0)
     total_s = sum(float(records[s]["wall_seconds"]) for s in STAGES) + init_s \
