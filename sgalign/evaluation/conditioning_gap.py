@@ -1,4 +1,5 @@
-"""Does a model use its conditioning? epsilon-MSE with the true, empty and shuffled conditioning on the same noise.
+"""Does a model use its conditioning? epsilon-MSE (v-MSE for a v-prediction model: ``target`` in the result) with the
+true, empty and shuffled conditioning on the same noise.
 
 For each graph: a render's VAE latent (posterior mean), noised with a seeded epsilon at a seeded timestep; the UNet
 predicts epsilon under
@@ -34,6 +35,9 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
     from ..world.sampler import invert_predicates
 
     sched = pipe.scheduler
+    kind = sched.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise ValueError(f"conditioning_gap: prediction_type {kind!r} (epsilon or v_prediction)")
     gen = torch.Generator().manual_seed(seed)
     sums = {"true": [], "text_only": [], "empty": [], "shuffled": [], "inverted": []}
     moved: dict[str, list] = {k: [] for k in sums if k != "true"}
@@ -46,6 +50,8 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
         noise = torch.randn(lat.shape, generator=gen).to(lat.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(chunk),), generator=gen).to(lat.device)
         noisy = sched.add_noise(lat, noise, t)
+        # the model's own target: a v-prediction model's output compared with noise would measure nothing
+        target = noise if kind == "epsilon" else sched.get_velocity(lat, noise, t)
         cond = pipe.encode_graphs(graphs)
         conds = {"true": cond, "text_only": pipe.encode_graphs(graphs, use_graph=False),
                  "empty": pipe.unconditional(cond), "shuffled": cond[torch.arange(len(chunk)).roll(1)],
@@ -56,10 +62,10 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
                 d = (c.prompt_embeds.float() - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
                 moved[k].append(d.cpu().numpy())
             pred = pipe.unet(noisy, t, **c.unet_kwargs(), return_dict=False)[0]
-            sums[k].append(((pred - noise) ** 2).mean((1, 2, 3)).float().cpu().numpy())
+            sums[k].append(((pred - target) ** 2).mean((1, 2, 3)).float().cpu().numpy())
     per = {k: np.concatenate(v) for k, v in sums.items()}
     mse = {k: float(v.mean()) for k, v in per.items()}
-    out = {"n_graphs": len(scenes), "seed": seed, "eps_mse": mse,
+    out = {"n_graphs": len(scenes), "seed": seed, "target": kind, "eps_mse": mse,
            "gap_empty": mse["empty"] - mse["true"], "gap_shuffled": mse["shuffled"] - mse["true"],
            "gap_text_only": mse["text_only"] - mse["true"], "gap_inverted": mse["inverted"] - mse["true"],
            "share_of_loss_explained": (mse["empty"] - mse["true"]) / mse["empty"],
