@@ -12,7 +12,8 @@ function -- may name a module of its own layer or of a lower one, never of a hig
 
 and no module there edits ``sys.path``. Within that order, ``training/`` imports neither ``world`` nor
 ``pipelines.tiny``: which base model a run starts from ("auto": the world model or a tiny random init) is decided
-by the command layer, and the trainer takes a folder.
+by the command layer, and the trainer takes a folder (the SG pre-training takes the world renders and tiny components
+from ``jobs.pretrain_sg``).
 """
 from __future__ import annotations
 
@@ -101,12 +102,6 @@ def test_imports_only_go_down():
 
 # unit -> modules it must not import even where the layer order allows it
 FORBIDDEN = {"training": ("sgalign.world", "sgalign.pipelines.tiny")}
-# known exceptions, each with its way out (an entry that no longer imports what it names fails, so it is removed)
-FORBIDDEN_KNOWN = {
-    # the SG pre-training trains on world renders and can start from tiny components; issue 30 item 2 ("one
-    # pre-training loop") moves it beside the world recipe
-    "sgalign/training/pretrain_sg.py": ("sgalign.world", "sgalign.pipelines.tiny"),
-}
 
 
 def forbidden_imports(path: Path, mod: str | None = None) -> set[str]:
@@ -116,11 +111,9 @@ def forbidden_imports(path: Path, mod: str | None = None) -> set[str]:
 
 
 def test_training_imports_neither_the_world_nor_the_tiny_factory():
-    hits = {str(f.relative_to(ROOT)): h for f in source_files() if (h := forbidden_imports(f))}
-    new = {f: sorted(h - set(FORBIDDEN_KNOWN.get(f, ()))) for f, h in hits.items()}
-    assert not any(new.values()), f"training/ imports what it must not (resolve models in jobs/): {new}"
-    stale = {f: sorted(set(h) - hits.get(f, set())) for f, h in FORBIDDEN_KNOWN.items()}
-    assert not any(stale.values()), f"FORBIDDEN_KNOWN lists imports that are gone; remove them: {stale}"
+    """No exception: the SG pre-training gets its world renders and tiny components from jobs.pretrain_sg."""
+    hits = {str(f.relative_to(ROOT)): sorted(h) for f in source_files() if (h := forbidden_imports(f))}
+    assert not hits, f"training/ imports what it must not (resolve models and world data in jobs/): {hits}"
 
 
 def test_the_forbidden_check_sees_what_the_trainer_used_to_import(tmp_path):
