@@ -14,6 +14,10 @@ and no module there edits ``sys.path``. Within that order, ``training/`` imports
 ``pipelines.tiny``: which base model a run starts from ("auto": the world model or a tiny random init) is decided
 by the command layer, and the trainer takes a folder (the SG pre-training takes the world renders and tiny components
 from ``jobs.pretrain_sg``).
+
+An import inside a function says why it is not at the module's top (an optional dependency, a heavy import on a
+cold path, or an import cycle) in a comment on its line or the line before; a comment that opens a block of such
+imports covers the block.
 """
 from __future__ import annotations
 
@@ -194,3 +198,60 @@ def test_the_checker_sees_relative_and_function_level_imports(tmp_path):
             from . import sampler
     """))
     assert [t for _, t in imports(f, "sgalign.world.probe")] == ["sgalign.training.trainer", "sgalign.world.sampler"]
+
+
+def function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, text, explained) of every import statement inside a function of ``path``. Explained: a comment on one of
+    its lines or on the line before, or it directly follows an explained function-level import (one comment above a
+    block covers the block)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    nodes = {}
+    for fn in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    nodes[node.lineno] = node
+    out, explained_end = [], set()
+    for line in sorted(nodes):
+        node = nodes[line]
+        own = any("#" in lines[i - 1] for i in range(node.lineno, node.end_lineno + 1))
+        before = node.lineno > 1 and lines[node.lineno - 2].strip().startswith("#")
+        ok = own or before or (node.lineno - 1) in explained_end
+        if ok:
+            explained_end.add(node.end_lineno)
+        out.append((node.lineno, lines[node.lineno - 1].strip(), ok))
+    return out
+
+
+def test_function_level_imports_say_why():
+    """Imports go at the module's top; one stays in a function only for an optional dependency, a heavy import on a
+    cold path (e.g. a script's --help) or an import cycle, and says which."""
+    bare = [f"{f.relative_to(ROOT)}:{line}: {text}" for f in source_files()
+            for line, text, ok in function_level_imports(f) if not ok]
+    assert not bare, ("imports inside functions without a comment saying why (move them to the module's top, or "
+                      "say: optional dependency / heavy: <what it keeps light> / cycle: <who imports whom>):\n"
+                      + "\n".join(bare))
+
+
+def test_the_why_check_sees_a_bare_function_level_import(tmp_path):
+    import textwrap
+
+    f = tmp_path / "probe.py"
+    f.write_text(textwrap.dedent("""
+        import os
+
+
+        def f():
+            import json
+            import torch  # heavy: keeps --help light
+            import diffusers
+            # optional dependency
+            import bitsandbytes
+
+            import yaml
+            from a import (b,
+                           c)  # cycle: a imports this module
+    """))
+    assert [(line, ok) for line, _, ok in function_level_imports(f)] == [
+        (6, False), (7, True), (8, True), (10, True), (12, False), (13, True)]
