@@ -619,8 +619,6 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     """A running or stopped diffusion stage's last checkpoint as a pipeline folder ``dst`` (EMA weights, sampling
     calibrated like the final folder), to look at a long run midway. Its ``model_index.json`` says
     ``"snapshot": {"stage", "step"}``: an intermediate model, never the recipe's result."""
-    from ..training.pretrain_sg import make_pipeline
-
     if r.threads:
         torch.set_num_threads(r.threads)
     ck, dst = Path(r.out) / f"stage{stage}" / "checkpoint", Path(dst)
