@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from .config import WORLD_ANNOTATIONS, BuildPairsConfig
+from .pickapic import import_pickapic
 
 
 def annotations_path(cfg: BuildPairsConfig) -> str | None:
@@ -26,19 +27,19 @@ def build_pairs(cfg: BuildPairsConfig, out: str | os.PathLike[str], *, input: st
     if cfg.source == "pickapic":
         if input is None:
             raise ValueError("source pickapic needs an input (parquet files, a save_to_disk folder or a shard folder)")
-        from .pickapic import import_pickapic
         return import_pickapic(input, cfg.pickapic, out, progress=progress, overwrite=overwrite)
     if cfg.source == "world-pickapic":
+        # heavy (torch): keeps build_pairs.py --help light
         from .world_pickapic import WorldPickapicConfig, build_world_pickapic
         if cfg.torch_threads:
-            import torch
+            import torch  # heavy: as world_pickapic
             torch.set_num_threads(cfg.torch_threads)
         wcfg = WorldPickapicConfig(**cfg.world_pickapic.model_dump())
         return build_world_pickapic(out, wcfg, cfg.model.path, progress=progress, overwrite=overwrite)
-    from .laion_sg import build_candidates, plan_annotations
+    from .laion_sg import build_candidates, plan_annotations  # heavy (torch): keeps build_pairs.py --help light
     if cfg.source == "laion-sg":
         plan = plan_annotations(annotations_path(cfg), limit=cfg.annotations.limit)
     else:
-        from .shapes import plan_world
+        from .shapes import plan_world  # heavy (torch): as laion_sg
         plan = plan_world(cfg.world)
     return build_candidates(plan, cfg, out, progress=progress, overwrite=overwrite)

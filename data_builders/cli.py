@@ -20,6 +20,7 @@ Rerun the same command after a crash or kill: finished shards are kept, the rest
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def next_command(source: str, out: str | Path) -> str:
     """The train command that reads ``out`` (no --set when it is the default folder train.py reads); after the world
     Pick-a-Pic file, the build_pairs import of it."""
-    import shlex  # quoted: a folder name with spaces or quotes pastes as one argument
+    # shlex-quoted: a folder name with spaces or quotes pastes as one argument
     if source == "world-pickapic":
         return shlex.join(["python", "scripts/build_pairs.py", "--source", "pickapic", "--input", str(out)])
     task = "t2i" if source == "pickapic" else "compositional"

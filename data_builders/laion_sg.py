@@ -26,16 +26,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from sgalign.diffusion.noise import hashed_seed
+from sgalign.errors import UserError
+from sgalign.hashing import identity_hash, is_random_init, model_index
+from sgalign.pair_schema import candidate_features
+from sgalign.progress import progress as progress_bar
 from sgalign.scene_graph import LaionSGRecord, SceneGraph, load_split
 from sgalign.scene_graph.io import DUPLICATE_IMG_ID
 
 from . import shards as sh
 from .config import WORLD_MODEL, BuildPairsConfig, ModelSection
-from sgalign.errors import UserError
-from sgalign.hashing import identity_hash, is_random_init, model_index
-
 from .scoring import build_reward, check_vocabulary, score_batch, score_columns
 
 BUILDER_VERSION = "1"
@@ -116,9 +118,7 @@ def resolve_model_path(model: ModelSection) -> Path:
 
 def load_pipeline(model: ModelSection, sha256: str | None = None):
     """The base SG pipeline and what identifies it (content hash, random-init flag; ``sha256``: already known)."""
-    import torch
-
-    from sgalign.pipelines import load_pipeline
+    from sgalign.pipelines import load_pipeline  # heavy (diffusers): only when candidates are generated
 
     path = resolve_model_path(model)
     dtype = None if model.torch_dtype == "float32" else getattr(torch, model.torch_dtype)  # None: as saved (fp32)
@@ -170,7 +170,6 @@ class CandidateBuilder:
         return self._generate(records, seeds)
 
     def _generate(self, records: Sequence[LaionSGRecord], seeds: Sequence[Sequence[int]]) -> list:
-        import torch
         g = self.cfg.generation
         gens = [torch.Generator("cpu").manual_seed(int(s)) for ss in seeds for s in ss]
         return self.pipe([SceneGraph.from_record(r) for r in records], num_images_per_graph=len(seeds[0]),
@@ -226,8 +225,6 @@ class CandidateBuilder:
 
     def build_shard(self, out: Path, i: int, records: Sequence[LaionSGRecord], progress=None,
                     rank: int = 0) -> dict[str, Any]:
-        from sgalign.pair_schema import candidate_features
-
         t0 = time.perf_counter()
         n = self.cfg.generation.annotations_per_call
         rows, failures = [], []
@@ -276,8 +273,6 @@ def build_candidates(plan: AnnotationPlan, cfg: BuildPairsConfig, out: str | os.
     another build's folder is refused unless ``overwrite`` (then emptied); each rank holds a lock on it while it
     works, so a second process of the same rank stops at once. Raises ``BuildFailed`` (after writing the summary
     and rejects, without an index) when nothing was built or more than ``max_failed_share`` failed."""
-    import torch
-
     out = Path(out)
     if rank is None or world_size is None:
         rank, world_size = sh.rank_and_world()
@@ -304,7 +299,6 @@ def _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, 
         builder = CandidateBuilder(cfg, model_sha256=model_hash)
     n_todo = sum(len(plan.records[i * per:(i + 1) * per]) for i in todo)
     if todo:
-        from sgalign.progress import progress as progress_bar
         bar = progress_bar(n_todo, desc=f"build_pairs rank {rank}/{world_size}", unit="ann", enabled=progress)
         for i in todo:
             if sh.is_done(out, i):  # another run finished it meanwhile
@@ -330,7 +324,7 @@ def _build(plan, cfg, out, builder, rank, world_size, progress, log, overwrite, 
 
 # ---- index, summary, rejects ------------------------------------------------------------------------------------
 def finalize(out: Path, plan: AnnotationPlan, cfg: BuildPairsConfig, wall_seconds: float) -> dict[str, Any]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy (~0.2 s): keeps world_job light for bench_world.py --help
 
     build = json.loads((out / sh.BUILD_FILE).read_text())
     dataset_id = identity_hash(build)  # what train.py and evaluate.py record to chain their outputs to this data
@@ -416,6 +410,7 @@ def format_summary(s: dict[str, Any]) -> str:
 def load_candidates(path: str | os.PathLike[str]):
     """The whole candidate dataset of a finished build folder as one ``datasets.Dataset`` (rows in shard order);
     the trainer's compositional task reads the same folder (``data.path``) with ``load_table``."""
+    # heavy (sgalign.training loads diffusers): only when a build is read back
     from sgalign.training.data import load_table
 
     p = Path(path)

@@ -25,6 +25,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sgalign.hashing import identity_hash
+from sgalign.pair_schema import decode_image
+from sgalign.progress import progress as progress_bar
+from sgalign.rewards.backends import build_backend
+
 from . import shards as sh
 from .config import PickapicSection
 
@@ -38,6 +43,7 @@ BUILDER_VERSION = "1"
 
 def read_pickapic(path: str | os.PathLike[str]):
     """The input as one ``datasets.Dataset``, checked to have every Pick-a-Pic v2 column."""
+    # heavy (sgalign.training loads diffusers): keeps build_pairs.py --help light
     from sgalign.training.data import load_table
 
     ds = load_table(path)
@@ -51,13 +57,11 @@ def read_pickapic(path: str | os.PathLike[str]):
 def build_similarity(cfg: PickapicSection):
     if cfg.relabel is None:
         return None
-    from sgalign.rewards.backends import build_backend
     return build_backend("similarity", cfg.relabel.name, path=cfg.relabel.path, policy=cfg.policy,
                          **cfg.relabel.options)
 
 
 def _decode(data: Any):
-    from sgalign.pair_schema import decode_image
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"not image bytes ({type(data).__name__})")
     return decode_image(bytes(data))
@@ -116,7 +120,7 @@ def convert_rows(rows: list[dict[str, Any]], first_row: int, cfg: PickapicSectio
 
 
 def output_features(input_features, cfg: PickapicSection):
-    from datasets import Features, Value
+    from datasets import Features, Value  # heavy (~1 s): keeps build_pairs.py --help light
     f = {c: input_features[c] for c in PICKAPIC_V2_COLUMNS}
     if cfg.winner_by == "score":
         f["human_label_0"], f["human_label_1"] = input_features["label_0"], input_features["label_1"]
@@ -152,7 +156,6 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
     if todo and similarity is None and cfg.relabel is not None:
         similarity = build_similarity(cfg)
     features = output_features(ds.features, cfg)
-    from sgalign.progress import progress as progress_bar
     bar = progress_bar(sum(min(per, len(ds) - i * per) for i in todo), desc=f"pickapic rank {rank}/{world_size}",
                        unit="row", enabled=progress)
     for i in todo:
@@ -183,11 +186,10 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
                "score_columns": [f"{cfg.score_prefix}_0", f"{cfg.score_prefix}_1"] if cfg.relabel else None,
                "shards": num_shards, "wall_seconds_this_run": round(time.perf_counter() - t0, 2)}
     sh.write_jsonl_atomic(out / sh.REJECTS_FILE, rejects)
-    from sgalign.hashing import identity_hash
     summary["dataset_id"] = identity_hash(json.loads((out / sh.BUILD_FILE).read_text()))
     sh.write_json_atomic(out / sh.SUMMARY_FILE, summary)
     if not summary["pairs"]:
-        from .laion_sg import BuildFailed
+        from .laion_sg import BuildFailed  # heavy (torch): keeps build_pairs.py --help light
         (out / sh.INDEX_FILE).unlink(missing_ok=True)
         top = Counter(r["kind"] for r in rejects).most_common(1)
         raise BuildFailed(f"{out}: 0 pairs from {len(ds)} rows: {summary['ties_dropped']} ties dropped, "
@@ -210,5 +212,5 @@ def _import(path, cfg, out, similarity, rank, world_size, progress, log, overwri
 
 def load_pairs(path: str | os.PathLike[str]):
     """The finished pair file as one ``datasets.Dataset`` (the trainer's t2i task reads the folder directly)."""
-    from .laion_sg import load_candidates
+    from .laion_sg import load_candidates  # heavy (torch): as BuildFailed
     return load_candidates(path)

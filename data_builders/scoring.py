@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from sgalign.errors import UserError, shown
-from sgalign.rewards import COMBINED_KEY, CombinedReward
+from sgalign.rewards import (COMBINED_KEY, CombinedReward, CompBench3in1Reward, CompBenchConfig, DPGConfig, DPGReward,
+                             world_reward)
+from sgalign.rewards.backends import build_backend
+from sgalign.world import rules
+from sgalign.world.oracle import Phrase
 
 from .config import BackendSpec, RewardsSection
 
@@ -21,8 +25,6 @@ class RewardConfigError(UserError, ValueError):
 
 
 def build_reward(cfg: RewardsSection) -> CombinedReward:
-    from sgalign.rewards import CompBench3in1Reward, CompBenchConfig, DPGConfig, DPGReward
-
     dpg_cfg, cb_cfg = DPGConfig(**cfg.dpg), CompBenchConfig(**cfg.compbench_3in1)
     if cfg.preset == "world":
         if cfg.backends:
@@ -30,7 +32,6 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
                                     "uses the world backends; rewards.world_similarity picks 3-in-1's C)")
         if cfg.world_clip_path is not None and cfg.world_similarity != "world-clip":
             raise RewardConfigError("rewards.world_clip_path is only read with rewards.world_similarity: world-clip")
-        from sgalign.rewards import world_reward
         # C is 3-in-1's: without that member no C backend is built (no world-CLIP load, nothing in provenance)
         sim = cfg.world_similarity if "compbench_3in1" in cfg.members else "oracle"
         full = world_reward(dpg_config=dpg_cfg, compbench_config=cb_cfg, similarity=sim,
@@ -56,7 +57,6 @@ def build_reward(cfg: RewardsSection) -> CombinedReward:
 
 
 def _backend(role: str, spec: BackendSpec, policy: str):
-    from sgalign.rewards.backends import build_backend
     return build_backend(role, spec.name, path=spec.path, policy=policy, **spec.options)
 
 
@@ -97,8 +97,6 @@ def check_vocabulary(records: Sequence[Any], cfg: RewardsSection) -> None:
     "adjacent to", "snow") would fail every annotation after all its images were generated."""
     if cfg.preset != "world":
         return
-    from sgalign.world import rules
-    from sgalign.world.oracle import Phrase
     bad = []
     for rec in records:
         words = [w for it in rec.items for w in Phrase.of_item(it.label, it.attributes).unknown]

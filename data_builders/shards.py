@@ -21,6 +21,8 @@ from sgalign.hashing import file_sha256, write_atomic  # noqa: F401 (re-exported
 from sgalign.hashing import folder_sha256 as _folder_sha256
 from sgalign.hashing import write_json_atomic as _write_json_atomic
 from sgalign.hashing import write_jsonl_atomic as _write_jsonl_atomic
+from sgalign.hashing import verified_sha256
+from sgalign.outdir import empty, locked
 
 BUILD_FILE, INDEX_FILE, SUMMARY_FILE, REJECTS_FILE = "build.json", "index.json", "summary.json", "rejects.jsonl"
 
@@ -44,8 +46,8 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None:
     """One parquet file; the schema carries the ``datasets`` features (``load_dataset("parquet")`` restores them)."""
-    import pyarrow.parquet as pq
-    from datasets import Dataset
+    import pyarrow.parquet as pq  # heavy (pyarrow, datasets: ~1 s): keeps build_pairs.py --help light
+    from datasets import Dataset  # heavy: as pyarrow
     table = Dataset.from_dict(columns, features=features).data.table
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -53,7 +55,6 @@ def write_parquet_atomic(path: Path, columns: dict[str, list], features) -> None
 def shard_problem(out: Path, i: int) -> str | None:
     """Why shard ``i`` is not finished (None: it is): its parquet file or manifest is missing or unreadable, or the
     file is not the one the manifest records (size, sha256: truncated, or swapped for another build's shard)."""
-    from sgalign.hashing import verified_sha256
     f, m = out / shard_name(i), manifest_path(out, i)
     if not f.is_file() or not m.is_file():
         return "not built" if not f.is_file() and not m.is_file() else \
@@ -114,7 +115,6 @@ def check_or_write_build(out: Path, build: dict[str, Any], overwrite: bool = Fal
     """First run: record ``build``; later runs (resume, other ranks): it must be identical. A folder of another
     build, or with other files and no ``build.json``, is refused unless ``overwrite`` (one process only), which
     empties it first."""
-    from sgalign.outdir import empty
     p = out / BUILD_FILE
     want = json.loads(json.dumps(build))
     if p.is_file():
@@ -147,7 +147,7 @@ def check_no_strays(out: Path, num_shards: int | None) -> None:
     would be read by the trainer, so it is refused, naming the file."""
     if not isinstance(num_shards, int):
         return
-    from sgalign.training.data import data_files
+    from sgalign.training.data import data_files  # heavy (sgalign.training loads diffusers): as pyarrow
     mine = {shard_name(i) for i in range(num_shards)}
     for f in data_files(out):
         if f.name not in mine:
@@ -158,7 +158,6 @@ def check_no_strays(out: Path, num_shards: int | None) -> None:
 @contextlib.contextmanager
 def owned(out: Path, what: str, rank: int, world_size: int) -> Iterator[None]:
     """This rank's exclusive lock on ``out`` (ranks of one launch build disjoint shards side by side)."""
-    from sgalign.outdir import locked
     with locked(out, what, suffix=f"-rank{rank}-of-{world_size}"):
         yield
 

@@ -24,11 +24,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
+from PIL import Image
 
 from sgalign.errors import UserError
 from sgalign.hashing import identity_hash
+from sgalign.pair_schema import candidate_features
+from sgalign.scene_graph import LaionSGRecord, SceneGraph
+from sgalign.world import img_id_for, render, sample_split
 
 from . import shards as sh
+from .config import BuildPairsConfig
+from .scoring import build_reward, score_batch
 
 Variant = Literal["gold", "shuffled"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -49,15 +55,13 @@ def _source_build(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     build = json.loads((src / sh.BUILD_FILE).read_text())
     if build.get("format") != "sgalign-candidate-dataset":
         raise VariantError(f"variant source {src}: format {build.get('format')!r}, expected a candidate dataset")
-    from sgalign.training.data import verify_dataset
+    from sgalign.training.data import verify_dataset  # heavy (sgalign.training loads diffusers): keeps world_job light
     return build, verify_dataset(src)  # a variant is derived from exactly the shards the source's index lists
 
 
 def _true_renders(build: dict[str, Any], annotations: list[str], src: Path) -> list[Any]:
     """PIL renders of each row's world scene. Records carry no layout, so the scenes are drawn again from the
     build's world settings (``sample_split`` is deterministic) and each must reproduce its stored record exactly."""
-    from sgalign.world import img_id_for, render, sample_split
-
     inp = build.get("input", {})
     if inp.get("kind") != "shapes":
         raise VariantError(f"gold variant of {src}: needs a --source shapes build (its input is "
@@ -77,8 +81,6 @@ def _true_renders(build: dict[str, Any], annotations: list[str], src: Path) -> l
 
 
 def _png(img, size: tuple[int, int]) -> bytes:
-    from PIL import Image
-
     if img.size != size:  # the base may sample at another size than the 64 px canvas
         img = img.resize(size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -87,17 +89,9 @@ def _png(img, size: tuple[int, int]) -> bytes:
 
 
 def _gold_rows(rows: dict[str, list], build: dict[str, Any], src: Path, reward) -> tuple[dict[str, list], list]:
-    from PIL import Image
-
-    from sgalign.scene_graph import LaionSGRecord, SceneGraph
-
     renders = _true_renders(build, rows["annotation"], src)
     if reward is None:  # the source's own reward, to record what it says of the truth
-        from .config import BuildPairsConfig
-        from .scoring import build_reward
         reward = build_reward(BuildPairsConfig.model_validate(build["config"]).rewards)
-    from .scoring import score_batch
-
     graphs = [SceneGraph.from_record(LaionSGRecord.model_validate_json(a)) for a in rows["annotation"]]
     scored, _ = score_batch(reward, renders, graphs)
     out: dict[str, list] = {c: [] for c in rows}
@@ -131,9 +125,7 @@ def derive_variant(src: str | os.PathLike[str], out: str | os.PathLike[str], var
     """Write the ``variant`` of the finished candidate dataset ``src`` into ``out``; return its summary.
     ``reward``: a ``CombinedReward`` to score the gold renders with (default: the source's configured reward);
     ``margin``: the trainer's ``data.margin``, for the summary's count of annotations with a pair."""
-    import pyarrow.parquet as pq
-
-    from sgalign.pair_schema import candidate_features
+    import pyarrow.parquet as pq  # heavy (~0.2 s): keeps world_job light for bench_world.py --help
 
     if variant not in VARIANTS:
         raise VariantError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")

@@ -34,6 +34,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from sgalign.hashing import folder_sha256, is_random_init, model_index
+from sgalign.machine import machine_info
+from sgalign.pair_schema import decode_image
+from sgalign.rewards import world_reward
+from sgalign.world.paths import world_model_path
+from sgalign.world.prompts import parse_world_prompt
+from sgalign.world.sampler import img_id_for, sample_split
 
 from . import shards as sh
 from .laion_sg import ModelNotFound
@@ -96,15 +107,13 @@ def preference_labels(r0: float, r1: float, tie_tolerance: float) -> tuple[float
 
 
 def pickapic_features():
-    from datasets import Features, Value
+    from datasets import Features, Value  # heavy (~1 s): keeps world_job light for bench_world.py --help
 
     return Features({c: Value(t) for c, t in COLUMN_DTYPES.items()})
 
 
 # ---- the base model's text path ------------------------------------------------------------------------------------
 def model_identity(path: Path) -> dict[str, Any]:
-    from sgalign.hashing import folder_sha256, is_random_init, model_index
-
     index = model_index(path)
     return {"name": index.get("_sgalign_t2i_view_of") or path.name, "folder": path.name,
             "class": index.get("_class_name"), "sha256": folder_sha256(path),
@@ -114,10 +123,10 @@ def model_identity(path: Path) -> dict[str, Any]:
 def text_pipeline(path: str | Path):
     """A ``StableDiffusionPipeline`` on an SD1.5-layout folder (an SD1.5-SG folder's sg_encoder is not used), DDIM
     from the folder's scheduler config, as ``evaluate --task t2i`` samples."""
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # heavy (diffusers, pipelines: ~5 s): only when shards remain to generate
 
-    from sgalign.models.loading import detect_arch
-    from sgalign.pipelines import load_pipeline
+    from sgalign.models.loading import detect_arch  # heavy: as diffusers
+    from sgalign.pipelines import load_pipeline  # heavy: as diffusers
 
     path = Path(path)
     if not (path / "model_index.json").is_file():
@@ -160,8 +169,6 @@ def write_text_only_view(src: str | Path, dst: str | Path) -> Path:
 
 # ---- generation and labels -----------------------------------------------------------------------------------------
 def _jpeg(arr: np.ndarray, quality: int) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -170,8 +177,6 @@ def _jpeg(arr: np.ndarray, quality: int) -> bytes:
 def generate_pairs(pipe, prompts: Sequence[str], seeds: Sequence[tuple[int, int]], steps: int, guidance: float,
                    batch_prompts: int) -> np.ndarray:
     """uint8 [len(prompts), 2, H, W, 3]: image j of prompt i from ``torch.Generator().manual_seed(seeds[i][j])``."""
-    import torch
-
     out = []
     for lo in range(0, len(prompts), batch_prompts):
         part, sd = list(prompts[lo:lo + batch_prompts]), seeds[lo:lo + batch_prompts]
@@ -187,10 +192,6 @@ def generate_pairs(pipe, prompts: Sequence[str], seeds: Sequence[tuple[int, int]
 def score_images(jpegs: Sequence[bytes], prompts: Sequence[str], reward=None) -> tuple[np.ndarray, list]:
     """The world reward of each (decoded JPEG, prompt), exactly as evaluation's ``world_reward`` scorer, and the
     reward's provenance (its members, backends and flags)."""
-    from sgalign.world.prompts import parse_world_prompt
-    from sgalign.rewards import world_reward
-    from sgalign.pair_schema import decode_image
-
     reward = reward or world_reward()
     out = reward([decode_image(b) for b in jpegs], [parse_world_prompt(p) for p in prompts])
     return np.array([s["reward"] for s in out.scores], dtype=np.float64), [p.to_dict() for p in out.provenance]
@@ -256,8 +257,6 @@ def build_world_pickapic(out: str | Path, cfg: WorldPickapicConfig | None = None
 
 def _base_model(model: str | Path | None, log) -> tuple[Path, dict[str, Any]]:
     """The model folder (default: the world SD1.5-SG) and its identity; refused without a model_index.json."""
-    from sgalign.world.paths import world_model_path
-
     path = Path(model) if model is not None else world_model_path()
     if not (path / "model_index.json").is_file():
         raise ModelNotFound(f"model {path}: no model_index.json; train the world SD1.5-SG first "
@@ -270,8 +269,6 @@ def _base_model(model: str | Path | None, log) -> tuple[Path, dict[str, Any]]:
 
 def _captions(cfg: WorldPickapicConfig) -> tuple[list[str], list[str], dict[str, int]]:
     """The rows' captions (the ``cfg.split`` graphs serialised), their image ids and each caption's row count."""
-    from sgalign.world.sampler import img_id_for, sample_split
-
     scenes = sample_split(cfg.split, cfg.n, seed=cfg.seed)
     prompts = [sc.graph().serialize().strip() for sc in scenes]
     ids = [img_id_for(cfg.split, i) for i in range(len(scenes))]
@@ -286,12 +283,9 @@ def _write_shards(out: Path, cfg: WorldPickapicConfig, todo: list[int],
                   progress: bool) -> None:
     """Generate, score and write the shards ``todo`` (each parquet file, then its manifest); ``captions``: what
     ``_captions`` returns."""
-    from tqdm.auto import tqdm
-
     prompts, ids, counts = captions
     pipe = reward = None
     if todo:
-        from sgalign.rewards import world_reward
         pipe, reward = text_pipeline(path), world_reward()
     features = pickapic_features()
     bar = tqdm(total=sum(min(cfg.rows_per_shard, cfg.n - i * cfg.rows_per_shard) for i in todo), unit="pair",
@@ -312,8 +306,6 @@ def _write_shards(out: Path, cfg: WorldPickapicConfig, todo: list[int],
 def _record(cfg: WorldPickapicConfig, settings: dict[str, Any], model_given: bool, path: Path,
             ident: dict[str, Any], ms: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     """The provenance record (``world_pickapic.json``) of a finished build from its shard manifests ``ms``."""
-    from sgalign.machine import machine_info
-
     rewards = np.array([r for m in ms for r in m["rewards"]], dtype=np.float64).reshape(-1, 2)
     counts_out = {k: sum(m[k] for m in ms) for k in ("wins_image_0", "wins_image_1", "ties")}
     return {

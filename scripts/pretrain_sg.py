@@ -12,7 +12,7 @@ import shlex
 import sys
 
 from sgalign.config import load_config
-from sgalign.training.pretrain_sg import PretrainConfig, train
+from sgalign.training.pretrain_sg import PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
     args = ap.parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, args.set)
+    from sgalign.jobs.pretrain_sg import run_pretrain_sg  # the world (scipy): after the arguments, as --help needs none
     command = "python scripts/pretrain_sg.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    out = train(cfg, command=command, log=lambda s: print(s, flush=True))
+    out = run_pretrain_sg(cfg, command=command, log=lambda s: print(s, flush=True))
     print(f"saved {out}")
 
 

@@ -30,8 +30,8 @@ _libraries: list[Any] = []  # torch.library.Library objects must stay alive for 
 
 def define_missing_schemas() -> bool:
     """Define the torchvision op schemas the meta registrations need; True when anything was defined."""
-    import torch
-    import torchvision.extension
+    import torch  # heavy: the guard loads at interpreter start (.pth); torch only with torchvision
+    import torchvision.extension  # as torch
 
     if torchvision.extension._has_ops():
         return False

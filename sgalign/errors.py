@@ -4,6 +4,9 @@ a ``UserError``) to exit 2, a diverged run to 3, anything else to 1 (a failure d
 from __future__ import annotations
 
 import errno
+import sys
+
+from .progress import quiet_library_bars
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
@@ -35,9 +38,6 @@ def run_main(fn, debug: bool = False, prog: str = "") -> int:
     """Call ``fn()`` (returns an exit code or None) under the scheme: a ``UserError`` prints one line and returns
     2, an exception with an ``exit_code`` attribute (a diverged run: 3) prints one line and returns that code, any
     other exception prints one line and returns 1. ``debug``: exceptions propagate (tracebacks are for bugs)."""
-    import sys
-
-    from .progress import quiet_library_bars
     quiet_library_bars()
     head = f"{prog}: " if prog else ""
     try:

@@ -16,7 +16,7 @@ def cpu_model() -> str:
 
 def machine_info(shared: bool | None = None) -> dict[str, Any]:
     """CPU model, cores, torch threads/version, OS, Python, accelerator; ``shared``: other jobs were running."""
-    import torch
+    import torch  # heavy: the oracle/rewards benchmarks import machine without torch
 
     info = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),

@@ -93,7 +93,7 @@ def claim(out: str | Path, kind: str, run_id: str, record: Mapping[str, Any] | N
 def locked(out: str | Path, what: str, suffix: str = "") -> Iterator[None]:
     """Hold an exclusive lock on ``out`` (created if missing) while the block runs; ``FolderBusy`` when another
     process holds it. ``suffix`` separates locks that may be held together (e.g. one per build rank)."""
-    import fcntl
+    import fcntl  # optional dependency: Unix-only stdlib module; the rest of outdir works without it
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 
+from PIL import Image
+
 CANDIDATE_COLUMNS = ("annotation", "candidates", "seeds", "scores", "reward", "provenance")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "label_1", "caption")
 
 
 def candidate_features(score_components: list[str]):
     """``datasets.Features`` of candidate rows with per-candidate scores for each of ``score_components``."""
-    from datasets import Features, List, Value
+    from datasets import Features, List, Value  # heavy (~1 s): keeps build_pairs.py --help light
     return Features({"annotation": Value("string"), "candidates": List(Value("binary")),
                      "seeds": List(Value("int64")),
                      "scores": {c: List(Value("float64")) for c in score_components},
@@ -20,7 +22,6 @@ def candidate_features(score_components: list[str]):
 
 def decode_image(data: bytes):
     """An RGB PIL image from the encoded bytes of an image column (PNG candidates, JPEG Pick-a-Pic)."""
-    from PIL import Image
     img = Image.open(io.BytesIO(data))
     img.load()
     return img.convert("RGB")

@@ -2,6 +2,7 @@
 or ``seconds`` (CI logs and files get a few readable lines, not thousands of carriage-return frames)."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -48,7 +49,7 @@ def progress(total: int | None, desc: str = "", unit: str = "it", initial: int =
     otherwise; a silent ``LineProgress`` when disabled."""
     stream = stream if stream is not None else sys.stderr
     if enabled and hasattr(stream, "isatty") and stream.isatty():
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # heavy (~0.1 s): only on a terminal; progress is imported by every command
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=stream)
     if not enabled:
         line_kw["log"] = lambda m: None
@@ -59,7 +60,6 @@ def quiet_library_bars(stream=None) -> None:
     """Off a terminal, silence the progress bars transformers / diffusers / datasets / huggingface_hub draw
     themselves (weight loading, dataset saving): they are carriage-return frames, not log lines. Libraries imported
     later read the environment variables; those already imported are switched off directly."""
-    import os
     stream = stream if stream is not None else sys.stderr
     if hasattr(stream, "isatty") and stream.isatty():
         return

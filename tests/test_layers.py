@@ -12,7 +12,12 @@ function -- may name a module of its own layer or of a lower one, never of a hig
 
 and no module there edits ``sys.path``. Within that order, ``training/`` imports neither ``world`` nor
 ``pipelines.tiny``: which base model a run starts from ("auto": the world model or a tiny random init) is decided
-by the command layer, and the trainer takes a folder.
+by the command layer, and the trainer takes a folder (the SG pre-training takes the world renders and tiny components
+from ``jobs.pretrain_sg``).
+
+An import inside a function says why it is not at the module's top (an optional dependency, a heavy import on a
+cold path, or an import cycle) in a comment on its line or the line before; a comment that opens a block of such
+imports covers the block.
 """
 from __future__ import annotations
 
@@ -101,12 +106,6 @@ def test_imports_only_go_down():
 
 # unit -> modules it must not import even where the layer order allows it
 FORBIDDEN = {"training": ("sgalign.world", "sgalign.pipelines.tiny")}
-# known exceptions, each with its way out (an entry that no longer imports what it names fails, so it is removed)
-FORBIDDEN_KNOWN = {
-    # the SG pre-training trains on world renders and can start from tiny components; issue 30 item 2 ("one
-    # pre-training loop") moves it beside the world recipe
-    "sgalign/training/pretrain_sg.py": ("sgalign.world", "sgalign.pipelines.tiny"),
-}
 
 
 def forbidden_imports(path: Path, mod: str | None = None) -> set[str]:
@@ -116,11 +115,9 @@ def forbidden_imports(path: Path, mod: str | None = None) -> set[str]:
 
 
 def test_training_imports_neither_the_world_nor_the_tiny_factory():
-    hits = {str(f.relative_to(ROOT)): h for f in source_files() if (h := forbidden_imports(f))}
-    new = {f: sorted(h - set(FORBIDDEN_KNOWN.get(f, ()))) for f, h in hits.items()}
-    assert not any(new.values()), f"training/ imports what it must not (resolve models in jobs/): {new}"
-    stale = {f: sorted(set(h) - hits.get(f, set())) for f, h in FORBIDDEN_KNOWN.items()}
-    assert not any(stale.values()), f"FORBIDDEN_KNOWN lists imports that are gone; remove them: {stale}"
+    """No exception: the SG pre-training gets its world renders and tiny components from jobs.pretrain_sg."""
+    hits = {str(f.relative_to(ROOT)): sorted(h) for f in source_files() if (h := forbidden_imports(f))}
+    assert not hits, f"training/ imports what it must not (resolve models and world data in jobs/): {hits}"
 
 
 def test_the_forbidden_check_sees_what_the_trainer_used_to_import(tmp_path):
@@ -201,3 +198,60 @@ def test_the_checker_sees_relative_and_function_level_imports(tmp_path):
             from . import sampler
     """))
     assert [t for _, t in imports(f, "sgalign.world.probe")] == ["sgalign.training.trainer", "sgalign.world.sampler"]
+
+
+def function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, text, explained) of every import statement inside a function of ``path``. Explained: a comment on one of
+    its lines or on the line before, or it directly follows an explained function-level import (one comment above a
+    block covers the block)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    nodes = {}
+    for fn in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    nodes[node.lineno] = node
+    out, explained_end = [], set()
+    for line in sorted(nodes):
+        node = nodes[line]
+        own = any("#" in lines[i - 1] for i in range(node.lineno, node.end_lineno + 1))
+        before = node.lineno > 1 and lines[node.lineno - 2].strip().startswith("#")
+        ok = own or before or (node.lineno - 1) in explained_end
+        if ok:
+            explained_end.add(node.end_lineno)
+        out.append((node.lineno, lines[node.lineno - 1].strip(), ok))
+    return out
+
+
+def test_function_level_imports_say_why():
+    """Imports go at the module's top; one stays in a function only for an optional dependency, a heavy import on a
+    cold path (e.g. a script's --help) or an import cycle, and says which."""
+    bare = [f"{f.relative_to(ROOT)}:{line}: {text}" for f in source_files()
+            for line, text, ok in function_level_imports(f) if not ok]
+    assert not bare, ("imports inside functions without a comment saying why (move them to the module's top, or "
+                      "say: optional dependency / heavy: <what it keeps light> / cycle: <who imports whom>):\n"
+                      + "\n".join(bare))
+
+
+def test_the_why_check_sees_a_bare_function_level_import(tmp_path):
+    import textwrap
+
+    f = tmp_path / "probe.py"
+    f.write_text(textwrap.dedent("""
+        import os
+
+
+        def f():
+            import json
+            import torch  # heavy: keeps --help light
+            import diffusers
+            # optional dependency
+            import bitsandbytes
+
+            import yaml
+            from a import (b,
+                           c)  # cycle: a imports this module
+    """))
+    assert [(line, ok) for line, _, ok in function_level_imports(f)] == [
+        (6, False), (7, True), (8, True), (10, True), (12, False), (13, True)]

@@ -1,4 +1,5 @@
-"""SG-encoder pretraining (sgalign.training.pretrain_sg): loss, LAION-SG bug fixes, bad records, output folder."""
+"""SG-encoder pretraining (sgalign.training.pretrain_sg, run through sgalign.jobs.pretrain_sg): loss, LAION-SG bug
+fixes, bad records, output folder."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ from PIL import Image
 
 from laion_sg_factory import _with_relation, valid_record
 from sgalign.config import load_config
-from sgalign.training.pretrain_sg import (LaionSGImageDataset, ModelConfig, PretrainConfig, WorldRenderDataset,
-                                     build_components, collate, diffusion_loss, lr_lambda, make_pipeline, param_groups,
-                                     time_ids, train, vae_input)
+from sgalign.jobs.pretrain_sg import WorldRenderDataset, pretrain_components, run_pretrain_sg
+from sgalign.training.pretrain_sg import (DataConfig, LaionSGImageDataset, ModelConfig, PretrainConfig,
+                                         build_components, build_dataset, collate, diffusion_loss, lr_lambda,
+                                         make_pipeline, param_groups, time_ids, vae_input)
 from sgalign.pipelines import StableDiffusionSGPipeline
 from sgalign.scene_graph import SceneGraph
 
@@ -65,7 +67,7 @@ def test_lr_schedule_and_param_groups():
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0)
     assert f(4) == pytest.approx(1.0) and f(6) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
-    enc = build_components(ModelConfig(tiny="sd15-sg"))["sg_encoder"]
+    enc = pretrain_components(ModelConfig(tiny="sd15-sg"))["sg_encoder"]
     decay, no_decay = param_groups([enc], 0.2)
     ids = {id(p) for p in no_decay["params"]}
     assert id(enc.alpha_obj) in ids and id(enc.projection_mlp_1.weight) not in ids
@@ -76,7 +78,7 @@ def test_lr_schedule_and_param_groups():
 @pytest.mark.parametrize("arch", ["sd15-sg", "sdxl-sg"])
 def test_steps_lower_the_loss_on_a_fixed_batch(arch):
     torch.manual_seed(0)
-    pipe = make_pipeline(build_components(ModelConfig(tiny=arch), seed=0))
+    pipe = make_pipeline(pretrain_components(ModelConfig(tiny=arch), seed=0))
     ds = WorldRenderDataset(resolution=16)
     batch = collate([ds[i] for i in range(4)])
     g = torch.Generator().manual_seed(0)
@@ -109,7 +111,7 @@ def test_train_writes_a_loadable_pipeline(tmp_path):
         f"data.image_dir={tmp_path / 'img'}", "data.resolution=16", f"train.output_dir={tmp_path / 'out'}",
         "train.batch_size=1", "train.grad_accum=2", "train.epochs=1", "train.log_every=0", "train.save_every=1",
         "train.train_unet=true", "train.uncond_prob=0.5", "train.ema_decay=0.9"])
-    out = train(cfg, log=lambda s: None)
+    out = run_pretrain_sg(cfg, log=lambda s: None)
     rec = json.loads((out / "training_record.json").read_text())
     # 6 usable records / batch 1 / accumulation 2 = 3 optimiser steps; the schedule is sized from that
     assert rec["planned_steps"] == 3 and rec["steps"] == 3 and rec["complete"] and rec["rejects"] == 3
@@ -126,3 +128,12 @@ def test_train_writes_a_loadable_pipeline(tmp_path):
     b = pipe([sg], seeds=[0], num_inference_steps=2, output_type="np").images
     assert a.shape == (1, 16, 16, 3) and np.array_equal(a, b)
     assert pipe.sg_encoder.config.mode == "object"
+
+
+def test_the_trainer_leaves_the_world_and_the_tiny_factory_to_the_command_layer():
+    """training.pretrain_sg draws no world renders and makes no tiny components itself: the command layer
+    (jobs.pretrain_sg) hands them to train; called without them it says where they come from."""
+    with pytest.raises(ValueError, match="jobs.pretrain_sg"):
+        build_components(ModelConfig(tiny="sd15-sg"))
+    with pytest.raises(ValueError, match="jobs.pretrain_sg"):
+        build_dataset(DataConfig(source="world"))

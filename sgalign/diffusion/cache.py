@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -112,7 +113,6 @@ class TrajectoryCache:
         if not p.exists():
             self.misses += 1
             return None
-        from safetensors import safe_open
         with safe_open(str(p), "pt") as f:
             meta = f.metadata() or {}
         if json.loads(meta.get("key_parts", "{}")) != parts:  # hash collision or a foreign file: recompute
@@ -131,7 +131,6 @@ class TrajectoryCache:
 
     def prune(self, keep_model_hash: str) -> int:
         """Delete entries whose model hash differs from ``keep_model_hash``; returns how many."""
-        from safetensors import safe_open
         n = 0
         for p in self.root.glob("*/*.safetensors"):
             with safe_open(str(p), "pt") as f:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..hashing import replace_dir, write_json_atomic
@@ -182,8 +183,6 @@ class Loop:
 
     def save_checkpoint(self, folder: str | Path) -> None:
         """Everything a resumed run needs, written to ``folder.tmp`` and then moved onto ``folder``."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,8 +199,6 @@ class Loop:
 
     def resume(self, folder: str | Path | None = None) -> bool:
         """Load the checkpoint in ``folder`` (default ``checkpoint_dir``) if there is one; True if loaded."""
-        from safetensors.torch import load_file
-
         folder = Path(folder) if folder is not None else self.checkpoint_dir
         if folder is None or not (folder / "state.json").is_file():
             return False

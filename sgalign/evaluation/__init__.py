@@ -3,6 +3,7 @@
 ``fid`` imports torch and torchmetrics, so its names load on first use (as do ``evaluate`` and ``write_report``, the
 runner and report of ``scripts/evaluate.py``); the rest is numpy, pydantic + standard library.
 """
+import importlib
 from typing import Any
 
 from .extracted_graph import ExtractedGraph, parse_reply, strip_json_fences
@@ -31,12 +32,10 @@ _LAZY = {"evaluate": ("run", "evaluate"), "write_report": ("report", "write_repo
 
 def __getattr__(name: str) -> Any:
     if name in _FID_NAMES:
-        from . import fid
+        from . import fid  # heavy (torch, torchmetrics): loaded on first use
 
         return getattr(fid, name)
     if name in _LAZY:
-        import importlib
-
         mod, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{mod}", __name__), attr)
     raise AttributeError(f"module 'sgalign.evaluation' has no attribute {name!r}")

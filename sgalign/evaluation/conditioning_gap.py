@@ -27,13 +27,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..world import WorldOracle, invert_predicates
+from ..world.models.data import to_tensor
+from ..world.render import render_array
+from .extractors import GraphParserExtractor
+from .sg_iou import evaluate_sg_iou, triple_counts
+from .stats import paired_bootstrap_ci
+
 
 @torch.no_grad()
 def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) -> dict:
-    from ..world.models.data import to_tensor
-    from ..world.render import render_array
-    from ..world.sampler import invert_predicates
-
     sched = pipe.scheduler
     kind = sched.config.prediction_type
     if kind not in ("epsilon", "v_prediction"):
@@ -106,11 +109,6 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     from the noise scores the same on both, and its images barely change. Graphs without relations are left out.
     Also reported: the mean absolute pixel change (0-255) between the two samples at the same seed, against the change
     between two seeds of the same true graph (what the noise alone moves)."""
-    from ..world import WorldOracle, invert_predicates
-    from .extractors import GraphParserExtractor
-    from .sg_iou import evaluate_sg_iou
-    from .stats import paired_bootstrap_ci
-
     k = len(seeds)
     keep = [g for g, gr in enumerate(graphs) if gr.relations]
     if not keep:
@@ -153,8 +151,6 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
 def _triples_by_kind(graphs: Sequence, preds: Sequence) -> dict:
     """Per predicate kind (spatial / size) of the graphs' triples: their number, the share whose two phrases the
     extraction found, and the share of those that hold in it (``sg_iou.triple_counts``, pooled)."""
-    from .sg_iou import triple_counts
-
     out = {}
     for kind, c in triple_counts(graphs, preds).items():
         n, f, h = (int(v) for v in c.sum(0))

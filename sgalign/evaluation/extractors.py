@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
-from ..scene_graph import SceneGraph
 import numpy as np
+from PIL import Image
 
+from ..scene_graph import SceneGraph
 from .extracted_graph import ExtractedGraph, parse_reply
 from .protocol import EvalProtocol
 
@@ -153,8 +154,6 @@ def encode_image(image: ImageInput, image_format: str = "png") -> str:
         else:
             raise ValueError("extractor image bytes are not JPEG, PNG or WebP; pass a PIL image to re-encode")
     else:
-        from PIL import Image
-
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         fmt = image_format.lower()
         buf = io.BytesIO()
@@ -170,7 +169,6 @@ def image_bytes(image: ImageInput) -> bytes:
         return Path(image).read_bytes()
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
-    import numpy as np
 
     arr = np.ascontiguousarray(np.asarray(image))
     return f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .stats import ConfidenceInterval, check_bootstrap_args, recentred_interval
@@ -127,7 +128,7 @@ class ImageEncoderFeatures(nn.Module):
 # from torchvision's: the average pools exclude padding (TF semantics) and Mixed_7c pools by max, not average.
 
 def _fid_blocks() -> tuple[type, ...]:
-    from torchvision.models import inception as tv
+    from torchvision.models import inception as tv  # heavy (torchvision, ~3 s): only for Inception features
 
     def pool_avg(x: Tensor) -> Tensor:
         return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
@@ -214,8 +215,6 @@ class InceptionV3Features(nn.Module):
                 f"FID Inception weights not found at {path}. Expected pytorch-fid's {PYTORCH_FID_WEIGHTS} "
                 f"(from {PYTORCH_FID_URL}); download it on a machine with network access and pass its local path.")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -270,6 +269,7 @@ def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Ten
 
 
 def fid_metric(features: FIDFeatures) -> "FrechetInceptionDistance":  # noqa: F821
+    # heavy (torchmetrics, torchvision): only where FID is computed
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     return FrechetInceptionDistance(feature=features, reset_real_features=True)
@@ -307,6 +307,7 @@ def extract_features(images: Tensor | Iterable[Tensor], features: FIDFeatures, b
 
 def fid_from_features(real: Tensor, fake: Tensor) -> float:
     """FID of two (N, D) feature sets, through torchmetrics (identity feature module)."""
+    # heavy (torchmetrics, torchvision): only where FID is computed
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:

@@ -7,14 +7,13 @@ from typing import Any
 
 import torch
 
+from ..rewards.backends.world_clip import default_world_clip_dir
 from .fid import CLIP_MEAN, CLIP_STD, FIDFeatures, ImageEncoderFeatures, inception_fid_features
 from .protocol import EvalProtocol
 
 
 def world_clip_dir(path: str | None) -> Path:
     """The world-CLIP folder a protocol names; None: the shipped one."""
-    from ..rewards.backends.world_clip import default_world_clip_dir
-
     return Path(path) if path else default_world_clip_dir()
 
 

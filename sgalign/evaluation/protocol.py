@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import ConfigModel
+from ..config import ConfigModel, load_config
 from ..diffusion.noise import NoiseRule
 
 Task = Literal["compositional", "t2i"]
@@ -73,6 +73,7 @@ class InputSet(ConfigModel):
         if self.novel_only and (self.split != "test" or not self.holdout):
             raise ValueError("inputs.novel_only needs inputs.split=test and a non-empty inputs.holdout")
         if self.holdout:
+            # heavy (sgalign.world loads scipy, ~0.6 s): keeps sgalign.evaluation light
             from ..world import parse_holdout
             parse_holdout(self.holdout)  # a bad pair is one clear line naming it
         return self
@@ -161,7 +162,5 @@ class EvalProtocol(ConfigModel):
 def load_protocol(path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
                   task: Task | None = None) -> EvalProtocol:
     """YAML ``path`` (optional) <- ``--set`` overrides <- ``task`` (the CLI's --task wins over the file)."""
-    from ..config import load_config
-
     overrides = list(overrides) + ([f"task={task}"] if task is not None else [])
     return load_config(EvalProtocol, path, overrides)

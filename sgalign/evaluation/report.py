@@ -13,11 +13,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..scene_graph import LaionSGRecord, SceneGraph
 from .run import RESULTS_NAME
 
 METRIC_NAMES = {"sg_iou": "SG-IoU", "entity_iou": "Entity-IoU", "relation_iou": "Relation-IoU"}
@@ -25,10 +28,10 @@ FILES_DIR = "report_files"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s with pyplot): only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use: the backend is chosen first
 
     return plt
 
@@ -106,8 +109,6 @@ class Document:
 
 def _inline(text: str) -> str:
     """Markdown's **bold**, `code` and [text](link) as HTML (the only inline markup the documents use)."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
@@ -150,9 +151,7 @@ def _bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[
 
 def draw_scene_graph(ax: Any, record: dict[str, Any]) -> None:
     """The scene graph on ``ax``: one node per item (its phrase), one labelled arrow per relation."""
-    import networkx as nx
-
-    from ..scene_graph import LaionSGRecord, SceneGraph
+    import networkx as nx  # heavy (~0.2 s): only when a scene graph is drawn
 
     sg = SceneGraph.from_record(LaionSGRecord.model_validate(record))
     g = sg.to_networkx()
@@ -388,8 +387,6 @@ def write_report(out_dir: str | Path, results: dict[str, Any] | None = None) -> 
         results = json.loads(path.read_text(encoding="utf-8"))
     files = root / FILES_DIR
     if files.is_dir():  # the report owns this folder: no plot or grid of an earlier report may linger
-        import shutil
-
         shutil.rmtree(files)
     files.mkdir(parents=True)
     doc = Document()

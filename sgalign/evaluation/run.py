@@ -172,7 +172,7 @@ def _evaluate_in(model: str | Path, out: Path, protocol: EvalProtocol | None, ba
                  image_cache: Path | None = None) -> dict[str, Any]:
     """``evaluate``'s work, every file written into ``out`` (the staging folder)."""
     import diffusers  # heavy: keeps evaluation.run light for the jobs and scripts/evaluate.py --help
-    import transformers
+    import transformers  # heavy, as diffusers
 
     protocol = protocol or EvalProtocol()
     if protocol.sampling.torch_threads:

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..progress import quiet_library_bars
 from ..hashing import TRAINING_RECORD, file_sha256, folder_sha256, is_random_init, model_index, read_record
 from ..scene_graph import SceneGraph, load_split
+from ..world import img_id_for, render_array, sample_split
 from ..world.prompts import parse_world_prompt
 from .protocol import EvalProtocol
 
@@ -33,6 +34,7 @@ class LoadedModel:
 def _pipeline(path: Path, task: str) -> Any:
     """The pipeline of a folder the task accepts (``check_model_folder``), through the one loader: compositional,
     its SG pipeline; t2i, its text path (an SG folder's encoder unused) as the plain diffusers pipeline."""
+    # heavy (diffusers): keeps evaluation.run light for the jobs and evaluate.py --help
     from ..pipelines import load_pipeline
 
     return load_pipeline(path, text_only=task != "compositional")
@@ -66,6 +68,7 @@ def check_model_folder(path: str | Path, task: str, weights: bool = True) -> tup
         raise ModelFolderError(f"{index_file}: field _class_name {str(cls_name)[:60]!r} cannot run the {task} task; "
                                f"expected one of {sorted(wanted)}")
     if weights:
+        # heavy (diffusers): a folder is checked before the jobs load it
         from ..models.loading import check_layout, check_weights
         check_layout(path)
         if cls_name in _SG_CLASSES and (path / "sg_encoder").is_dir():
@@ -101,7 +104,7 @@ def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
     """Apply the protocol's scheduler; return the values that were actually used (recorded in results)."""
     s = protocol.sampling
     if s.scheduler == "ddim":
-        from diffusers import DDIMScheduler
+        from diffusers import DDIMScheduler  # heavy: as load_pipeline
 
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     g = s.guidance_scale if s.guidance_scale is not None else getattr(pipe, "default_guidance_scale",
@@ -184,8 +187,6 @@ def holdout_kwargs(src: Any) -> dict[str, Any]:
 def load_inputs(protocol: EvalProtocol) -> Inputs:
     src = protocol.inputs
     if src.source == "world":
-        from ..world import img_id_for, render_array, sample_split
-
         scenes = sample_split(src.split, src.n, seed=src.seed, **holdout_kwargs(src))
         graphs = [sc.graph() for sc in scenes]
         ids = [img_id_for(src.split, i) for i in range(len(scenes))]

@@ -232,6 +232,7 @@ def triple_counts(gts: Sequence[SceneGraph], preds: Sequence[ExtractedGraph]) ->
     """Per predicate kind of the world's relations, int [N, 3] per image: the true graph's triples of that kind, how
     many had both phrases in the extraction, and how many of those hold in it (directions made canonical on both
     sides). A failed extraction (``None``) counts its triples, none found."""
+    # heavy (sgalign.world loads scipy, ~0.6 s): keeps sgalign.evaluation light
     from ..world.rules import SPATIAL, canonical_triple
 
     out = {k: np.zeros((len(gts), 3), dtype=np.int64) for k in TRIPLE_KINDS}

@@ -9,14 +9,23 @@ refused unless ``overwrite``; the same one with a finished results.json is skipp
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    from ..training.config import TrainConfig
-    from ..training.trainer import TrainResult
+from ..evaluation.protocol import load_protocol
+from ..evaluation.report import write_report
+from ..evaluation.run import RESULTS_NAME, evaluate
+from ..evaluation.sampling import check_model_folder
+from ..hashing import folder_sha256, identity_hash
+from ..outdir import claim, locked, refuse_inputs
+from ..training.config import TrainConfig
+from ..training.runs import evaluation_plan
+from ..training.trainer import TrainResult, resolve_run_paths, train
+from ..world import paths as world_paths
 
 
 def _model_folder(path: str | None, what: str, task: str) -> None:
@@ -27,7 +36,6 @@ def _model_folder(path: str | None, what: str, task: str) -> None:
     if not (Path(path) / "model_index.json").is_file():
         raise UserError(f"{what} {path}: not a model folder (no model_index.json); pass a diffusers pipeline folder, "
                         "e.g. a training run's final/")
-    from ..evaluation.sampling import check_model_folder
     check_model_folder(path, task)
 
 
@@ -35,15 +43,6 @@ def evaluate_command(task: str, model: str | None = None, baseline: str | None =
                      config: str | None = None, overrides: Sequence[str] = (), overwrite: bool = False,
                      command: str | None = None) -> dict[str, Any]:
     """Returns {plan, results, paths, skipped}."""
-    import json
-
-    from ..evaluation.protocol import load_protocol
-    from ..evaluation.report import write_report
-    from ..evaluation.run import RESULTS_NAME, evaluate
-    from ..hashing import folder_sha256, identity_hash
-    from ..outdir import claim, locked, refuse_inputs
-    from ..training.runs import evaluation_plan
-
     plan = evaluation_plan(task, model, baseline, out, config)
     protocol = load_protocol(plan["config"], list(overrides), task=task)
     refuse_inputs({"--out": plan["out"]}, {"--model": plan["model"], "--baseline": plan["baseline"],
@@ -75,17 +74,13 @@ def resolve_model_path(cfg: TrainConfig) -> None:
     ``<run>.base-model-random-init-<arch>-seed<s>`` and labelled ``model.random_init``. It is made there, not inside
     the run folder, because the trainer claims (and with --overwrite empties) that folder; the same arch and seed
     give the same weights, so reruns reuse it. Call after ``resolve_run_paths`` (the run folder must be known)."""
-    import os
-    import shutil
-
-    from ..pipelines.tiny import make_tiny
-    from ..world.paths import world_model_path
+    from ..pipelines.tiny import make_tiny  # heavy (torchvision, peft: ~2 s): only when no world model exists
 
     m = cfg.model
     if m.path != "auto":
         return
     main = int(os.environ.get("RANK", "0")) == 0  # under accelerate every process resolves; one logs
-    world = world_model_path()
+    world = world_paths.world_model_path()  # through the module: a test stands in for it
     if (world / "model_index.json").exists():
         m.path = str(world)
         if main:
@@ -112,8 +107,6 @@ def train_command(cfg: TrainConfig, overwrite: bool = False, config_file: str | 
     """``scripts/train.py``'s work: the run's paths resolved (a missing dataset refused before anything is written),
     then ``model.path=auto``, then the trainer on a config whose model is a folder (``config_file``: the YAML it came
     from, an input the run must not write into)."""
-    from ..training.trainer import resolve_run_paths, train
-
     resolve_run_paths(cfg)
     resolve_model_path(cfg)
     return train(cfg, overwrite=overwrite, config_file=config_file)

@@ -13,14 +13,14 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from ..scene_graph import SceneGraph, build_token_graph, clip_tokenizer, load_split
+
 
 def example_split_path() -> Path:
     return Path(str(resources.files("sgalign.scene_graph") / "data" / "laion_sg_card_example.json"))
 
 
 def run_smoke() -> dict[str, object]:
-    from ..scene_graph import SceneGraph, build_token_graph, clip_tokenizer, load_split
-
     t0 = time.perf_counter()
     split = load_split(example_split_path())
     print(f"[1/4] validated {split.path.name}: {split.summary}")
@@ -41,7 +41,7 @@ def run_smoke() -> dict[str, object]:
 def run_demo(out: str | Path = "runs/world-demo", budget: str = "demo", base_model: str | Path | None = None,
              smoke: bool = True) -> dict[str, Path]:
     """Smoke checks, then the world job; returns the table paths (``markdown``, ``json``, ``html``)."""
-    from .world_job import DEMO_METHODS, run_world_job
+    from .world_job import DEMO_METHODS, run_world_job  # heavy (torch): keeps demo.py --help light
 
     t0 = time.perf_counter()
     if smoke:

@@ -32,7 +32,9 @@ from typing import Any, Callable, Literal
 
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
+from ..config import load_config
 from ..machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +121,6 @@ def run_case(c: dict) -> dict:
     # heavy (diffusers, accelerate) and only on this path; the count-only report never imports them
     import sgalign.models.loading as loading
     import sgalign.training.trainer as trainer_mod
-    from sgalign.config import load_config
     from sgalign.models.fullsize import build_components
     from sgalign.training.config import TrainConfig
 
@@ -156,7 +157,6 @@ def run_case(c: dict) -> dict:
 def unet_flops(folder: Path, resolution: int) -> float:
     """FLOPs of one UNet forward of one latent at ``resolution`` (counted on the meta device)."""
     from diffusers import UNet2DConditionModel  # heavy: only when a figure is counted
-    from torch.utils.flop_counter import FlopCounterMode
     cfg = json.loads((folder / "unet" / "config.json").read_text())
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(cfg)
@@ -266,6 +266,7 @@ def _set_up(cfg: FullsizeBenchConfig, log: Log) -> _Setup:
 def count_fullsize(cfg: FullsizeBenchConfig, log: Log = _print) -> None:
     """Parameter counts of each arch against the released model's, and FLOPs per UNet forward at the profile's
     (or ``cfg.resolution``) resolution, on the meta device."""
+    # heavy (diffusers): keeps bench_fullsize.py --help light
     from ..models.fullsize import REFERENCE_COUNTS, parameter_counts
     s = _set_up(cfg, log)
     resolutions = sorted({cfg.resolution or profile(s.device, x)["resolution"] for x in cfg.archs})

@@ -14,6 +14,11 @@ from typing import Any, Iterable, Literal, get_args
 
 import yaml
 
+from data_builders.config import BuildPairsConfig
+
+from ..config import load_config
+from ..world import parse_holdout
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs" / "world" / "compositional.yaml"
 PAIRS_CONFIG = ROOT / "configs" / "build_pairs" / "world.yaml"
@@ -88,8 +93,6 @@ class JobBudget:
     holdout: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from ..world import parse_holdout
-
         if isinstance(self.lr, str):  # YAML 1.1 reads --budget-set lr=1e-5 as a string
             try:
                 self.lr = float(self.lr)
@@ -164,8 +167,7 @@ def method_training(method_id: str, b: JobBudget, task: str = "compositional") -
     (its ``method.settings``, chosen on validation, over the file's optimizer / trainer values)."""
     if b.lr is not None and b.train_steps is not None:
         return b.lr, b.train_steps
-    from ..config import load_config
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig  # heavy (diffusers via sgalign.training): keeps the scripts' --help light
 
     cfg = load_config(TrainConfig, TASK_CONFIGS[task][0], [f"method.name={trainer_method(method_id)}"])
     return (b.lr if b.lr is not None else cfg.optimizer.lr,
@@ -192,8 +194,7 @@ def train_config(method_id: str, run_dir: Path, base: Path, pairs: Path, b: JobB
                  extra: dict[str, Any] | None = None):
     """The ``TrainConfig`` of one method's training stage (``overrides``: extra ``key=value`` strings, for tests;
     ``extra``: nested typed values merged last, e.g. a tuning cell's method options and checkpoint interval)."""
-    from ..config import load_config
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig  # heavy (diffusers via sgalign.training): keeps the scripts' --help light
 
     updates = train_updates(method_id, run_dir, base, pairs, b, seed, task)
     top: dict[str, Any] = {"task": task, "method": {"name": trainer_method(method_id)}}
@@ -224,10 +225,6 @@ def pairs_updates(base: Path | None, b: JobBudget, seed: int, task: str = "compo
 
 def pairs_config(base: Path | None, b: JobBudget, seed: int, task: str = "compositional"):
     """The ``BuildPairsConfig`` of the pairs stage."""
-    from data_builders.config import BuildPairsConfig
-
-    from ..config import load_config
-
     path = PAIRS_CONFIG if task == "compositional" else None
     return load_config(BuildPairsConfig, path, updates=[pairs_updates(base, b, seed, task)])
 
@@ -253,8 +250,7 @@ EVAL_GRAPHS_SEED = 0
 
 def eval_protocol(b: JobBudget, seed: int, task: str = "compositional"):
     """The ``EvalProtocol`` of the evaluation stage: the task's world protocol at the budget's size."""
-    from ..config import load_config
-    from ..evaluation.protocol import EvalProtocol
+    from ..evaluation.protocol import EvalProtocol  # heavy (torch): keeps the scripts' --help light
 
     updates: dict[str, Any] = {
         # the evaluation graphs do not follow the training seed: runs of several training seeds are scored on the

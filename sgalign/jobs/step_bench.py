@@ -85,8 +85,8 @@ class _Server:
 
 
 def model_paths(tmp: Path) -> dict[str, Path]:
-    from ..pipelines.tiny import make_tiny
-    from ..world.paths import world_model_path
+    from ..pipelines.tiny import make_tiny  # heavy (diffusers): keeps bench_step.py --help light
+    from ..world.paths import world_model_path  # heavy (sgalign.world loads scipy): as make_tiny
     world = world_model_path()
     if not (world / "model_index.json").is_file():
         raise FileNotFoundError(f"no world SD1.5-SG at {world}")
@@ -110,7 +110,7 @@ def compare(revision: str = "ccb35ef", models: tuple[str, ...] = MODELS, methods
             batches: tuple[int, ...] = (1, 4), steps: int = 6, warmup: int = 2, rounds: int = 2, threads: int = 1,
             log: Callable[[str], None] = print) -> tuple[Side, Side, list[Config]]:
     """Run every configuration on this tree (A) and ``revision`` (B), interleaved over ``rounds``."""
-    from ..training.synthetic import write_pickapic
+    from ..training.synthetic import write_pickapic  # heavy (diffusers via sgalign.training): as make_tiny
     tmp = Path(tempfile.mkdtemp(prefix="bench_step_"))
     wt = tmp / f"tree-{revision}"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(wt), revision], check=True,

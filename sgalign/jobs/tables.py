@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..evaluation.report import Document
 from ..evaluation.sampling import check_same_noise
+from ..hashing import write_text_atomic
 from .specs import METRICS, split_method_id, trainer_method
 
 
@@ -164,9 +166,6 @@ def _write_files(out: Path, title: str, intro: str, notes: list[str], fallbacks:
                  job: dict[str, Any], tables: dict[str, Any], sections: list[tuple[str, list[str], list[list[str]]]],
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """results_table.md / .json and index.html; ``sections``: (heading, table header, table rows)."""
-    from ..evaluation.report import Document
-    from ..hashing import write_text_atomic
-
     doc = Document()
     doc.h(1, title)
     doc.p(intro)

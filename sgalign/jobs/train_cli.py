@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from ..config import load_config
+from ..errors import run_main
 from ..training.config import TrainConfig
+from ..training.runs import TRAIN_ROOT, latest_finished_run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -40,9 +43,6 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
 
 def next_command(task: str, run_dir: Path) -> str:
     """The evaluate command for a finished run (evaluate.py picks the latest finished run under runs/train)."""
-    import shlex
-
-    from ..training.runs import TRAIN_ROOT, latest_finished_run
     cmd = ["python", "scripts/evaluate.py", "--task", task]
     latest = latest_finished_run(task, TRAIN_ROOT)
     same = latest is not None and latest.resolve() == run_dir.resolve()
@@ -50,8 +50,8 @@ def next_command(task: str, run_dir: Path) -> str:
 
 
 def run(argv=None) -> int:
-    from .commands import train_command
     args, cfg = parse(argv)
+    from .commands import train_command  # heavy (sgalign.world: scipy; the evaluation runner): keeps --help light
     res = train_command(cfg, overwrite=args.overwrite, config_file=args.config or default_config(args.task))
     final = res.run_dir / "final"
     print(f"model: {final if final.is_dir() else res.run_dir} ({res.step} steps; run {res.run_dir})")
@@ -61,6 +61,5 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from ..errors import run_main
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     return run_main(lambda: run(argv), debug=debug, prog="train")

@@ -43,8 +43,12 @@ from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
 from ..errors import UserError
 from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
+from ..models.conditioning import build_conditioning
 from ..models.graph_inputs import build_graph_inputs
+from ..models.loading import load_model, load_sg_encoder
+from ..models.sg_encoder import SGEncoder, input_sensitivity
 from ..models.sg_layout import LayoutHead, layout_loss, node_boxes
+from ..training.pretrain_sg import make_pipeline, param_groups
 from ..world import rules
 from ..world.models.clip import store_token_table_fp16
 from ..world.models.data import to_tensor
@@ -52,7 +56,8 @@ from ..world.models.record import write_record
 from ..world.models.vae import (VaeTrainArgs, blend_test, evaluate_world_vae, latent_channel_stats,
                                 latent_scaling_factor, load_world_vae, normalise_latent_channels, train_world_vae)
 from ..world.render import render_array
-from ..world.sampler import SPLIT_CODE, WorldObject, WorldScene, sample_scene, sample_split, split_of
+from ..world.sampler import (SPLIT_CODE, WorldObject, WorldScene, invert_predicates, sample_scene, sample_split,
+                             split_of)
 
 Stage = Literal["vae", "cache", "sg_layout", "stage1", "stage2"]
 STAGES: tuple[Stage, ...] = ("vae", "cache", "sg_layout", "stage1", "stage2")
@@ -328,9 +333,6 @@ def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
     """``sg_layout_steps`` of box regression (``models.sg_layout``) for stage 1's fresh SG encoder, its inputs from
     the frozen world-CLIP text tower; writes ``OUT/sg_layout/{sg_encoder, layout_head.safetensors}``. 0 steps: a
     record only, and stage 1 starts from the fresh encoder."""
-    from ..models.sg_encoder import input_sensitivity
-    from ..world.sampler import invert_predicates
-
     out, t0 = Path(r.out), time.time()
     tmp = out / "sg_layout.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -384,8 +386,7 @@ def run_sg_layout_stage(r: WorldBaseRecipe, log: Callable[[str], None]) -> dict:
 def _components(r: WorldBaseRecipe, stage: int) -> dict[str, Any]:
     """Stage 1: world-CLIP text tower + tokenizer, recipe VAE, fresh UNet + fresh SG encoder (``r.sg_encoder``).
     Stage 2: the finished stage-1 pipeline."""
-    from ..models.loading import load_model, load_sg_encoder  # heavy (diffusers): keeps world_base light
-    from ..models.sg_encoder import SGEncoder
+    # heavy (the model classes load torchvision and peft, ~2 s): keeps pretrain_world.py --help light
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -426,8 +427,6 @@ def _stage_modules(r: WorldBaseRecipe, stage: int, pipe) -> dict[str, torch.nn.M
 
 def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn.Module], total: int):
     """AdamW with one learning rate per module (no weight decay), warmup then cosine; returns (opt, sched, lrs)."""
-    from ..training.pretrain_sg import param_groups
-
     lrs = {"unet": r.unet_lr, "text_encoder": r.text_lr, "sg_encoder": r.sg_lr, "layout_head": r.sg_lr}
     groups = [{**g, "lr": lrs[k]} for k, m in trained.items() for g in param_groups([m], 0.0)]
     assert sum(len(g["params"]) for g in groups) == sum(1 for m in trained.values() for _ in m.parameters())
@@ -440,8 +439,6 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
                         with_graph: bool) -> torch.Tensor:
     """Prompt embeddings of a batch: with the graph (stage 1: ``graph_drop_prob`` of the rows on the text alone),
     and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance)."""
-    from ..models.conditioning import build_conditioning
-
     tok, te, n = [pipe.tokenizer], [pipe.text_encoder], len(graphs)
     if stage == 1 and with_graph and r.graph_drop_prob > 0:
         text_only = torch.rand(n, generator=gen) < r.graph_drop_prob
@@ -508,8 +505,6 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
 def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
     """Stage 1 (UNet + text encoder [+ SG encoder]) or stage 2 (SG encoder alone) on the cached latents: the shared
     ``Loop`` (EMA, clipping, time share, checkpoint/resume in ``OUT/stageN/checkpoint``) with this stage's loss."""
-    from ..training.pretrain_sg import make_pipeline
-
     name, budget = f"stage{stage}", r.stage1 if stage == 1 else r.stage2
     work, total, limit = Path(r.out) / name, budget.steps, r.stage_seconds(budget)
     work.mkdir(parents=True, exist_ok=True)
@@ -624,8 +619,6 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     """A running or stopped diffusion stage's last checkpoint as a pipeline folder ``dst`` (EMA weights, sampling
     calibrated like the final folder), to look at a long run midway. Its ``model_index.json`` says
     ``"snapshot": {"stage", "step"}``: an intermediate model, never the recipe's result."""
-    from ..training.pretrain_sg import make_pipeline
-
     if r.threads:
         torch.set_num_threads(r.threads)
     ck, dst = Path(r.out) / f"stage{stage}" / "checkpoint", Path(dst)

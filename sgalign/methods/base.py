@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal, get_type_hints
 
 import torch
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 from torch import Tensor
 
 from ..diffusion.cache import TrajectoryCache
@@ -168,10 +168,7 @@ class MethodConfig:
 
 def validate_options(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
     """``opts`` validated against ``cls``'s field annotations; errors name the option and the allowed values."""
-    import typing
-
-    from pydantic import TypeAdapter, ValidationError
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
     out = {}
     for k, v in opts.items():

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion.batching import cat_rows
 from ..diffusion.inversion import broadcast_like as _bc
 from .base import (Method, MethodConfig, MethodContext, MethodOutput, PairBatch, Positive, randn_like,
                    sample_timesteps)
@@ -25,7 +26,6 @@ def forward_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_c
 
 def dpo_forward(policy, reference, x_w, x_l, t_w, t_l, target_w, target_l, cond, loss_fn):
     """Policy (grad) and reference (no grad) on stacked [winners; losers]; per-pair MSEs into ``loss_fn``."""
-    from ..diffusion.batching import cat_rows
     x, t, c = torch.cat([x_w, x_l]), torch.cat([t_w, t_l]), cat_rows([cond, cond])
     B = x_w.shape[0]
     m = per_sample_mse(policy(x, t, c), torch.cat([target_w, target_l]))

@@ -14,7 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from ..scene_graph import clip_tokenizer
+from .sg_encoder import SGEncoder
 
 FULLSIZE_ROOT = Path(__file__).resolve().parents[2] / "configs" / "fullsize"
 RANDOM_INIT_NOTE = "RANDOM-INIT full-size architecture (configs/fullsize): meaningless weights, for benchmarks only"
@@ -44,13 +50,6 @@ def build_components(path: str | Path, *, dtype: torch.dtype | None = None, unet
     """The components of ``path`` (``load_model``'s keys, ``sg_encoder`` when the folder has one), random
     init. ``dtype``: VAE, text encoders and SG encoder; ``unet_dtype``: the UNet (default ``dtype``);
     ``device="meta"`` builds shapes only."""
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from ..scene_graph import clip_tokenizer
-    from .sg_encoder import SGEncoder
-
     path = Path(path)
     sched_cfg = _read(path / "scheduler" / "scheduler_config.json")
     comps: dict[str, Any] = {"scheduler": getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)}

@@ -18,11 +18,16 @@ Weights must be safetensors (plain, ``.{variant}`` or sharded with an ``.index.j
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import diffusers
+import transformers
+from accelerate import init_empty_weights
 
 from ..errors import UserError
 from .sg_encoder import SGEncoder
@@ -145,10 +150,6 @@ def safetensors_header(path: str | Path) -> dict[str, Any]:
 def _expected_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
     """Parameter shapes the component's config.json builds (on the meta device: no memory, no weights read);
     None when the class is not one we can build here."""
-    import diffusers
-    import transformers
-    from accelerate import init_empty_weights
-
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     with init_empty_weights():
         if cfg.get("_class_name") == "SGEncoder":
@@ -251,8 +252,6 @@ def load_component(name: str, folder: str | Path, *, torch_dtype: Any = None, va
         enc = load_sg_encoder(folder)
         return enc if torch_dtype is None else enc.to(torch_dtype)
     if name == "scheduler":
-        import diffusers
-
         cfg_file = folder / "scheduler_config.json"
         sched_cfg = json.loads(cfg_file.read_text())
         sched_cls = getattr(diffusers, sched_cfg.get("_class_name", ""), None)
@@ -261,7 +260,6 @@ def load_component(name: str, folder: str | Path, *, torch_dtype: Any = None, va
         return sched_cls.from_config(sched_cfg)
     if name not in _CLASSES:
         raise ValueError(f"unknown component {name!r}; one of {sorted({*_CLASSES, 'scheduler', 'sg_encoder'})}")
-    import importlib
 
     module, cls_name = _CLASSES[name]
     cls = getattr(importlib.import_module(module), cls_name)
@@ -324,8 +322,7 @@ def load_model(path: str | Path, arch: str | None = None, *, sg_encoder: SGEncod
     listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
     fe = listed.get("feature_extractor")
     if _is_component_entry(fe) and fe[1] and (path / "feature_extractor").is_dir():
-        import transformers  # a plain SD1.5 folder's image processor, loaded as from_pretrained would
-
+        # a plain SD1.5 folder's image processor, loaded as from_pretrained would
         comps["feature_extractor"] = getattr(transformers, fe[1]).from_pretrained(path / "feature_extractor",
                                                                                   local_files_only=True)
     enc = None

@@ -45,6 +45,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from .graph_conv import GraphTripleConv, GraphTripleConvNet
+from .graph_inputs import build_graph_inputs
 
 Mode = Literal["object", "faithful"]
 MODES = ("object", "faithful")
@@ -159,8 +160,6 @@ def input_sensitivity(encoder: SGEncoder, graphs, inverted, tokenizers, text_enc
 
     A default-init six-layer sg2im stack measures ~0.03 and ~1e-7; the variance-keeping init ~0.3 and ~1e-2
     (docs/RESULTS.md, "An SG encoder that carries its graph")."""
-    from .graph_inputs import build_graph_inputs
-
     mode, loops = encoder.config.mode, encoder.config.self_loops
     gi = build_graph_inputs(graphs, mode, tokenizers, text_encoders, self_loops=loops)
     gj = build_graph_inputs(inverted, mode, tokenizers, text_encoders, self_loops=loops)

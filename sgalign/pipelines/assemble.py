@@ -11,18 +11,17 @@ import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
 from ..models.loading import MissingModelFileError, load_model
+from .sd15_sg import StableDiffusionSGPipeline
+from .sdxl_sg import StableDiffusionXLSGPipeline
 
 
 def pipeline_class(arch: str, text_only: bool = False) -> type:
     """The pipeline class of ``arch`` (``"sd15"`` / ``"sdxl"``): ours, or with ``text_only`` diffusers' own."""
     if text_only:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
         return StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
-    from .sd15_sg import StableDiffusionSGPipeline
-    from .sdxl_sg import StableDiffusionXLSGPipeline
-
     return StableDiffusionXLSGPipeline if arch == "sdxl" else StableDiffusionSGPipeline
 
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -145,8 +146,6 @@ class SGPipelineBase(DiffusionPipeline):
                 self.vae.to(torch.float16)
 
     def _step_kwargs(self, generator: Any, eta: float) -> dict:
-        import inspect
-
         params = set(inspect.signature(self.scheduler.step).parameters)
         kw: dict = {}
         if "eta" in params:
@@ -165,7 +164,7 @@ class SGPipelineBase(DiffusionPipeline):
         The SG encoder is, in order: ``sg_encoder`` (module, ``sg_encoder/`` folder or LAION-SG ``.pt``), the
         folder's own ``sg_encoder/``, or -- only if ``init_sg_encoder`` (config overrides) is given -- a fresh
         random-init encoder sized to the text encoders."""
-        from .assemble import load_pipeline
+        from .assemble import load_pipeline  # cycle: assemble imports sd15_sg / sdxl_sg, which import this module
 
         return load_pipeline(path, arch=cls.arch, sg_encoder=sg_encoder, init_sg_encoder=init_sg_encoder,
                              torch_dtype=torch_dtype, variant=variant)

@@ -16,11 +16,19 @@ have 8x8 latents.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..hashing import RANDOM_INIT_KEY
+from ..models.sg_encoder import SGEncoder
+from ..scene_graph import clip_tokenizer
+from .sd15_sg import StableDiffusionSGPipeline
+from .sdxl_sg import StableDiffusionXLSGPipeline
 
 ARCHS = ("sd15", "sdxl", "sd15-sg", "sdxl-sg")
 RANDOM_INIT_NOTE = "RANDOM-INIT tiny model from sgalign.pipelines.tiny: for tests and plumbing only, meaningless weights"
@@ -30,8 +38,6 @@ _CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_
 
 
 def tiny_text_encoder(seed: int = 0, projection_dim: int | None = None, pad_token_id: int = 49407):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     torch.manual_seed(seed)
     if projection_dim is None:
         return CLIPTextModel(CLIPTextConfig(**_CLIP, pad_token_id=pad_token_id)).eval()
@@ -40,8 +46,6 @@ def tiny_text_encoder(seed: int = 0, projection_dim: int | None = None, pad_toke
 
 
 def tiny_unet(sdxl: bool, cross_attention_dim: int, pooled_dim: int = 32, seed: int = 0):
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(seed)
     kw = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -54,8 +58,6 @@ def tiny_unet(sdxl: bool, cross_attention_dim: int, pooled_dim: int = 32, seed: 
 
 
 def tiny_vae(seed: int = 0, sdxl: bool = False):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -64,15 +66,11 @@ def tiny_vae(seed: int = 0, sdxl: bool = False):
 
 
 def tiny_scheduler():
-    from diffusers import DDIMScheduler
-
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                          set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
 
 
 def tiny_sg_encoder(text_dim: int, mode: str = "object", seed: int = 0, gate_init: float = 0.0):
-    from ..models.sg_encoder import SGEncoder
-
     torch.manual_seed(seed)
     return SGEncoder(text_dim=text_dim, embed_dim=16, hidden_dim=16, num_graph_layers=5, mode=mode,
                      gate_init=gate_init)
@@ -80,8 +78,6 @@ def tiny_sg_encoder(text_dim: int, mode: str = "object", seed: int = 0, gate_ini
 
 def tiny_components(arch: str, seed: int = 0, sg_mode: str = "object", gate_init: float = 0.0) -> dict:
     """The components of a tiny pipeline of ``arch`` (see ``ARCHS``)."""
-    from ..scene_graph import clip_tokenizer
-
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     sdxl = arch.startswith("sdxl")
@@ -105,24 +101,16 @@ def tiny_pipeline(arch: str, seed: int = 0, sg_mode: str = "object", gate_init: 
     """A tiny pipeline object: ``StableDiffusion[XL]Pipeline`` for base archs, our SG pipelines for -sg."""
     comps = tiny_components(arch, seed, sg_mode, gate_init)
     if arch == "sd15":
-        from diffusers import StableDiffusionPipeline
-        from transformers import CLIPImageProcessor
-
         return StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=CLIPImageProcessor(),
                                        requires_safety_checker=False)
     if arch == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
         return StableDiffusionXLPipeline(**comps, force_zeros_for_empty_prompt=True)
-    from . import StableDiffusionSGPipeline, StableDiffusionXLSGPipeline
 
     return (StableDiffusionXLSGPipeline if arch == "sdxl-sg" else StableDiffusionSGPipeline)(**comps)
 
 
 def make_tiny(arch: str, out: str | Path, seed: int = 0, sg_mode: str = "object", gate_init: float = 0.0) -> Path:
     """Write a complete tiny ``arch`` folder to ``out`` (created; must be empty or absent)."""
-    import json
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")

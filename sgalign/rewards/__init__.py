@@ -22,6 +22,6 @@ __all__ = [
 
 def __getattr__(name: str):  # the world backends import the shapes world (scipy): only when asked for
     if name == "world_reward":
-        from .backends.world import world_reward
+        from .backends.world import world_reward  # heavy (sgalign.world: scipy): only when asked for
         return world_reward
     raise AttributeError(name)

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
+import numpy as np
 from PIL import Image
 
 from ..scene_graph import Item, SceneGraph
@@ -92,7 +93,6 @@ def attribute_score(probs: Sequence[tuple[float, float]], round_attribute: bool)
         for py, pn in probs:
             a *= yes_ratio(py, pn)
         return a
-    import numpy as np
 
     a32 = np.float32(1.0)
     for py, pn in probs:

@@ -65,7 +65,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77)
     """A ``transformers.CLIPTokenizer`` with the real CLIP vocabulary, built offline.
 
     ``pad_token="!"`` gives SDXL's ``tokenizer_2``. ``save_pretrained`` writes a normal tokenizer folder."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # heavy (~1 s): scene_graph serves light tools (validate_sg.py)
 
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], pad_token=pad_token,

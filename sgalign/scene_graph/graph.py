@@ -121,7 +121,7 @@ class SceneGraph:
 
     # ---- graph views --------------------------------------------------------------------------------------
     def to_networkx(self) -> "nx.MultiDiGraph":
-        import networkx as nx
+        import networkx as nx  # heavy: scene_graph serves light tools (validate_sg.py)
 
         g = nx.MultiDiGraph()
         for it in self.items:
@@ -135,8 +135,8 @@ class SceneGraph:
         """Object-level graph: node i = ``items[i]`` (isolated items included, nodes shared across relations),
         edge k = ``relations[k]`` from subject to object. Text travels with the tensors as ``node_text``
         (phrase form), ``node_label`` and ``edge_text``; ``item_ids`` maps node index back to item_id."""
-        import torch
-        from torch_geometric.data import Data
+        import torch  # heavy: as networkx
+        from torch_geometric.data import Data  # heavy: as networkx
 
         index = {it.item_id: n for n, it in enumerate(self.items)}
         if self.relations:

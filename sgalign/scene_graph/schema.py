@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
@@ -23,7 +24,6 @@ _FLOAT_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)
 def _invisible(v: str) -> str | None:
     """The first control, format (zero-width space / joiner, BOM, bidi marks) or line/paragraph separator
     character of ``v``, as U+XXXX; such characters make two labels that look the same differ, or break a line."""
-    import unicodedata
     for ch in v:
         if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
             return f"U+{ord(ch):04X}"

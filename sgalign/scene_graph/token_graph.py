@@ -59,7 +59,7 @@ class TokenGraph:
         return [pool[i] for i in self.sequence_index]
 
     def to_tensors(self) -> dict[str, Any]:
-        import torch
+        import torch  # heavy: scene_graph serves light tools (validate_sg.py)
 
         return {
             "node_token_ids": torch.tensor(self.node_token_ids, dtype=torch.long),

@@ -5,6 +5,8 @@ import os
 import sys
 from typing import TextIO
 
+from ..errors import UserError
+from ..outdir import refuse_inputs
 from .io import SplitLoad, load_split
 
 
@@ -12,8 +14,6 @@ def validate_split_file(path: str | os.PathLike[str], rejects_path: str | os.Pat
                         require_relations: bool = False, max_show: int = 20, out: TextIO | None = None) -> SplitLoad:
     """Validate ``path`` record by record, print up to ``max_show`` rejects with their reasons, write every reject
     (with its raw record) to ``rejects_path`` if given, and end with the line ``N valid, M rejected``."""
-    from ..errors import UserError
-    from ..outdir import refuse_inputs
     out = out if out is not None else sys.stdout  # looked up now: a default bound at import outlives a redirected stdout
     refuse_inputs({"--rejects": rejects_path}, {"split file": path})  # --rejects S.json would replace the split
     if rejects_path is not None and os.path.isdir(rejects_path):  # before the work, not when writing at the end

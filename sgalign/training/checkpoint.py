@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import UserError
 
@@ -58,7 +59,6 @@ def save_checkpoint(trainer, run_dir: Path, step: int) -> Path:
     if acc.is_main_process:
         save_policy(trainer, tmp / "policy")
         if trainer.ema is not None:
-            from safetensors.torch import save_file
             save_file({f"p{i}": t.detach().cpu().contiguous() for i, t in enumerate(trainer.ema.shadow_params)},
                       str(tmp / "ema.safetensors"), metadata={"optimization_step": str(trainer.ema.optimization_step)})
         (tmp / "trainer_state.json").write_text(json.dumps(trainer.state_dict(), indent=1) + "\n")
@@ -89,7 +89,6 @@ def load_checkpoint(trainer, path: Path) -> None:
     trainer.acc.load_state(str(path))
     trainer.load_state_dict(state)
     if trainer.ema is not None:
-        from safetensors.torch import load_file, safe_open
         shadow = load_file(str(path / "ema.safetensors"))
         for i, p in enumerate(trainer.ema.shadow_params):
             p.data.copy_(shadow[f"p{i}"].to(p.device))

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigModel
+from ..methods import available_methods, build_method, get_method_class
+from ..methods.base import validate_options
 
 
 MAX_STEPS = 1_000_000  # optimizer steps (published preference-alignment runs use a few thousand)
@@ -93,7 +95,6 @@ class MethodSection(ConfigModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ..methods import available_methods
         if v not in available_methods():
             raise ValueError(f"unknown method {v!r}; available: {', '.join(available_methods())}")
         return v
@@ -108,7 +109,6 @@ class MethodSection(ConfigModel):
     @field_validator("settings")
     @classmethod
     def _valid_settings(cls, v: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-        from ..methods import available_methods
         for name, sections in v.items():
             if name not in available_methods():
                 raise ValueError(f"settings given for unknown method {name!r}; available: "
@@ -125,8 +125,6 @@ class MethodSection(ConfigModel):
 def method_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Validate ``opts`` against method ``name``'s config dataclass (its bounds and ``Literal`` choices); errors
     name the option."""
-    from ..methods import available_methods, get_method_class
-    from ..methods.base import validate_options
     if name not in available_methods():
         raise ValueError(f"options given for unknown method {name!r}; available: {', '.join(available_methods())}")
     try:
@@ -240,8 +238,6 @@ class TrainConfig(ConfigModel):
 def method_optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The optimizer settings the trained method's faithful reproduction needs (``Method.optimizer_overrides``);
     ``TrainConfig`` merges them at validation (``_method_optimizer``)."""
-    from ..methods import build_method
-
     return build_method(cfg.method.name, cfg.method.chosen()).optimizer_overrides()
 
 

@@ -36,8 +36,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import UserError
+from ..hashing import verified_sha256
 from ..pair_schema import CANDIDATE_COLUMNS, PICKAPIC_COLUMNS, decode_image
 from ..scene_graph import LaionSGRecord, SceneGraph
 from .pair_sampler import DynamicPairSampler
@@ -74,7 +76,6 @@ def verify_dataset(path: str | Path) -> dict[str, Any] | None:
     a dataset that is not a build_pairs folder: a save_to_disk folder, a file, a folder without build.json /
     index.json). Raises ``DatasetNotFinished`` / ``DatasetMismatch`` (exit 2) naming the file. Hashes come from
     ``verified_sha256`` (a stamp skips the rehash of an unchanged file, never of a changed one)."""
-    from ..hashing import verified_sha256
     p = Path(path)
     if not p.is_dir():
         return None
@@ -140,7 +141,8 @@ def _check_rewards(f: Path) -> None:
     """``check_rewards`` on a candidate shard, reading only its ``reward`` column."""
     if f.suffix != ".parquet":
         return
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy (~0.2 s): only where a dataset is verified; sgalign.training loads this module
+
     if "reward" in pq.read_schema(f).names:
         check_rewards(pq.read_table(f, columns=["reward"]).column("reward").to_pylist(), f)
 
@@ -148,7 +150,7 @@ def _check_rewards(f: Path) -> None:
 def load_table(path: str | Path):
     """A ``datasets.Dataset`` from a save_to_disk folder, a parquet/arrow file, or a folder of shards (a
     build_pairs folder: exactly the shards its index lists, verified by ``verify_dataset``)."""
-    import datasets
+    import datasets  # heavy (~1 s): only where a dataset is read
     p = Path(path)
     if not p.exists():
         raise DatasetNotFound(f"dataset not found: {p} (a save_to_disk folder, a .parquet file or a folder of "
@@ -177,7 +179,6 @@ def _require(ds, cols, path, what) -> None:
 
 def preprocess(img, resolution: int, center_crop: bool, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Resize the short side to ``resolution``, crop (center or random), optional h-flip, to [-1, 1] (3, H, W)."""
-    from PIL import Image
     w, h = img.size
     s = resolution / min(w, h)
     img = img.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 from typing import Any, Sequence
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import Tensor, nn
 
 from ..diffusion.guidance import Unconditional, zeros_like_cond
@@ -145,8 +147,6 @@ class ConditionEncoder:
 
 @functools.lru_cache(maxsize=None)
 def _signed_processor_class():
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     class SignedAttnProcessor2_0(AttnProcessor2_0):
         """``AttnProcessor2_0`` whose ``__call__`` carries its signature: diffusers' ``Attention.forward`` calls
         ``inspect.signature(processor.__call__)`` on every forward (~0.6 ms each, 8 % of an SmPO step on the world
@@ -155,7 +155,6 @@ def _signed_processor_class():
         def __call__(self, *args, **kwargs):
             return super().__call__(*args, **kwargs)
 
-    import inspect
     SignedAttnProcessor2_0.__call__.__signature__ = inspect.signature(AttnProcessor2_0.__call__)
     return AttnProcessor2_0, SignedAttnProcessor2_0
 
@@ -176,7 +175,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 def add_lora(unet: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]) -> None:
     """peft LoRA adapters on the UNet (B = 0 at init, so the policy starts equal to the base)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # heavy (peft loads torchvision, ~2 s): only with LoRA
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
                                 target_modules=target_modules))

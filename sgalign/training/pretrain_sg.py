@@ -41,14 +41,21 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDIMScheduler
+from PIL import Image
 from pydantic import Field, model_validator
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigModel, dump_config
 from ..diffusion.loop import Loop
-from ..scene_graph import LaionSGRecord, Reject, SceneGraph, load_split, write_rejects
 from ..machine import machine_info
+from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
+from ..models.loading import load_component, load_model
+from ..models.sg_encoder import SGEncoder
+from ..scene_graph import LaionSGRecord, Reject, SceneGraph, load_split, write_rejects
 
 RECORD_NAME = "training_record.json"
 
@@ -56,7 +63,8 @@ RECORD_NAME = "training_record.json"
 # ---- configuration --------------------------------------------------------------------------------------------
 class ModelConfig(ConfigModel):
     """Where the components come from. ``base`` (a local sd15/sdxl folder, ``sg_encoder/`` optional) or ``tiny``
-    (RANDOM-INIT tiny components, tests/plumbing) gives a starting set; each later field replaces one part."""
+    (RANDOM-INIT tiny components, tests/plumbing; made by the command layer, ``jobs.pretrain_sg``) gives a starting
+    set; each later field replaces one part."""
 
     base: str | None = None
     tiny: Literal["sd15-sg", "sdxl-sg"] | None = None
@@ -82,7 +90,8 @@ class ModelConfig(ConfigModel):
 
 class DataConfig(ConfigModel):
     """``laion``: a LAION-SG split file + an image folder (files named by ``name``); ``world``: renders drawn on
-    the fly from the seeded shapes-world sampler (train-split graphs only)."""
+    the fly from the seeded shapes-world sampler (train-split graphs only; by the command layer,
+    ``jobs.pretrain_sg``)."""
 
     source: Literal["laion", "world"] = "world"
     split_file: str | None = None
@@ -175,8 +184,6 @@ class LaionSGImageDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[Tensor, SceneGraph, tuple[int, int]]:
-        from PIL import Image
-
         rec = self.records[i]
         with Image.open(self.image_dir / rec.name) as im:
             size_hw = (im.height, im.width)
@@ -186,8 +193,6 @@ class LaionSGImageDataset(Dataset):
 
 
 def _to_rgb(im):
-    from PIL import Image
-
     if im.mode in ("RGBA", "LA", "P"):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -196,8 +201,6 @@ def _to_rgb(im):
 
 
 def _image_problem(path: Path) -> str | None:
-    from PIL import Image
-
     if not path.is_file():
         return "image file missing"
     try:
@@ -208,64 +211,29 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
-class WorldRenderDataset(Dataset):
-    """Shapes-world renders drawn on the fly: index ``i`` -> a scene from ``SeedSequence([seed, split code, i])``
-    restricted to graphs hashed to ``split`` (so no test graph is trained on), rendered at 64 x 64."""
-
-    def __init__(self, split: str = "train", size: int = 1_000_000, seed: int = 0, resolution: int = 64,
-                 holdout: Sequence[str] = ()) -> None:
-        from ..world import rules
-        from ..world.sampler import SPLIT_CODE, parse_holdout
-
-        held = parse_holdout(holdout)
-        self.combos = [(c, s) for c in rules.COLOURS for s in rules.SHAPES if split == "test" or (c, s) not in held]
-        self.split, self.size, self.seed, self.resolution = split, size, seed, resolution
-        self.code = SPLIT_CODE[split]
-        self.rejects: list[Reject] = []
-
-    def __len__(self) -> int:
-        return self.size
-
-    def scene(self, i: int):
-        from ..world.sampler import sample_scene, split_of
-
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.code, int(i)]))
-        return sample_scene(rng, self.combos, lambda key: split_of(key) == self.split)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, SceneGraph, tuple[int, int]]:
-        from ..world.render import render
-
-        sc = self.scene(i)
-        im = render(sc)
-        if im.size != (self.resolution, self.resolution):
-            from PIL import Image
-
-            im = im.resize((self.resolution, self.resolution), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return x, sc.graph(), (64, 64)
-
-
 def collate(batch: list) -> dict[str, Any]:
     images, graphs, sizes = zip(*batch)
     return {"images": torch.stack(images), "graphs": list(graphs), "original_sizes": list(sizes)}
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
-    if cfg.source == "laion":
-        return LaionSGImageDataset(cfg.split_file, cfg.image_dir, cfg.resolution, cfg.require_relations)
-    return WorldRenderDataset(cfg.world_split, cfg.world_size, cfg.world_seed, cfg.resolution, cfg.holdout)
+    """The LAION-SG dataset of ``cfg``. The world's renders are drawn by the command layer
+    (``sgalign.jobs.pretrain_sg.pretrain_dataset``) and handed to ``train``: this layer does not import the world."""
+    if cfg.source != "laion":
+        raise ValueError(f"data.source={cfg.source}: its dataset is made by the command layer "
+                         "(sgalign.jobs.pretrain_sg) and passed to train(..., dataset=...)")
+    return LaionSGImageDataset(cfg.split_file, cfg.image_dir, cfg.resolution, cfg.require_relations)
 
 
 # ---- model assembly -------------------------------------------------------------------------------------------
-def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
+def build_components(cfg: ModelConfig, seed: int = 0, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pipeline components named by ``cfg`` (see ``ModelConfig``): a base folder through the one loader
-    (``models.loading.load_model``, the named parts in place of its own), or tiny components with the named parts
-    loaded one by one (``load_component``); fresh parts seeded."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
-    from ..models.loading import load_component, load_model
-    from ..models.sg_encoder import SGEncoder
-
+    (``models.loading.load_model``, the named parts in place of its own), or ``start`` (``model.tiny``'s components,
+    made by the command layer: ``sgalign.jobs.pretrain_sg.pretrain_components``) with the named parts loaded one by
+    one (``load_component``); fresh parts seeded."""
+    if cfg.tiny and start is None:
+        raise ValueError(f"model.tiny={cfg.tiny}: the tiny components are made by the command layer "
+                         "(sgalign.jobs.pretrain_sg.pretrain_components) and passed as start")
     parts = {"text_encoder": cfg.text_encoder, "tokenizer": cfg.tokenizer, "vae": cfg.vae, "unet": cfg.unet_path}
     parts = {k: v for k, v in parts.items() if v}
     comps: dict[str, Any] = {}
@@ -275,16 +243,16 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
         comps = dict(load_model(cfg.base, parts=parts, sg_encoder=cfg.sg_encoder_path or None,
                                 text_only=cfg.sg_encoder is not None))
     else:
-        if cfg.tiny:
-            from ..pipelines.tiny import tiny_components
-
-            comps = tiny_components(cfg.tiny, seed=seed)
+        comps = dict(start or {})
         comps.update({k: load_component(k, v) for k, v in parts.items()})
         if cfg.sg_encoder_path:
             comps["sg_encoder"] = load_component("sg_encoder", cfg.sg_encoder_path)
     if cfg.scheduler is not None:
         comps["scheduler"] = DDIMScheduler.from_config(cfg.scheduler)
     if cfg.unet is not None:
+        # heavy (the UNet class loads torchvision and peft, ~2 s): keeps pretrain_world.py --help light
+        from diffusers import UNet2DConditionModel
+
         torch.manual_seed(seed)
         comps["unet"] = UNet2DConditionModel(**cfg.unet)
     text_dim = sum(comps[k].config.hidden_size for k in ("text_encoder", "text_encoder_2") if k in comps)
@@ -305,7 +273,7 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
 
 def make_pipeline(comps: dict[str, Any]):
     """The SG pipeline object of ``comps`` (``sgalign.pipelines.build_pipeline``)."""
-    from ..pipelines import build_pipeline
+    from ..pipelines import build_pipeline  # heavy (torchvision, peft: ~2 s): keeps pretrain_world.py --help light
 
     return build_pipeline(comps)
 
@@ -327,8 +295,6 @@ def diffusion_loss(pipe, batch: dict[str, Any], generator: torch.Generator | Non
                    uncond_prob: float = 0.0, vae_input_range: str = "[-1,1]", time_ids_order: str = "hw",
                    timesteps: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
     """Plain epsilon-MSE (v-MSE for v-prediction schedulers) of ``pipe``'s UNet on one batch."""
-    from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
-
     images = batch["images"].to(pipe.unet.device)
     b, _, h, w = images.shape
     sched = pipe.scheduler
@@ -434,9 +400,10 @@ def _quiet(*_: Any) -> None:
     pass
 
 
-def _trainable_pipeline(cfg: PretrainConfig):
-    """The pipeline, everything frozen but the trained modules (in training mode); returns (pipe, trained)."""
-    pipe = make_pipeline(build_components(cfg.model, cfg.train.seed))
+def _trainable_pipeline(cfg: PretrainConfig, components: dict[str, Any]):
+    """The pipeline of ``components``, everything frozen but the trained modules (in training mode); returns
+    (pipe, trained)."""
+    pipe = make_pipeline(components)
     pipe.set_progress_bar_config(disable=True)
     for name in ("vae", "text_encoder", "text_encoder_2", "unet", "sg_encoder"):
         m = getattr(pipe, name, None)
@@ -503,11 +470,14 @@ def _forever(loader) -> Iterator[Any]:
         yield from loader
 
 
-def train(cfg: PretrainConfig, *, command: str | None = None, log=print) -> Path:
-    """Run pretraining; returns the output folder (a complete pipeline folder + training_record.json)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def train(cfg: PretrainConfig, *, dataset: Dataset | None = None, components: dict[str, Any] | None = None,
+          command: str | None = None, log=print) -> Path:
+    """Run pretraining; returns the output folder (a complete pipeline folder + training_record.json).
 
+    ``dataset``: the rows to train on (default: ``build_dataset(cfg.data)``, LAION-SG); ``components``: the
+    pipeline's components (default: ``build_components(cfg.model, train.seed)``; fresh parts are seeded there, not by
+    the global seed). The world's renders and ``model.tiny``'s components come from the command layer,
+    ``sgalign.jobs.pretrain_sg.run_pretrain_sg``."""
     tc = cfg.train
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
@@ -519,12 +489,15 @@ def train(cfg: PretrainConfig, *, command: str | None = None, log=print) -> Path
         log = _quiet  # noqa: F811 -- one process logs
     out = Path(tc.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(cfg.data)
+    if dataset is None:
+        dataset = build_dataset(cfg.data)
     if acc.is_main_process and (cfg.data.source == "laion" or dataset.rejects):
         write_rejects(dataset.rejects, out / "rejects.jsonl")
         if dataset.rejects:
             log(f"skipped {len(dataset.rejects)} bad records (see rejects.jsonl); first: {dataset.rejects[0]}")
-    pipe, trained = _trainable_pipeline(cfg)
+    if components is None:
+        components = build_components(cfg.model, tc.seed)
+    pipe, trained = _trainable_pipeline(cfg, components)
     gen = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
                         num_workers=tc.num_workers, generator=gen, drop_last=len(dataset) >= tc.batch_size)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..hashing import identity_hash
+from ..outdir import read_record, write_record
+from .data import verify_dataset
 
 TRAIN_ROOT = Path("runs") / "train"  # relative to the working directory, as build_pairs' runs/pairs/
 RUN_FILE = "run.json"
@@ -56,7 +59,6 @@ def resolve_data_path(task: str, path: str | None) -> str:
         raise DataNotReady(f"data.path {p}: no dataset there; {how}", nxt)
     if p.is_dir() and (p / "build.json").exists() and not (p / "index.json").exists():
         raise DataNotReady(f"data.path {p}: build_pairs has not finished this dataset (no index.json); {how}", nxt)
-    from .data import verify_dataset
     verify_dataset(p)  # before any run folder exists: the data is exactly what its index (and the run id) says
     return str(p)
 
@@ -79,7 +81,6 @@ def _drop(d: dict[str, Any], dotted: str) -> None:
 def run_identity(config: dict[str, Any], base_sha256: str, data_id: str | None) -> tuple[str, dict[str, Any]]:
     """(run_id, identity): the resolved config (``model_dump(mode="json")``) minus resume-neutral keys, with the
     base model and dataset identified by content instead of path."""
-    from ..hashing import identity_hash
     ident = json.loads(json.dumps(config))
     for k in NEUTRAL_KEYS:
         _drop(ident, k)
@@ -90,12 +91,10 @@ def run_identity(config: dict[str, Any], base_sha256: str, data_id: str | None) 
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any] | None:
-    from ..outdir import read_record
     return read_record(run_dir)
 
 
 def write_run(run_dir: str | Path, record: dict[str, Any]) -> None:
-    from ..outdir import write_record
     write_record(run_dir, record)
 
 

@@ -14,17 +14,20 @@ import os
 import resource
 import sys
 import time
+import traceback
+
+import torch
+
+import sgalign
+from sgalign.config import load_config
+from sgalign.training.config import TrainConfig
+from sgalign.training.trainer import Trainer
 
 
 def run(spec: dict) -> dict:
     """Warm-up then timed micro-steps (batch preparation, method, backward, optimizer step) of one config: wall
     and process CPU seconds per step (one thread: CPU time is the work, steadier than wall time on a shared CPU)."""
-    import torch
     torch.set_num_threads(spec["threads"])
-    from sgalign.config import load_config
-    from sgalign.training.config import TrainConfig
-    from sgalign.training.trainer import Trainer
-
     cfg = load_config(TrainConfig, None, spec.get("overrides", []), base=spec["base"])
     tr = Trainer(cfg)
     times, cpu, rows, losses = [], [], [], []
@@ -38,15 +41,12 @@ def run(spec: dict) -> dict:
             cpu.append(dc)
             rows.append(f["grad"] + f["no_grad"])
             losses.append(float(out.loss.detach()))
-    import sgalign
     return {"step_s": times, "step_cpu_s": cpu, "unet_rows_per_pair": sum(rows) / len(rows), "losses": losses,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "sgalign": sgalign.__file__}
 
 
 def serve() -> None:
-    import torch  # noqa: F401  (imported before the forks: the children share it)
-    from sgalign.training.trainer import Trainer  # noqa: F401
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         spec_path, result_path = line.split()
@@ -61,7 +61,6 @@ def serve() -> None:
                     json.dump(result, f)
                 code = 0
             except BaseException:
-                import traceback
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()

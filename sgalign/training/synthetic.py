@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from ..scene_graph import SceneGraph
 from ..pair_schema import candidate_features
@@ -22,7 +24,6 @@ _RELS = ["left of", "above", "next to"]
 
 
 def synthetic_image(rng: np.random.Generator, size: int, fmt: str = "PNG") -> bytes:
-    from PIL import Image
     a = np.empty((size, size, 3), np.uint8)
     a[:] = rng.integers(0, 256, 3)
     for _ in range(2):
@@ -45,7 +46,7 @@ def write_candidate_dataset(path: str | Path, rows: int = 4, k: int = 4, size: i
                             corrupt: list[tuple[int, int]] = ()) -> Path:
     """A ``save_to_disk`` candidate dataset of ``rows`` annotations x ``k`` candidates. ``corrupt``: (row, cand)
     whose PNG bytes are replaced by garbage (to test skipping)."""
-    from datasets import Dataset
+    from datasets import Dataset  # heavy (~1 s): only where a dataset is written
     rng = np.random.default_rng(seed)
     cols: dict[str, list] = {c: [] for c in ("annotation", "candidates", "seeds", "scores", "reward", "provenance")}
     for r in range(rows):
@@ -71,7 +72,6 @@ def write_pickapic(path: str | Path, rows: int = 6, size: int = 16, seed: int = 
                    corrupt: list[int] = (), scores: bool = False) -> Path:
     """A Pick-a-Pic-v2-schema parquet file (all columns of the real dataset). ``ties``: rows with label 0.5;
     ``corrupt``: rows whose ``jpg_1`` is garbage; ``scores``: add ``ps_0``/``ps_1`` (PickScore-like) columns."""
-    import pandas as pd
     rng = np.random.default_rng(seed)
     recs = []
     for r in range(rows):

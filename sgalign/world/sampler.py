@@ -16,7 +16,7 @@ Held-out colour-shape combinations never appear in train or validation.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -110,8 +110,6 @@ def invert_predicates(graph: SceneGraph) -> SceneGraph:
     """The graph with every predicate replaced by its inverse ("left of" -> "right of", "bigger than" -> "smaller
     than"): the same objects, and every stated relation false of any layout that satisfied the original. A model that
     reads predicates draws a different layout for it at the same noise; one that does not draws the same image."""
-    from dataclasses import replace
-
     return SceneGraph(list(graph.items), [replace(r, predicate=rules.INVERSE[r.predicate]) for r in graph.relations])
 
 

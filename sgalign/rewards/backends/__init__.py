@@ -10,11 +10,16 @@ World backends (``world.py``, ``kind="world"``): ``WorldOracleVQA``, ``WorldOrac
 ``WorldOracleSimilarity`` (an oracle stand-in for C, not a cosine), answering from the shapes-world oracle;
 ``WorldCLIPSimilarity`` (``world_clip.py``, ``kind="world"``): the real CLIP adapter on the trained world-CLIP.
 """
+from .blip_vqa import BlipVQA
+from .clip_similarity import CLIPSimilarity
 from .manifest import BackendUnavailable, Manifest, RequiredFile, resolve
+from .owl_detector import OwlDetector
 from .registry import available, build_backend, register
 from .protocols import (Detection, Detector, ImageTextSimilarity, ParsedText, TextParser, Token, VQAQuery,
                         YesNoVQA)
 from .scripted import RegexTextParser, ScriptedDetector, ScriptedParser, ScriptedSimilarity, ScriptedVQA
+from .spacy_parser import SpacyParser
+from .world_clip import WorldCLIPSimilarity
 
 __all__ = [
     "BackendUnavailable", "Manifest", "RequiredFile", "resolve", "available", "build_backend", "register",
@@ -26,23 +31,9 @@ __all__ = [
 _WORLD = ("WorldOracleVQA", "WorldOracleDetector", "WorldOracleSimilarity")
 
 
-def __getattr__(name: str):  # real adapters import torch/transformers: load them only when asked for
-    if name == "BlipVQA":
-        from .blip_vqa import BlipVQA
-        return BlipVQA
-    if name == "CLIPSimilarity":
-        from .clip_similarity import CLIPSimilarity
-        return CLIPSimilarity
-    if name == "OwlDetector":
-        from .owl_detector import OwlDetector
-        return OwlDetector
-    if name == "SpacyParser":
-        from .spacy_parser import SpacyParser
-        return SpacyParser
-    if name == "WorldCLIPSimilarity":
-        from .world_clip import WorldCLIPSimilarity
-        return WorldCLIPSimilarity
-    if name in _WORLD:  # imports the shapes world (scipy)
-        from . import world
+def __getattr__(name: str):
+    if name in _WORLD:
+        from . import world  # heavy (sgalign.world: scipy): loaded only when asked for
+
         return getattr(world, name)
     raise AttributeError(name)

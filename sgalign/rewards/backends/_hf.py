@@ -36,7 +36,7 @@ def fingerprint(root: Path) -> dict[str, Any]:
 
 
 def version_string(config: Any) -> str:
-    import transformers
+    import transformers  # heavy: the rewards import without transformers and torch
 
     return f"transformers-{transformers.__version__}/{type(config).__name__}"
 
@@ -46,7 +46,7 @@ def is_random_init(config: Any) -> bool:
 
 
 def pick_device(device: str | None) -> str:
-    import torch
+    import torch  # heavy: as transformers
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -54,6 +54,6 @@ def pick_device(device: str | None) -> str:
 def pooled_features(out: Any) -> Any:
     """The tensor of ``get_image_features`` / ``get_text_features``: transformers 4.x returns it directly, 5.x a
     model output whose ``pooler_output`` holds it (pyproject allows both)."""
-    import torch
+    import torch  # heavy: as transformers
 
     return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -59,6 +59,7 @@ class BlipVQA:
         ``image_size=480, first_token="enc"`` approximate the official T2I-CompBench run."""
         root = MANIFEST.check(path)
         require_transformers(MANIFEST.backend)
+        # heavy: the rewards import without transformers and torch
         from transformers import AutoTokenizer, BlipForQuestionAnswering, BlipImageProcessor
 
         if first_token not in ("cls", "enc"):
@@ -106,7 +107,7 @@ class BlipVQA:
 
     # ---- protocol --------------------------------------------------------------------------------------------
     def yes_no_probs(self, image: Image.Image, queries: Sequence[VQAQuery]) -> list[tuple[float, float]]:
-        import torch
+        import torch  # heavy: as transformers
 
         if not queries:
             return []
@@ -131,7 +132,7 @@ class BlipVQA:
         return out
 
     def answer(self, image: Image.Image, queries: Sequence[VQAQuery]) -> list[str]:
-        import torch
+        import torch  # heavy: as transformers
 
         if not queries:
             return []

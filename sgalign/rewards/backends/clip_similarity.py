@@ -28,6 +28,7 @@ def load_clip(root: Path, backend: str, device: str | None = None, dtype=None, t
     """(CLIPModel in eval mode on ``device``, tokenizer, CLIPImageProcessor) from a checked local folder; the
     tokenizer from ``tokenizer_root`` when it lives in a subfolder (the world-CLIP layout)."""
     require_transformers(backend)
+    # heavy: the rewards import without transformers and torch
     from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     model_type = AutoConfig.from_pretrained(root, local_files_only=True).model_type
@@ -57,7 +58,7 @@ class CLIPSimilarity:
         return cls(model, tok, proc, info, truncate)
 
     def similarity(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
-        import torch
+        import torch  # heavy: as transformers
 
         if len(images) != len(texts):
             raise ValueError(f"{self.info.name}: {len(images)} images but {len(texts)} texts")

@@ -7,6 +7,7 @@ alternatives), what the file is for, and the folder that was searched.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,5 @@ def resolve(build: Callable[[], T], fallback: Callable[[], T] | None = None, pol
 
 def require_module(backend: str, module: str, hint: str) -> None:
     """Import check for an optional heavy dependency, raising ``BackendUnavailable`` with an install hint."""
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise BackendUnavailable(f"{backend}: the Python package {module!r} is not installed ({hint})")

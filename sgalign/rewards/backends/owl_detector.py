@@ -38,6 +38,7 @@ class OwlDetector:
     def from_pretrained(cls, path: str | Path, device: str | None = None, threshold: float = 0.1) -> "OwlDetector":
         root = MANIFEST.check(path)
         require_transformers(MANIFEST.backend)
+        # heavy: the rewards import without transformers and torch
         from transformers import AutoConfig, Owlv2ForObjectDetection, Owlv2Processor, OwlViTForObjectDetection, \
             OwlViTProcessor
 
@@ -58,7 +59,7 @@ class OwlDetector:
         return cls(model, proc, info, threshold)
 
     def detect(self, image: Image.Image, queries: Sequence[str]) -> list[Detection]:
-        import torch
+        import torch  # heavy: as transformers
 
         queries = list(queries)
         if not queries:

@@ -11,34 +11,34 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .blip_vqa import BlipVQA
+from .clip_similarity import CLIPSimilarity
 from .manifest import resolve
+from .owl_detector import OwlDetector
 from .scripted import RegexTextParser, ScriptedDetector, ScriptedSimilarity, ScriptedVQA
+from .spacy_parser import SpacyParser
+from .world_clip import WorldCLIPSimilarity
 
 ROLES = ("vqa", "detector", "similarity", "parser")
 
 
 def _blip(path=None, **kw):
-    from .blip_vqa import BlipVQA
     return BlipVQA.from_pretrained(path, **kw)
 
 
 def _clip(path=None, **kw):
-    from .clip_similarity import CLIPSimilarity
     return CLIPSimilarity.from_pretrained(path, **kw)
 
 
 def _owl(path=None, **kw):
-    from .owl_detector import OwlDetector
     return OwlDetector.from_pretrained(path, **kw)
 
 
 def _spacy(path=None, **kw):
-    from .spacy_parser import SpacyParser
     return SpacyParser.from_pretrained(path, **kw)
 
 
 def _world_clip(path=None, **kw):
-    from .world_clip import WorldCLIPSimilarity
     return WorldCLIPSimilarity.from_pretrained(path, **kw)
 
 
@@ -47,7 +47,7 @@ def _world(cls_name: str) -> Callable[..., Any]:
     def factory(path=None, **kw):
         if path is not None:
             raise ValueError(f"world backend {cls_name} reads no files; got path={path!r} (leave it unset)")
-        from . import world
+        from . import world  # heavy (sgalign.world: scipy): only for the world backends
         return getattr(world, cls_name)(**kw)
     return factory
 

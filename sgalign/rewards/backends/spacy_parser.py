@@ -4,6 +4,7 @@ folder, ``BackendUnavailable`` says what is missing; ``resolve(..., fallback=Reg
 labelled regex parser."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..provenance import BackendInfo
@@ -22,11 +23,9 @@ class SpacyParser:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "SpacyParser":
-        import json
-
         root = MANIFEST.check(path)
         require_module(MANIFEST.backend, "spacy", "pip install spacy (the official run pins 3.5.3)")
-        import spacy
+        import spacy  # optional dependency (extras), checked just above
 
         meta = json.loads((root / "meta.json").read_text())
         nlp = spacy.load(root)

@@ -28,7 +28,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -36,13 +36,12 @@ from PIL import Image
 from ...world import rules
 from ...world.oracle import ORACLE_VERSION, OracleScene, Phrase, Question, WorldOracle
 from ...world.sampler import WorldScene, layout_boxes, sample_split
+from ..combine import CombinedReward
+from ..compbench import CompBench3in1Reward, CompBenchConfig
+from ..dpg_bench import DPGConfig, DPGReward
 from ..provenance import BackendInfo
 from .protocols import Detection, ImageTextSimilarity, VQAQuery
-
-if TYPE_CHECKING:  # the reward modules import this package: no runtime import cycle
-    from ..combine import CombinedReward
-    from ..compbench import CompBenchConfig
-    from ..dpg_bench import DPGConfig
+from .world_clip import WorldCLIPSimilarity
 
 ADAPTER_VERSION = "1"
 DEFAULT_SCORE_THRESHOLD = 0.5  # UniDet's ROI-head threshold in T2I-CompBench's spatial evaluation
@@ -245,7 +244,6 @@ def world_similarity(similarity: str | ImageTextSimilarity = "world-clip",
                             f"got {type(similarity).__name__}")
         return similarity
     if similarity == "world-clip":
-        from .world_clip import WorldCLIPSimilarity
         return WorldCLIPSimilarity.from_pretrained(world_clip_path)
     if similarity == "oracle":
         if world_clip_path is not None:
@@ -279,10 +277,6 @@ def world_reward(oracle: WorldOracle | None = None, dpg_config: DPGConfig | None
     ``out = world_reward()(images, graphs)``: ``out.scores[i]`` = {"dpg", "compbench_3in1", "reward"},
     ``out.parts[i]`` the sub-scores (3-in-1's A, S, C, T, type), ``out.provenance`` one entry per member with the
     world backends (kind "world") and the quirk flags (default: corrected behaviour)."""
-    from ..combine import CombinedReward
-    from ..compbench import CompBench3in1Reward, CompBenchConfig
-    from ..dpg_bench import DPGConfig, DPGReward
-
     b = world_backends(oracle, score_threshold, similarity, world_clip_path)
     return CombinedReward([
         DPGReward(b["vqa"], dpg_config if dpg_config is not None else DPGConfig()),

@@ -35,7 +35,7 @@ MANIFEST = Manifest(NAME, (
 
 
 def default_world_clip_dir() -> Path:
-    from ...world.models.clip import WORLD_CLIP_DIR
+    from ...world.models.clip import WORLD_CLIP_DIR  # heavy (torch via world.models): the rewards import without torch
 
     return WORLD_CLIP_DIR
 

@@ -30,10 +30,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from ...diffusion.loop import Loop, warmup_cosine
+from ...scene_graph import CLIP_VOCAB_SIZE, clip_tokenizer
 from ..render import render_array
 from ..sampler import WorldScene, sample_split
-from ...diffusion.loop import Loop, warmup_cosine
 from .data import CORRUPTIONS, caption, corrupt, render_stream, to_tensor
 
 WORLD_CLIP_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-clip"
@@ -44,9 +46,7 @@ VISION_SHARD = "model-vision.safetensors"
 
 
 def world_clip_config(text_width: int = 64, vision_width: int = 128, layers: int = 4, projection_dim: int = 64):
-    from transformers import CLIPConfig
-
-    from ...scene_graph import CLIP_VOCAB_SIZE
+    from transformers import CLIPConfig  # heavy (~1 s): keeps pretrain_clip.py --help and world.models light
 
     text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=text_width, intermediate_size=4 * text_width,
                 num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=77,
@@ -115,9 +115,7 @@ class ClipTrainArgs:
 def train_world_clip(args: ClipTrainArgs, tokenizer=None,
                      progress: Callable[[int, dict[str, float]], None] | None = None):
     """Train world-CLIP from scratch on the train-split render stream. Returns (model, tokenizer, history)."""
-    from transformers import CLIPModel
-
-    from ...scene_graph import clip_tokenizer
+    from transformers import CLIPModel  # heavy: as in world_clip_config
 
     tokenizer = tokenizer if tokenizer is not None else clip_tokenizer()
     torch.manual_seed(args.seed)
@@ -188,8 +186,6 @@ def store_token_table_fp16(shard: str | Path) -> None:
     so fp32 storage made the world models too big to ship twice (world-CLIP, and the base's jointly trained copy).
     The configs say float32, so ``from_pretrained`` loads it back as float32; on world text the text states move by
     1.2e-4 relative (measured on 512 test graphs)."""
-    from safetensors.torch import load_file, save_file
-
     shard = Path(shard)
     state = load_file(shard)
     if TOKEN_TABLE not in state:
@@ -202,8 +198,7 @@ def store_token_table_fp16(shard: str | Path) -> None:
 
 def save_world_clip(model, tokenizer, out: str | Path) -> Path:
     """Write the folder layout of the module docstring (text tower stored once, shared via the shard index)."""
-    from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessor  # heavy: as in world_clip_config
 
     out = Path(out)
     (out / "text_encoder").mkdir(parents=True, exist_ok=True)
@@ -228,7 +223,7 @@ def save_world_clip(model, tokenizer, out: str | Path) -> Path:
 
 def load_world_clip(path: str | Path = WORLD_CLIP_DIR):
     """(CLIPModel, CLIPTokenizer) from a ``save_world_clip`` folder (default: the shipped world-CLIP)."""
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTokenizer  # heavy: as in world_clip_config
 
     path = Path(path)
     if not (path / "config.json").is_file():

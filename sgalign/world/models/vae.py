@@ -56,7 +56,7 @@ WORLD_VAE_DIR = Path(__file__).resolve().parent.parent / "weights" / "world-vae"
 
 
 def world_vae(seed: int = 0, scaling_factor: float = 1.0):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (~3 s): keeps pretrain_vae.py --help and world.models light
 
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64), layers_per_block=1,
@@ -237,7 +237,7 @@ def evaluate_world_vae(vae, scenes: Sequence[WorldScene], batch: int = 100) -> d
 
 
 def load_world_vae(path: str | Path = WORLD_VAE_DIR):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (~3 s): keeps pretrain_vae.py --help and world.models light
 
     path = Path(path)
     if not (path / "config.json").is_file():
