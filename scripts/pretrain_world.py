@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t-high-frac", type=float, default=d.t_high_frac,
                     help="stage 1: share of rows whose timestep is drawn from [--t-high-min, T)")
     ap.add_argument("--t-high-min", type=int, default=d.t_high_min)
+    ap.add_argument("--attn-ground-weight", type=float, default=d.attn_ground_weight,
+                    help="stage 1: weight of the cross-attention grounding loss (each object's tokens attend inside "
+                         "its box; TokenCompose's token loss) added to epsilon-MSE (0: none)")
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         offset_noise=a.offset_noise, stage1_graph=a.stage1_graph,
                         graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,
                         sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
-                        t_high_frac=a.t_high_frac, t_high_min=a.t_high_min, min_snr_gamma=a.min_snr_gamma,
+                        t_high_frac=a.t_high_frac, t_high_min=a.t_high_min,
+                        attn_ground_weight=a.attn_ground_weight, min_snr_gamma=a.min_snr_gamma,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()

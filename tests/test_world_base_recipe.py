@@ -18,7 +18,8 @@ def tiny(out) -> WorldBaseRecipe:
                            vae_eval_graphs=8, cache_graphs=16, stage1=StageBudget(3, 0.0),
                            stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1,
                            calib_graphs=4, calib_steps=2, sg_layout_steps=2, sg_layout_batch=8, sg_layout_weight=1.0,
-                           sg_layout_eval_graphs=16, t_high_frac=0.3)  # the default 64 graphs x 20 steps: 14 s of each run
+                           sg_layout_eval_graphs=16, t_high_frac=0.3,
+                           attn_ground_weight=1.0)  # the default 64 graphs x 20 steps: 14 s of each run
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,10 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert lay["steps"] == 2 and set(lay["validation"]) == {"box_mse", "baseline_mse", "r2"}
     assert lay["sensitivity_after"]["nodes"] > 0 and (out / "sg_layout" / "layout_head.safetensors").is_file()
     assert rec["stages"]["stage1"]["graph"] is True and rec["stages"]["stage1"]["graph_drop_prob"] == 0.2
+    # the cross-attention grounding loss (models.attn_grounding) ran: a fraction's squared shortfall, in (0, 1)
+    assert rec["stages"]["stage1"]["attn_ground_weight"] == 1.0
+    assert 0.0 < rec["stages"]["stage1"]["ground_loss_last_200"] < 1.0
+    assert rec["stages"]["stage2"]["ground_loss_last_200"] is None
     assert rec["stages"]["stage2"]["trained"] == ["sg_encoder"]
     assert rec["steps"] == 5 and rec["wall_seconds"] > 0
     assert "stage 2: SG encoder alone" in (final / "README.md").read_text()

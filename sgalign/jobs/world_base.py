@@ -27,7 +27,9 @@ comes first, and the record says which. ``training_record.json`` in the final fo
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +45,7 @@ from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
 from ..errors import UserError
 from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
+from ..models.attn_grounding import box_masks, capture_cross_attention, grounding_loss, object_token_weights
 from ..models.conditioning import build_conditioning
 from ..models.graph_inputs import build_graph_inputs
 from ..models.loading import load_model, load_sg_encoder
@@ -126,6 +129,10 @@ class WorldBaseRecipe:
     # where the layout is not yet in x_t and can only come from the conditioning. 0: uniform (as before).
     t_high_frac: float = 0.0
     t_high_min: int = 600
+    # attn_ground_weight x the cross-attention grounding loss (models.attn_grounding, TokenCompose's token loss):
+    # each object's phrase tokens should attend inside its box, so where an object goes has to come from its
+    # conditioning (phrase, predicates, SG residual). 0: off.
+    attn_ground_weight: float = 0.0
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -436,9 +443,10 @@ def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn
 
 
 def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen: torch.Generator,
-                        with_graph: bool) -> torch.Tensor:
+                        with_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt embeddings of a batch: with the graph (stage 1: ``graph_drop_prob`` of the rows on the text alone),
-    and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance)."""
+    and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance). Returns them
+    and the (B,) bool of the rows that kept their prompt."""
     tok, te, n = [pipe.tokenizer], [pipe.text_encoder], len(graphs)
     if stage == 1 and with_graph and r.graph_drop_prob > 0:
         text_only = torch.rand(n, generator=gen) < r.graph_drop_prob
@@ -451,12 +459,13 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
                 cond = cond.index_copy(0, rows.to(part.device), part)
     else:
         cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
+    drop = torch.zeros(n, dtype=torch.bool, device=r.device)
     if stage == 1 and r.uncond_prob > 0:
         drop = (torch.rand(n, generator=gen) < r.uncond_prob).to(r.device)
         if drop.any():
             empty = build_conditioning([graphs[0].__class__([])], None, tok, te, use_graph=False).prompt_embeds
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-    return cond
+    return cond, ~drop
 
 
 def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_graph: bool,
@@ -482,24 +491,43 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
             t = torch.where(torch.rand(len(idx), generator=gen) < r.t_high_frac, high, t)
         t = t.to(r.device)
         noisy = noise_sched.add_noise(lat, noise, t)
-        cond = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
-        pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        cond, prompted = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
+        ground = stage == 1 and r.attn_ground_weight > 0
+        with capture_cross_attention(pipe.unet) if ground else contextlib.nullcontext([]) as maps:
+            pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         kind = noise_sched.config.prediction_type
         target = noise if kind == "epsilon" else noise_sched.get_velocity(lat, noise, t)
         per = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
         w = min_snr_weights(noise_sched, t, r.min_snr_gamma, kind) if stage == 1 and r.min_snr_gamma else 1.0
         loss = (per * w).mean()
         stats = {"loss": round(float(per.mean().detach()), 5)}
-        if layout_head is not None:
+        if layout_head is not None or ground:
             gi = build_graph_inputs(graphs, "object", [pipe.tokenizer], [pipe.text_encoder],
                                     self_loops=pipe.sg_encoder.config.self_loops)
-            boxes = scene_boxes([scene_from_json(cache.scenes[i]) for i in idx]).to(r.device)
-            box = layout_loss(pipe.sg_encoder, layout_head, gi, boxes)
+            scenes = [scene_from_json(cache.scenes[i]) for i in idx]
+        if layout_head is not None:
+            box = layout_loss(pipe.sg_encoder, layout_head, gi, scene_boxes(scenes).to(r.device))
             loss = loss + r.sg_layout_weight * box
             stats["box"] = float(box.detach())
+        if ground:
+            g = _grounding(maps, gi, scenes, cond.shape[1], prompted)
+            loss = loss + r.attn_ground_weight * g
+            stats["ground"] = float(g.detach())
         return loss, stats
 
     return loss_fn
+
+
+def _grounding(maps: list[torch.Tensor], gi, scenes: list[WorldScene], seq_len: int,
+               prompted: torch.Tensor) -> torch.Tensor:
+    """``models.attn_grounding``'s token loss of a batch's captured cross-attention maps (object boxes from the
+    scenes; the rows on the empty prompt left out)."""
+    token_w = object_token_weights(gi, seq_len).to(maps[0].device)
+    graphs = [sc.graph() for sc in scenes]
+    boxes = [{i: o.box for i, o in enumerate(sc.objects)} for sc in scenes]
+    masks = {res: box_masks(graphs, boxes, rules.CANVAS, token_w.shape[1], res).to(maps[0].device)
+             for res in {math.isqrt(m.shape[1]) for m in maps}}
+    return grounding_loss(maps, token_w, masks, prompted)
 
 
 def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], None]) -> dict:
@@ -523,8 +551,10 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
         if step % r.log_every == 0:
             recent = loop.history[-r.log_every:]
             box = [h["box"] for h in recent if "box" in h]
+            ground = [h["ground"] for h in recent if "ground" in h]
             log(f"{name} step {step}/{total} eps-mse {np.mean([h['loss'] for h in recent]):.4f} "
-                + (f"box-mse {np.mean(box):.5f} " if box else "") +
+                + (f"box-mse {np.mean(box):.5f} " if box else "")
+                + (f"ground {np.mean(ground):.4f} " if ground else "") +
                 f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {loop.elapsed:.0f}s")
 
     log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
@@ -546,6 +576,9 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
+           "attn_ground_weight": r.attn_ground_weight if stage == 1 else 0.0,
+           "ground_loss_last_200": (float(np.mean([h["ground"] for h in loop.history[-200:] if "ground" in h]))
+                                    if any("ground" in h for h in loop.history[-200:]) else None),
            "alpha_obj": alpha_obj, "cached_graphs": len(cache)}
     write_json_atomic(tmp / "stage_record.json", rec)
     replace_dir(tmp, work / "pipeline")
