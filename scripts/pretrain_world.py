@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-ground-weight", type=float, default=d.attn_ground_weight,
                     help="stage 1: weight of the cross-attention grounding loss (each object's tokens attend inside "
                          "its box; TokenCompose's token loss) added to epsilon-MSE (0: none)")
+    ap.add_argument("--attn-ground-t-min", type=int, default=d.attn_ground_t_min,
+                    help="stage 1: the grounding loss only on rows with t >= this (below it the image shows the layout)")
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,
                         sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
                         t_high_frac=a.t_high_frac, t_high_min=a.t_high_min,
-                        attn_ground_weight=a.attn_ground_weight, min_snr_gamma=a.min_snr_gamma,
+                        attn_ground_weight=a.attn_ground_weight, attn_ground_t_min=a.attn_ground_t_min, min_snr_gamma=a.min_snr_gamma,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()

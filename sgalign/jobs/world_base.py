@@ -133,6 +133,9 @@ class WorldBaseRecipe:
     # each object's phrase tokens should attend inside its box, so where an object goes has to come from its
     # conditioning (phrase, predicates, SG residual). 0: off.
     attn_ground_weight: float = 0.0
+    # ... on the rows with t >= attn_ground_t_min only: below it x_t shows where each object is, and the loss is met
+    # by reading the image instead of the conditioning (docs/RESULTS.md). 0: every row.
+    attn_ground_t_min: int = 0
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -510,7 +513,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
             loss = loss + r.sg_layout_weight * box
             stats["box"] = float(box.detach())
         if ground:
-            g = _grounding(maps, gi, scenes, cond.shape[1], prompted)
+            g = _grounding(maps, gi, scenes, cond.shape[1], prompted & (t >= r.attn_ground_t_min))
             loss = loss + r.attn_ground_weight * g
             stats["ground"] = float(g.detach())
         return loss, stats
@@ -577,6 +580,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
            "attn_ground_weight": r.attn_ground_weight if stage == 1 else 0.0,
+           "attn_ground_t_min": r.attn_ground_t_min if stage == 1 else None,
            "ground_loss_last_200": (float(np.mean([h["ground"] for h in loop.history[-200:] if "ground" in h]))
                                     if any("ground" in h for h in loop.history[-200:]) else None),
            "alpha_obj": alpha_obj, "cached_graphs": len(cache)}
