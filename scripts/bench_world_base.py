@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", default=str(WEIGHTS_DIR / "world-clip"))
     ap.add_argument("--split", default="test", choices=("test", "validation"),
                     help="validation: for choosing protocol settings (e.g. --guidance) without touching test graphs")
-    ap.add_argument("--n-graphs", type=int, default=512)
+    ap.add_argument("--n-graphs", type=int, default=512,
+                    help="graphs to sample and score; 0: only the sample-free probes (--gap-graphs, --attention-probe)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--noise", choices=("per-graph", "shared"), default="per-graph",
                     help="per-graph: image k of each graph has its own noise, hashed from the graph and seed k "
@@ -55,24 +56,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--predicate-probe", type=int, default=0, metavar="N",
                     help="sample the first N graphs again with every predicate inverted, with the same noise, and score "
                          "both against the true graphs: does the model draw what the predicates say? 0 skips")
+    ap.add_argument("--attention-probe", type=int, default=0, metavar="N",
+                    help="on N graphs' noised renders, the share of each object's cross-attention inside its box, "
+                         "true vs inverted predicates, by timestep: does placement come from the conditioning? 0 skips")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    measured = base_bench.bench_world_base(
-        args.model, split=args.split, n_graphs=args.n_graphs, seeds=args.seeds, steps=args.steps,
-        guidance=args.guidance, eta=args.eta, noise=args.noise, text_only=args.text_only,
-        graphs_per_call=args.graphs_per_call, gap_graphs=args.gap_graphs, predicate_probe=args.predicate_probe,
-        clip=args.clip, images_npz=out / "images.npz")
+    if args.n_graphs == 0:  # the sample-free probes alone (no IoU, FID or RESULTS section)
+        measured = base_bench.probe_world_base(args.model, split=args.split, gap_graphs=args.gap_graphs,
+                                               attention_probe=args.attention_probe)
+    else:
+        measured = base_bench.bench_world_base(
+            args.model, split=args.split, n_graphs=args.n_graphs, seeds=args.seeds, steps=args.steps,
+            guidance=args.guidance, eta=args.eta, noise=args.noise, text_only=args.text_only,
+            graphs_per_call=args.graphs_per_call, gap_graphs=args.gap_graphs, predicate_probe=args.predicate_probe,
+            attention_probe=args.attention_probe,
+            clip=args.clip, images_npz=out / "images.npz")
     command = "python scripts/bench_world_base.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {"command": command, **measured, "machine": machine_info(args.machine_shared or None)}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    if args.results_md:
+    if args.results_md and args.n_graphs:
         write_section(args.results_md, args.section, render_base_section(result, args.section))
-    iou = result["iou"]
-    print(json.dumps({"iou": {g: iou[g]["mean"] for g in iou}, "fid": result["fid_world_clip"]["fid"]}, indent=1))
+    if args.n_graphs:
+        iou = result["iou"]
+        print(json.dumps({"iou": {g: iou[g]["mean"] for g in iou}, "fid": result["fid_world_clip"]["fid"]}, indent=1))
+    for t, v in ((result["attention_probe"] or {}).get("by_t") or {}).items():
+        print(f"attention t={t}: inside the true boxes {v['true']:.3f} (inverted predicates {v['inverted']:.3f}, "
+              f"text alone {v['text_only']:.3f}, uniform {v['uniform']:.3f}); drop {v['drop']['estimate']:+.4f} "
+              f"[{v['drop']['low']:+.4f}, {v['drop']['high']:+.4f}]")
 
 
 if __name__ == "__main__":

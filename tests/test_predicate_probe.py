@@ -106,3 +106,43 @@ def test_conditioning_gap_scores_the_inverted_predicates_on_the_same_noise(tmp_p
     full = conditioning_gap(pipe, scenes, seed=0)
     assert full["eps_mse"]["inverted"] != full["eps_mse"]["true"] and full["embedding_change"]["inverted"] > 0
     assert set(full["eps_mse"]) == {"true", "text_only", "empty", "shuffled", "inverted"}
+
+
+def test_attention_probe_on_the_shipped_base():
+    """Shares of the object tokens' cross-attention inside their boxes: fractions, the same noise for every
+    conditioning, and at low noise the shipped base attends inside its objects' boxes well above the even spread."""
+    from sgalign.evaluation.conditioning_gap import attention_probe
+    from sgalign.pipelines import load_pipeline
+    from sgalign.world.paths import world_model_path
+
+    pipe = load_pipeline(world_model_path(), arch="sd15")
+    scenes = sample_split("validation", 8, seed=0)
+    got = attention_probe(pipe, scenes, timesteps=(900, 200), n_resamples=50)
+    assert got["n_graphs"] == 8 and sorted(got["by_t"]) == [200, 900]
+    for v in got["by_t"].values():
+        for k in ("true", "inverted", "text_only"):
+            assert 0.0 <= v[k] <= 1.0
+        assert 0.0 < v["uniform"] < 0.3  # objects are small: an even spread puts little mass in a box
+        assert v["drop"]["low"] <= v["drop"]["estimate"] <= v["drop"]["high"]
+        assert v["drop"]["estimate"] == pytest.approx(v["true"] - v["inverted"], abs=1e-6)
+    assert got["by_t"][200]["true"] > 1.5 * got["by_t"][200]["uniform"]
+    again = attention_probe(pipe, scenes, timesteps=(200,), n_resamples=50)
+    assert again["by_t"][200]["true"] == got["by_t"][200]["true"]  # seeded: the same noise
+
+
+def test_bench_with_no_graphs_runs_only_the_sample_free_probes(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_world_base", Path(__file__).parents[1] / "scripts" /
+                                                  "bench_world_base.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "RESULTS.md"
+    mod.main(["--n-graphs", "0", "--gap-graphs", "4", "--attention-probe", "4", "--split", "validation",
+              "--out", str(tmp_path / "o"), "--results-md", str(md), "--threads", "1"])
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["attention_probe"]["n_graphs"] == 4 and res["conditioning_gap"]["n_graphs"] == 4
+    assert "iou" not in res and not (tmp_path / "o" / "images.npz").exists() and not md.exists()
+    assert capsys.readouterr().out.count("attention t=") == 5

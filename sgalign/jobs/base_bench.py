@@ -9,7 +9,8 @@ against its graph with SG-IoU / Entity-IoU / Relation-IoU (``normalized`` mode),
 (entities are "colour size shape": the strict one) and ``label`` (entities are shapes, as LAION-SG's lists of
 labels); 95 % percentile-bootstrap intervals resampling graphs (all seeds of a graph together). FID: generated images
 vs the renders of the same graphs, on world-CLIP image features (projected embeddings), with a bootstrap interval.
-Optional: the conditioning gap (``gap_graphs``) and the predicate probe (``predicate_probe`` graphs).
+Optional: the conditioning gap (``gap_graphs``), the predicate probe (``predicate_probe`` graphs) and the attention
+probe (``attention_probe`` graphs: where object tokens attend, true vs inverted predicates, by timestep).
 
 ``scripts/bench_world_base.py`` is its command line; ``jobs.results_doc.render_base_section`` renders the result.
 """
@@ -27,6 +28,7 @@ import torch
 from ..diffusion.noise import NOISE_RULES
 from ..evaluation import GraphParserExtractor, evaluate_sg_iou
 from ..evaluation.conditioning_gap import conditioning_gap, sample_graph_images
+from ..evaluation.conditioning_gap import attention_probe as run_attention_probe
 from ..evaluation.conditioning_gap import predicate_probe as run_predicate_probe
 from ..evaluation.fid import extract_features, fid_bootstrap
 from ..evaluation.fid_features import world_clip_dir, world_clip_fid_features
@@ -44,7 +46,8 @@ CI_NOTE = ("95% percentile bootstrap over graphs (all seeds of a graph together)
 def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 512,
                      seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 20, guidance: float = 6.0, eta: float = 0.0,
                      noise: str = "per-graph", text_only: bool = False, graphs_per_call: int = 16,
-                     gap_graphs: int = 512, predicate_probe: int = 0, clip: str | Path | None = None,
+                     gap_graphs: int = 512, predicate_probe: int = 0, attention_probe: int = 0,
+                     clip: str | Path | None = None,
                      images_npz: str | Path | None = None,
                      log: Callable[[str], Any] = functools.partial(print, flush=True)) -> dict[str, Any]:
     """The results of one base model (module docstring): model, protocol, IoU per granularity, spatial hold rate,
@@ -73,11 +76,25 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
         n = min(predicate_probe, len(gts))
         probe = run_predicate_probe(pipe, gts[:n], gen[:n * len(seeds)], seeds,
                                     noise_keys=None if keys is None else keys[:n], **sampling)
+    attn = run_attention_probe(pipe, scenes[:attention_probe], seed=0) if attention_probe else None
     protocol = base_protocol(pipe, split=split, n_graphs=n_graphs, seeds=seeds, noise=noise, text_only=text_only,
                              steps=steps, guidance=guidance, eta=eta, images=gen)
     return {**model_fields(model), "protocol": protocol, **scores, "fid_world_clip": fid,
             "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap, "predicate_probe": probe,
+            "attention_probe": attn,
             "generation_seconds": round(gen_seconds, 1), "total_seconds": round(time.time() - t0, 1)}
+
+
+def probe_world_base(model: str | Path, *, split: str = "validation", gap_graphs: int = 512,
+                     attention_probe: int = 64) -> dict[str, Any]:
+    """The probes that need no samples (conditioning gap, attention probe) of one model, on the first graphs of
+    ``split``: minutes cheaper than ``bench_world_base``, for following a training run."""
+    t0 = time.time()
+    pipe = load_pipeline(model, arch="sd15")
+    gap = conditioning_gap(pipe, sample_split(split, gap_graphs, seed=0), seed=0) if gap_graphs else None
+    attn = run_attention_probe(pipe, sample_split(split, attention_probe, seed=0), seed=0) if attention_probe else None
+    return {**model_fields(model), "protocol": {"split": split, "samples": "none (probes only)"},
+            "conditioning_gap": gap, "attention_probe": attn, "total_seconds": round(time.time() - t0, 1)}
 
 
 def oracle_scores(graphs: Sequence, images: np.ndarray, k: int) -> dict[str, Any]:
