@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..models.attn_grounding import box_masks, capture_cross_attention, object_token_weights
+from ..models.attn_grounding import box_masks, capture_cross_attention, inside_shares, object_token_weights
 from ..models.graph_inputs import build_graph_inputs
 from ..world import WorldOracle, invert_predicates, rules
 from ..world.models.data import to_tensor
@@ -192,15 +192,9 @@ def attention_probe(pipe, scenes: Sequence, *, timesteps: Sequence[int] = (999, 
         for k, c in conds.items():
             with capture_cross_attention(pipe.unet) as maps:
                 pipe.unet(noisy, tt, **c.unet_kwargs(), return_dict=False)
-            per_layer = []
-            for p in maps:
-                res = int(round(p.shape[1] ** 0.5))
-                if res not in masks:
-                    masks[res] = box_masks(graphs, boxes, rules.CANVAS, token_w.shape[1], res).to(lat.device)
-                a = p.view(len(scenes), -1, *p.shape[1:]).float().mean(1)
-                a_obj = torch.einsum("bps,bos->bop", a, token_w)
-                per_layer.append((a_obj * masks[res]).sum(-1) / a_obj.sum(-1).clamp(min=1e-8))
-            inside = torch.stack(per_layer).mean(0)  # (B, O)
+            for res in {int(round(p.shape[1] ** 0.5)) for p in maps} - set(masks):
+                masks[res] = box_masks(graphs, boxes, rules.CANVAS, token_w.shape[1], res).to(lat.device)
+            inside = inside_shares(maps, token_w, masks).mean(0)  # (B, O), mean over the layers
             share[k] = ((inside * present).sum(1) / present.sum(1)).cpu().numpy()
         area = next(iter(masks.values())).mean(-1)
         drop = paired_bootstrap_ci(share["true"], share["inverted"], n_resamples=n_resamples, seed=seed)

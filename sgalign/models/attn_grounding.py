@@ -90,21 +90,24 @@ def box_masks(graphs: Sequence[SceneGraph], boxes: Sequence[dict[int, Sequence[f
     return F.adaptive_avg_pool2d(full, res).flatten(2)
 
 
+def inside_shares(maps: Sequence[Tensor], token_w: Tensor, masks: dict[int, Tensor]) -> Tensor:
+    """(L, B, O): per captured map ((B * heads, HW, S) each), the share of each object's attention mass (heads and its
+    tokens averaged; ``token_w`` (B, O, S) from ``object_token_weights``) inside its box (``masks[res]`` (B, O,
+    res * res) from ``box_masks``, one per map resolution)."""
+    B, out = token_w.shape[0], []
+    for p in maps:
+        hw = p.shape[1]
+        a = p.view(B, -1, hw, p.shape[-1]).float().mean(1)  # (B, HW, S), heads averaged
+        a_obj = torch.einsum("bps,bos->bop", a, token_w.to(a))  # (B, O, HW)
+        out.append((a_obj * masks[math.isqrt(hw)].to(a)).sum(-1) / a_obj.sum(-1).clamp(min=1e-8))
+    return torch.stack(out)
+
+
 def grounding_loss(maps: Sequence[Tensor], token_w: Tensor, masks: dict[int, Tensor], rows: Tensor) -> Tensor:
-    """The token loss over the captured ``maps`` ((B * heads, HW, S) each) of the ``rows`` (B,) bool that count
-    (rows whose conditioning is the graph's text, not the empty prompt). ``token_w`` (B, O, S) from
-    ``object_token_weights``; ``masks[res]`` (B, O, res * res) from ``box_masks`` for each map resolution."""
+    """The token loss over the captured ``maps`` of the ``rows`` (B,) bool that count (rows whose conditioning is the
+    graph's text, not the empty prompt): mean over layers and present objects of (1 - ``inside_shares``)^2."""
     present = token_w.sum(-1) > 0  # (B, O)
     keep = present & rows[:, None].to(present.device)
     if not maps or not bool(keep.any()):
         return token_w.new_zeros(())
-    losses = []
-    B = token_w.shape[0]
-    for p in maps:
-        hw = p.shape[1]
-        res = math.isqrt(hw)
-        a = p.view(B, -1, hw, p.shape[-1]).float().mean(1)  # (B, HW, S), heads averaged
-        a_obj = torch.einsum("bps,bos->bop", a, token_w.to(a))  # (B, O, HW)
-        inside = (a_obj * masks[res].to(a)).sum(-1) / a_obj.sum(-1).clamp(min=1e-8)
-        losses.append(((1.0 - inside) ** 2)[keep])
-    return torch.cat(losses).mean()
+    return ((1.0 - inside_shares(maps, token_w, masks)) ** 2)[:, keep].mean()
