@@ -35,7 +35,7 @@ from ..evaluation.fid_features import world_clip_dir, world_clip_fid_features
 from ..evaluation.sampling import input_noise_keys
 from ..evaluation.sg_iou import spatial_hold, triple_counts
 from ..pipelines import load_pipeline
-from ..world import WorldOracle, render_array, sample_split
+from ..world import WorldOracle, predicate_blind_hold, render_array, sample_split
 
 TRAINING_KEYS = ("recipe", "steps", "wall_seconds", "effective_batch", "all_stages", "initialised_from", "launcher",
                  "stages", "cpu_minutes_from_scratch")
@@ -76,6 +76,7 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
         n = min(predicate_probe, len(gts))
         probe = run_predicate_probe(pipe, gts[:n], gen[:n * len(seeds)], seeds,
                                     noise_keys=None if keys is None else keys[:n], **sampling)
+        probe["spatial_hold_chance"] = predicate_blind_hold(scenes[:n])  # what ignoring the predicates scores
     attn = run_attention_probe(pipe, scenes[:attention_probe], seed=0) if attention_probe else None
     protocol = base_protocol(pipe, split=split, n_graphs=n_graphs, seeds=seeds, noise=noise, text_only=text_only,
                              steps=steps, guidance=guidance, eta=eta, images=gen)

@@ -267,3 +267,21 @@ def img_id_for(split: str, index: int) -> str:
 def split_records(split: str, scenes: Sequence[WorldScene]) -> list[LaionSGRecord]:
     """LAION-SG records of a split: ``img_id`` = split code + 7-digit index, ``name`` = ``<img_id>.png``."""
     return [sc.to_record(img_id_for(split, i)) for i, sc in enumerate(scenes)]
+
+
+def predicate_blind_hold(scenes: Sequence[WorldScene], seed: int = 0) -> dict:
+    """Chance level of the spatial hold rate: each scene's objects (same sizes) re-laid out by ``layout_boxes`` with
+    no spatial constraint, and the share of its spatial triples that hold anyway. A model that ignores its
+    predicates scores about this; the four spatial predicates are 90° cones, so it is near 1/4."""
+    rng = np.random.default_rng(seed)
+    held = n = 0
+    for sc in scenes:
+        spatial = [t for t in sc.relations if t[1] in rules.SPATIAL]
+        if not spatial:
+            continue
+        boxes = layout_boxes(rng, np.array([o.extent for o in sc.objects]), [])
+        if boxes is None:
+            continue
+        n += len(spatial)
+        held += sum(rules.holds(p, boxes[s], sc.objects[s].size, boxes[o], sc.objects[o].size) for s, p, o in spatial)
+    return {"triples": n, "holds": held / n if n else float("nan"), "seed": seed}
