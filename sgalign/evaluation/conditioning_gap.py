@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..models.attn_grounding import box_masks, capture_cross_attention, inside_shares, object_token_weights
+from ..models.attn_grounding import (box_canvas, capture_cross_attention, inside_shares, object_token_weights,
+                                     pool_masks)
 from ..models.graph_inputs import build_graph_inputs
 from ..world import WorldOracle, invert_predicates, rules
 from ..world.models.data import to_tensor
@@ -182,7 +183,8 @@ def attention_probe(pipe, scenes: Sequence, *, timesteps: Sequence[int] = (999, 
              "text_only": pipe.encode_graphs(graphs, use_graph=False)}
     token_w = object_token_weights(gi, conds["true"].prompt_embeds.shape[1]).to(lat.device)
     present = token_w.sum(-1) > 0
-    boxes = [{i: o.box for i, o in enumerate(s.objects)} for s in scenes]
+    full = box_canvas(graphs, [{i: o.box for i, o in enumerate(s.objects)} for s in scenes], rules.CANVAS,
+                      token_w.shape[1])
     masks: dict[int, torch.Tensor] = {}
     out: dict = {"n_graphs": len(scenes), "seed": seed, "by_t": {}}
     for t in timesteps:
@@ -193,7 +195,7 @@ def attention_probe(pipe, scenes: Sequence, *, timesteps: Sequence[int] = (999, 
             with capture_cross_attention(pipe.unet) as maps:
                 pipe.unet(noisy, tt, **c.unet_kwargs(), return_dict=False)
             for res in {int(round(p.shape[1] ** 0.5)) for p in maps} - set(masks):
-                masks[res] = box_masks(graphs, boxes, rules.CANVAS, token_w.shape[1], res).to(lat.device)
+                masks[res] = pool_masks(full, res).to(lat.device)
             inside = inside_shares(maps, token_w, masks).mean(0)  # (B, O), mean over the layers
             share[k] = ((inside * present).sum(1) / present.sum(1)).cpu().numpy()
         area = next(iter(masks.values())).mean(-1)

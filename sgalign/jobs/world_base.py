@@ -45,7 +45,8 @@ from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
 from ..errors import UserError
 from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
-from ..models.attn_grounding import box_masks, capture_cross_attention, grounding_loss, object_token_weights
+from ..models.attn_grounding import (box_canvas, capture_cross_attention, grounding_loss, object_token_weights,
+                                     pool_masks)
 from ..models.conditioning import build_conditioning
 from ..models.graph_inputs import build_graph_inputs
 from ..models.loading import load_model, load_sg_encoder
@@ -513,7 +514,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
             loss = loss + r.sg_layout_weight * box
             stats["box"] = float(box.detach())
         if ground:
-            g = _grounding(maps, gi, scenes, cond.shape[1], prompted & (t >= r.attn_ground_t_min))
+            g = _grounding(maps, gi, graphs, scenes, cond.shape[1], prompted & (t >= r.attn_ground_t_min))
             loss = loss + r.attn_ground_weight * g
             stats["ground"] = float(g.detach())
         return loss, stats
@@ -521,15 +522,15 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
     return loss_fn
 
 
-def _grounding(maps: list[torch.Tensor], gi, scenes: list[WorldScene], seq_len: int,
+def _grounding(maps: list[torch.Tensor], gi, graphs: list, scenes: list[WorldScene], seq_len: int,
                prompted: torch.Tensor) -> torch.Tensor:
     """``models.attn_grounding``'s token loss of a batch's captured cross-attention maps (object boxes from the
-    scenes; the rows on the empty prompt left out)."""
-    token_w = object_token_weights(gi, seq_len).to(maps[0].device)
-    graphs = [sc.graph() for sc in scenes]
-    boxes = [{i: o.box for i, o in enumerate(sc.objects)} for sc in scenes]
-    masks = {res: box_masks(graphs, boxes, rules.CANVAS, token_w.shape[1], res).to(maps[0].device)
-             for res in {math.isqrt(m.shape[1]) for m in maps}}
+    scenes, ``graphs`` theirs; the rows on the empty prompt left out)."""
+    dev = maps[0].device
+    token_w = object_token_weights(gi, seq_len).to(dev)
+    full = box_canvas(graphs, [{i: o.box for i, o in enumerate(sc.objects)} for sc in scenes], rules.CANVAS,
+                      token_w.shape[1])
+    masks = {res: pool_masks(full, res).to(dev) for res in {math.isqrt(m.shape[1]) for m in maps}}
     return grounding_loss(maps, token_w, masks, prompted)
 
 

@@ -41,7 +41,10 @@ class _CaptureCrossAttention:
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, **kwargs) -> Tensor:
         if encoder_hidden_states is not None:
             if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
-                raise NotImplementedError("attention grounding supports the transformer blocks' plain cross-attention")
+                # a deliberate limit, not a gap: the maps are recomputed here, and only this form is recomputed
+                raise NotImplementedError("capture_cross_attention: this cross-attention has a spatial or group norm "
+                                          "or 4-D input; only UNet2DConditionModel's transformer-block form (3-D "
+                                          "input, no norms) is captured")
             ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
             q = attn.head_to_batch_dim(attn.to_q(hidden_states))
             k = attn.head_to_batch_dim(attn.to_k(ctx))
@@ -78,16 +81,27 @@ def object_token_weights(gi: GraphInputs, seq_len: int) -> Tensor:
     return w / w.sum(-1, keepdim=True).clamp(min=1.0)
 
 
-def box_masks(graphs: Sequence[SceneGraph], boxes: Sequence[dict[int, Sequence[float]]], canvas: int,
-              n_objects: int, res: int) -> Tensor:
-    """(B, O, res * res) soft masks: the fraction of each of a res x res grid's cells covered by the object's box
-    (node order ``to_pyg().item_ids``, as ``object_token_weights``); rows of absent objects are 0."""
+def box_canvas(graphs: Sequence[SceneGraph], boxes: Sequence[dict[int, Sequence[float]]], canvas: int,
+               n_objects: int) -> Tensor:
+    """(B, O, canvas, canvas) 0/1 box masks in node order (``to_pyg().item_ids``, as ``object_token_weights``); rows
+    of absent objects are 0. Built once per batch; ``pool_masks`` gives each attention resolution's."""
     full = torch.zeros(len(graphs), n_objects, canvas, canvas)
     for b, (sg, bx) in enumerate(zip(graphs, boxes)):
         for o, item_id in enumerate(sg.to_pyg().item_ids):
             x0, y0, x1, y1 = (int(round(v)) for v in bx[int(item_id)])
             full[b, o, max(y0, 0):min(y1, canvas), max(x0, 0):min(x1, canvas)] = 1.0
+    return full
+
+
+def pool_masks(full: Tensor, res: int) -> Tensor:
+    """(B, O, res * res) soft masks: the fraction of each of a res x res grid's cells the box covers."""
     return F.adaptive_avg_pool2d(full, res).flatten(2)
+
+
+def box_masks(graphs: Sequence[SceneGraph], boxes: Sequence[dict[int, Sequence[float]]], canvas: int,
+              n_objects: int, res: int) -> Tensor:
+    """``pool_masks(box_canvas(...), res)``: one resolution's soft masks."""
+    return pool_masks(box_canvas(graphs, boxes, canvas, n_objects), res)
 
 
 def inside_shares(maps: Sequence[Tensor], token_w: Tensor, masks: dict[int, Tensor]) -> Tensor:
