@@ -73,11 +73,13 @@ def test_diffusion_dpo_provider_and_loss_by_formula():
     m = build_method("diffusion-dpo", beta=100.0)
     p = m.provide(b, c)
     a = AC[p["t"]].view(-1, 1, 1, 1)
-    assert torch.allclose(p["x_w"], a.sqrt() * b.x0_w + (1 - a).sqrt() * p["target"])  # each pair its own t
-    assert torch.allclose(p["x_l"], a.sqrt() * b.x0_l + (1 - a).sqrt() * p["target"])  # same ε and t for w, l
+    eps = p["target_w"]  # an ε model's target is the noise, the same for winner and loser
+    assert torch.equal(p["target_l"], eps)
+    assert torch.allclose(p["x_w"], a.sqrt() * b.x0_w + (1 - a).sqrt() * eps)  # each pair its own t
+    assert torch.allclose(p["x_l"], a.sqrt() * b.x0_l + (1 - a).sqrt() * eps)  # same ε and t for w, l
     out = m.loss(p, b, c)
-    mw, ml = (per_sample_mse(pol(x, p["t"], b.cond), p["target"]) for x in (p["x_w"], p["x_l"]))
-    rw, rl = (per_sample_mse(ref(x, p["t"], b.cond), p["target"]) for x in (p["x_w"], p["x_l"]))
+    mw, ml = (per_sample_mse(pol(x, p["t"], b.cond), eps) for x in (p["x_w"], p["x_l"]))
+    rw, rl = (per_sample_mse(ref(x, p["t"], b.cond), eps) for x in (p["x_w"], p["x_l"]))
     assert out.loss.item() == pytest.approx(diffusion_dpo_loss(mw, ml, rw, rl, 100.0).loss.mean().item(), rel=1e-5)
 
 

@@ -184,20 +184,31 @@ def test_sg_encoder_lr_is_its_own_group_and_moves_the_gate_at_its_rate(tiny_asse
     assert moved["same"] > 0 and 30 < moved["own"] / moved["same"] < 300
 
 
-def test_a_v_prediction_base_is_refused_with_one_line(tiny_assets, tmp_path):  # noqa: F811
-    """Every method's loss and the inversion are written for epsilon models: a v-prediction base (e.g. the world
-    recipe's --zero-snr-v probes) is refused before any step, naming the model, not trained as if it were epsilon."""
+@pytest.mark.parametrize("method", ["diffusion-dpo", "inpo"])
+def test_a_v_prediction_base_trains_in_its_own_space(tiny_assets, tmp_path, method):  # noqa: F811
+    """A v-prediction base (SD2.x, the world recipe's --zero-snr-v) trains with every method: its squared errors in v,
+    its inversions on ε (tests/test_methods_vpred.py for the values); the run's provenance says which. A scheduler
+    predicting anything else is refused before any step, naming the model."""
     import json
     import shutil
 
     from sgalign.errors import UserError
     from sgalign.training.trainer import Trainer
 
-    model = tmp_path / "v-model"
-    shutil.copytree(tiny_assets["sd15-sg"], model)
-    cfg_file = model / "scheduler" / "scheduler_config.json"
-    sched = json.loads(cfg_file.read_text())
-    cfg_file.write_text(json.dumps({**sched, "prediction_type": "v_prediction"}))
-    assets = {**tiny_assets, "sd15-sg": model}
-    with pytest.raises(UserError, match="predicts 'v_prediction'; the preference trainer supports epsilon"):
-        Trainer(make_config(assets, tmp_path / "out"))
+    def model_predicting(kind):
+        model = tmp_path / f"{kind}-model"
+        shutil.copytree(tiny_assets["sd15-sg"], model)
+        cfg_file = model / "scheduler" / "scheduler_config.json"
+        sched = json.loads(cfg_file.read_text())
+        cfg_file.write_text(json.dumps({**sched, "prediction_type": kind, "rescale_betas_zero_snr": True}))
+        return {**tiny_assets, "sd15-sg": model}
+
+    tr = Trainer(make_config(model_predicting("v_prediction"), tmp_path / "out", method=method,
+                             overrides=["trainer.max_steps=2"]))
+    assert tr.alphas_cumprod[-1] == 0  # zero-terminal SNR, as the world's v bases
+    s = tr.train().summary
+    assert s["steps"] == 2 and math.isfinite(s["final_loss"])
+    assert s["method_provenance"]["prediction_type"] == "v_prediction"
+    assert s["method_provenance"]["loss_space"] == "v_prediction"
+    with pytest.raises(UserError, match="predicts 'sample'; the preference trainer supports epsilon and v_prediction"):
+        Trainer(make_config(model_predicting("sample"), tmp_path / "out2"))

@@ -102,10 +102,10 @@ def test_lora_reference_is_base_with_adapters_disabled(tiny_assets, tmp_path):  
     batch = tr.make_batch(tr.stream.next(), torch.Generator().manual_seed(0))
     x, t = batch.x0_w, torch.tensor([500, 10])
     base0 = {n: p.clone() for n, p in policy.named_parameters() if "lora" not in n}
-    ref0, pol0 = tr._eps_reference(x, t, batch.cond), policy(x, t, batch.cond).detach()
+    ref0, pol0 = tr._reference_out(x, t, batch.cond), policy(x, t, batch.cond).detach()
     assert torch.equal(ref0, pol0)  # LoRA B = 0 at init
     tr.train()
-    assert torch.equal(tr._eps_reference(x, t, batch.cond), ref0)  # the reference never changes
+    assert torch.equal(tr._reference_out(x, t, batch.cond), ref0)  # the reference never changes
     assert not torch.allclose(policy(x, t, batch.cond).detach(), pol0)  # the policy did
     assert all(torch.equal(p, base0[n]) for n, p in policy.named_parameters() if "lora" not in n)
     assert (tmp_path / "checkpoints" / "step-00000003" / "policy" / "unet_lora").is_dir()

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..diffusion.prediction import check_prediction, prediction_target
 from ..models.attn_grounding import (box_canvas, capture_cross_attention, inside_shares, object_token_weights,
                                      pool_masks)
 from ..models.graph_inputs import build_graph_inputs
@@ -41,9 +42,7 @@ from .stats import paired_bootstrap_ci
 @torch.no_grad()
 def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) -> dict:
     sched = pipe.scheduler
-    kind = sched.config.prediction_type
-    if kind not in ("epsilon", "v_prediction"):
-        raise ValueError(f"conditioning_gap: prediction_type {kind!r} (epsilon or v_prediction)")
+    kind = check_prediction(sched.config.prediction_type)
     gen = torch.Generator().manual_seed(seed)
     sums = {"true": [], "text_only": [], "empty": [], "shuffled": [], "inverted": []}
     moved: dict[str, list] = {k: [] for k in sums if k != "true"}
@@ -57,7 +56,7 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
         t = torch.randint(0, sched.config.num_train_timesteps, (len(chunk),), generator=gen).to(lat.device)
         noisy = sched.add_noise(lat, noise, t)
         # the model's own target: a v-prediction model's output compared with noise would measure nothing
-        target = noise if kind == "epsilon" else sched.get_velocity(lat, noise, t)
+        target = prediction_target(noise, lat, t, sched.alphas_cumprod, kind)
         cond = pipe.encode_graphs(graphs)
         conds = {"true": cond, "text_only": pipe.encode_graphs(graphs, use_graph=False),
                  "empty": pipe.unconditional(cond), "shuffled": cond[torch.arange(len(chunk)).roll(1)],
@@ -81,18 +80,22 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
 
 def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_keys: Sequence[str] | None,
                         use_graph: bool = True, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
-                        graphs_per_call: int = 16, on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
+                        graph_guidance_scale: float | None = None, graphs_per_call: int = 16,
+                        on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """uint8 [G*K, H, W, 3] samples of an SG pipeline, image g*K + k = graph g with ``seeds[k]``, ``graphs_per_call``
     graphs per pipeline call. ``noise_keys``: the graphs' keys (the per-graph noise rule), None: the shared rule (seed
     k for every graph). ``use_graph=False``: the SG model's text path alone (the SG residual left out).
-    ``on_chunk(n)`` is called after each call with the number of graphs sampled so far."""
+    ``graph_guidance_scale``: the pipeline's graph guidance (None: plain guidance). ``on_chunk(n)`` is called after each call with the number of graphs sampled so far."""
+    if graph_guidance_scale is not None and not use_graph:
+        raise ValueError("graph guidance guides the SG residual; the text path alone has none")
     images = []
     for start in range(0, len(graphs), graphs_per_call):
         chunk = list(graphs[start:start + graphs_per_call])
         how = {"graphs": chunk} if use_graph else {"conditioning": pipe.encode_graphs(chunk, use_graph=False)}
         images.append(pipe(**how, seeds=list(seeds),
                            noise_keys=None if noise_keys is None else noise_keys[start:start + len(chunk)],
-                           num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, output_type="np").images)
+                           num_inference_steps=steps, guidance_scale=guidance_scale,
+                           graph_guidance_scale=graph_guidance_scale, eta=eta, output_type="np").images)
         if on_chunk is not None:
             on_chunk(start + len(chunk))
     return (np.concatenate(images) * 255).round().astype(np.uint8)
@@ -101,7 +104,7 @@ def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_k
 def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[int], *,
                     noise_keys: Sequence[str] | None, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
                     graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0,
-                    use_graph: bool = True) -> dict:
+                    use_graph: bool = True, graph_guidance_scale: float | None = None) -> dict:
     """Does the model draw what the predicates say, or what its noise says?
 
     ``images`` (uint8, image g*K + k = graph g with ``seeds[k]``) are the model's samples of ``graphs``; the probe
@@ -122,7 +125,7 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
     # use_graph=False: the SG model's text path alone (the SG residual left out), as the images were sampled
     inverted = sample_graph_images(pipe, [invert_predicates(gr) for gr in true], seeds, noise_keys=keys,
                                    use_graph=use_graph, steps=steps, guidance_scale=guidance_scale, eta=eta,
-                                   graphs_per_call=graphs_per_call)
+                                   graph_guidance_scale=graph_guidance_scale, graphs_per_call=graphs_per_call)
     per_gt = [gr for gr in true for _ in range(k)]
     groups = [g for g in range(len(true)) for _ in range(k)]
     ex = GraphParserExtractor(WorldOracle(), granularity="phrase")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..diffusion.loop import Loop, min_snr_weights, warmup_cosine
+from ..diffusion.prediction import prediction_target
 from ..errors import UserError
 from ..hashing import replace_dir, write_json_atomic
 from ..machine import machine_info
@@ -500,7 +501,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         with capture_cross_attention(pipe.unet) if ground else contextlib.nullcontext([]) as maps:
             pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         kind = noise_sched.config.prediction_type
-        target = noise if kind == "epsilon" else noise_sched.get_velocity(lat, noise, t)
+        target = prediction_target(noise, lat, t, noise_sched.alphas_cumprod, kind)
         per = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
         w = min_snr_weights(noise_sched, t, r.min_snr_gamma, kind) if stage == 1 and r.min_snr_gamma else 1.0
         loss = (per * w).mean()

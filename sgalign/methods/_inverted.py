@@ -1,4 +1,5 @@
-"""Shared provider of DDIM-InPO and SmPO: invert x₀ up to the pair's t, target τ = noise implied by x̂_t."""
+"""Shared provider of DDIM-InPO and SmPO: invert x₀ up to the pair's t, target τ = noise implied by x̂_t (as the model
+predicts it: τ itself, or the v of x̂_t = √ᾱ x₀ + √(1−ᾱ) τ for a v-prediction base; the inversion is on ε)."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,7 +33,7 @@ def invert_to_t(x0: Tensor, cond: Any, t: Tensor, cfg, ctx: MethodContext, renoi
     """x̂_t for each row of ``x0`` (B rows, per-row t)."""
     if cfg.inverter not in ("policy", "reference"):
         raise ValueError(f"inverter must be 'policy' or 'reference', got {cfg.inverter!r}")
-    eps_fn = ctx.policy if cfg.inverter == "policy" else ctx.reference
+    eps_fn = ctx.eps_policy if cfg.inverter == "policy" else ctx.eps_reference
     ac, T = ctx.alphas_cumprod, ctx.num_train_timesteps
     ia = _initial_alpha(cfg, ac)
     kw = dict(renoise_steps=renoise_steps, renoise_label=renoise_label)
@@ -52,7 +53,8 @@ def invert_to_t(x0: Tensor, cond: Any, t: Tensor, cfg, ctx: MethodContext, renoi
     lab = base[1:] if cfg.label == "target" else base[:-1].clamp(min=0)
     tr = cached_invert(ctx.cache, x0, eps_fn, base, ac, cond, labels=lab, initial_alpha=ia,
                        model_hash=ctx.reference_hash, grid_spec=f"exact-prefix(points={cfg.num_points},T={T},label={cfg.label})",
-                       guidance_spec="cfg=1", image_ids=image_ids, **kw)
+                       guidance_spec="cfg=1" + ("" if ctx.prediction == "epsilon" else f":{ctx.prediction}"),
+                       image_ids=image_ids, **kw)
     m = (base[None, 1:] < t[:, None]).sum(1)
     x_m = tr.latents[torch.arange(len(t), device=x0.device), m]
     levels = torch.stack([base[m], t], 1)
@@ -71,7 +73,7 @@ def provide_inverted(batch: PairBatch, ctx: MethodContext, cfg, renoise_steps: i
     x_t = invert_to_t(x0, cat_rows([batch.cond, batch.cond]), torch.cat([t_inv, t_inv]), cfg, ctx, renoise_steps,
                       renoise_label, ids)
     a = ctx.alphas_cumprod.to(dev)[torch.cat([t_inv, t_inv])]
-    tau = inpo_target(x_t, x0, a)
+    tau = ctx.target(inpo_target(x_t, x0, a), x0, torch.cat([t, t]))  # the network is told t (loss below)
     return {"x_w": x_t[:B], "x_l": x_t[B:], "t": t, "target_w": tau[:B], "target_l": tau[B:],
             "cache_used": cache_applies(cfg, ctx)}
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..diffusion.cache import TrajectoryCache
 from ..diffusion.counter import EpsFn, ForwardCounter, ForwardStats
 from ..diffusion.guidance import Unconditional
+from ..diffusion.prediction import Prediction, as_epsilon, prediction_target
 from ..config import first_nonfinite
 
 
@@ -41,9 +42,13 @@ class PairBatch:
 
 @dataclass
 class MethodContext:
-    """Networks and state the trainer owns. ``policy``/``reference``: ε functions ``(x_t, t, cond) -> eps``
-    (policy carries grad). ``reference_hash``: fingerprint of the frozen reference, needed for the cache.
-    ``unconditional``: ``cond`` -> its guidance branch without the prompt, for methods that guide."""
+    """Networks and state the trainer owns. ``policy``/``reference``: the model's functions ``(x_t, t, cond) ->
+    output`` (policy carries grad), whose output is ``prediction`` (ε, or v for a v-prediction base).
+    ``reference_hash``: fingerprint of the frozen reference, needed for the cache. ``unconditional``: ``cond`` -> its
+    guidance branch without the prompt, for methods that guide.
+
+    Methods regress in the model's own output space (``target``: diffusers' DPO script does so for v models) and
+    invert on the ε contract (``eps_policy`` / ``eps_reference``); for an ε model both are the functions themselves."""
 
     policy: EpsFn
     reference: EpsFn
@@ -54,10 +59,23 @@ class MethodContext:
     backward: Callable[[Tensor], None] | None = None  # e.g. accelerator.backward; used by methods that back-propagate
     # the model's own classifier-free-guidance unconditional branch (SD1.5 empty text, SDXL zeros); guided methods
     unconditional: Unconditional | None = None
+    prediction: Prediction = "epsilon"
 
     @property
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
+
+    @property
+    def eps_policy(self) -> EpsFn:
+        return as_epsilon(self.policy, self.alphas_cumprod, self.prediction)
+
+    @property
+    def eps_reference(self) -> EpsFn:
+        return as_epsilon(self.reference, self.alphas_cumprod, self.prediction)
+
+    def target(self, eps: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """The regression target of x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε for a network told ``t``: ε itself, or v."""
+        return prediction_target(eps, x0, t, self.alphas_cumprod, self.prediction)
 
 
 @dataclass
@@ -100,8 +118,13 @@ class Method(ABC):
             provided = self.provide(batch, cctx)
         out = self.loss(provided, batch, cctx)
         out.forwards = ForwardStats.from_counters([pol, ref], batch.size)
-        out.provenance = {"method": self.name, **self.resolved(), **out.provenance}
+        out.provenance = {"method": self.name, **self.resolved(), "prediction_type": ctx.prediction,
+                          "loss_space": self.loss_space(ctx), **out.provenance}
         return out
+
+    def loss_space(self, ctx: MethodContext) -> str:
+        """Where the method's squared errors are taken: the model's own output (ε or v) unless it says otherwise."""
+        return ctx.prediction
 
     def resolved(self) -> dict[str, Any]:
         cfg = self.config

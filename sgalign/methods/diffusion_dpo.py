@@ -1,4 +1,5 @@
-"""Diffusion-DPO: forward-noised latents, one t and one ε per pair shared by winner and loser."""
+"""Diffusion-DPO: forward-noised latents, one t and one ε per pair shared by winner and loser; the squared errors in
+the model's own output space (ε, or v for a v-prediction base, as diffusers' DPO script)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,10 +44,11 @@ class DiffusionDPO(Method):
         t = sample_timesteps(B, ctx.num_train_timesteps, ctx.generator, dev)
         eps = randn_like(batch.x0_w, ctx.generator)
         return {"x_w": forward_noise(batch.x0_w, eps, t, ctx.alphas_cumprod),
-                "x_l": forward_noise(batch.x0_l, eps, t, ctx.alphas_cumprod), "t": t, "target": eps}
+                "x_l": forward_noise(batch.x0_l, eps, t, ctx.alphas_cumprod), "t": t,
+                "target_w": ctx.target(eps, batch.x0_w, t), "target_l": ctx.target(eps, batch.x0_l, t)}
 
     def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
         beta = self.config.beta
-        out, m, r = dpo_forward(ctx.policy, ctx.reference, p["x_w"], p["x_l"], p["t"], p["t"], p["target"],
-                                p["target"], batch.cond, lambda a, b, c, d: diffusion_dpo_loss(a, b, c, d, beta))
+        out, m, r = dpo_forward(ctx.policy, ctx.reference, p["x_w"], p["x_l"], p["t"], p["t"], p["target_w"],
+                                p["target_l"], batch.cond, lambda a, b, c, d: diffusion_dpo_loss(a, b, c, d, beta))
         return MethodOutput(out.loss.mean(), out.loss.detach(), preference_metrics(out, m, r))

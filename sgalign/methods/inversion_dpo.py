@@ -6,6 +6,9 @@ the same trajectory points.
 * ``target='trajectory'`` (default): Diffusion-DPO form on the trajectory with τ_g = (x_g − √ᾱ_g x₀)/√(1−ᾱ_g);
   the points are the inverted latents x_g told their own level g, whose ε_ref the inversion already computed
   (source-labelled inversion), so P = N − 1 points and no extra reference forwards.
+* A v-prediction base is scored on the ε contract (``MethodContext.eps_policy``; ε_θ − ε_ref = √ᾱ (v_θ − v_ref)):
+  the method is defined on the inversion's ε, and the official w_g = 1/(2ᾱ_g) makes its weighted ε term exactly
+  ½ m(v_θ − v_ref). The grid's top level (N − 1)·T/N stays below T, where a zero-terminal-SNR ᾱ is 0.
 * ``subsample=k``: k of the P points per pair (same for winner and loser), unbiased for the mean.
 * ``gradient='constant-memory'``: a no-grad policy pass gives the per-pair σ-coefficient, then each point is
   replayed with grad and back-propagated at once (the method calls backward; ``MethodOutput.backward_done``).
@@ -88,10 +91,11 @@ class InversionDPO(Method):
             raise ValueError("a trajectory cache needs MethodContext.reference_hash (diffusion.model_fingerprint(ref))")
         ids = (batch.image_ids_w + batch.image_ids_l) if batch.image_ids_w and batch.image_ids_l else None
         u = self._uncond(cfg, ctx)
-        tr = cached_invert(ctx.cache if use_cache else None, x0, guided(ctx.reference, cfg.guidance_scale, u),
+        tr = cached_invert(ctx.cache if use_cache else None, x0, guided(ctx.eps_reference, cfg.guidance_scale, u),
                            levels, ac, cond2, labels=labels, initial_alpha=ia, model_hash=ctx.reference_hash or "",
                            grid_spec=f"full(steps={N},T={T},labels={cfg.target})",
-                           guidance_spec=f"cfg={cfg.guidance_scale}" + (f":{u.spec}" if u else ""), image_ids=ids)
+                           guidance_spec=f"cfg={cfg.guidance_scale}" + (f":{u.spec}" if u else "")
+                           + ("" if ctx.prediction == "epsilon" else f":{ctx.prediction}"), image_ids=ids)
         if cfg.target == "reference":
             xs, labs, eps_ref = tr.latents[:, :N], tr.labels, tr.eps_point
             tau = None
@@ -120,6 +124,9 @@ class InversionDPO(Method):
         return {"x": xs, "t": labs, "eps_ref": eps_ref, "tau": tau, "weights": w[:B], "cond2": cond2,
                 "cache_used": use_cache, "points": labs.shape[1], "uncond": u.spec if u else None}
 
+    def loss_space(self, ctx: MethodContext) -> str:
+        return "epsilon"  # module docstring: the inversion's ε, whatever the model predicts
+
     @staticmethod
     def _uncond(cfg, ctx: MethodContext) -> Unconditional | None:
         return unconditional_branch(cfg, ctx) if cfg.guidance_scale != 1.0 else None
@@ -141,7 +148,7 @@ class InversionDPO(Method):
 
     def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
         cfg = self.config.resolve()
-        pol = guided(ctx.policy, cfg.guidance_scale, self._uncond(cfg, ctx))
+        pol = guided(ctx.eps_policy, cfg.guidance_scale, self._uncond(cfg, ctx))
         P = p["points"]
         # uncond_branch: what the unconditional branch actually was (e.g. 'empty-text' for an SD1.5 'model' branch)
         prov = {"cache_used": p["cache_used"], "points_per_image": P, "uncond_branch": p["uncond"]}

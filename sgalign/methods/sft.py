@@ -1,4 +1,5 @@
-"""SFT: the standard ε-prediction loss on the winner (or the best-scored candidate) of each pair."""
+"""SFT: the standard denoising loss (ε, or v for a v-prediction base) on the winner (or the best-scored candidate) of
+each pair."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class SFT(Method):
             raise ValueError(f"sft pick must be 'winner' or 'best-score', got {self.config.pick!r}")
         t = sample_timesteps(batch.size, ctx.num_train_timesteps, ctx.generator, x0.device)
         eps = randn_like(x0, ctx.generator)
-        return {"x_t": forward_noise(x0, eps, t, ctx.alphas_cumprod), "t": t, "target": eps}
+        return {"x_t": forward_noise(x0, eps, t, ctx.alphas_cumprod), "t": t, "target": ctx.target(eps, x0, t)}
 
     def loss(self, p: dict[str, Any], batch: PairBatch, ctx: MethodContext) -> MethodOutput:
         per = sft_loss(per_sample_mse(ctx.policy(p["x_t"], p["t"], batch.cond), p["target"]))

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigModel, dump_config
 from ..diffusion.loop import Loop
+from ..diffusion.prediction import prediction_target
 from ..machine import machine_info
 from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
 from ..models.loading import load_component, load_model
@@ -324,12 +325,7 @@ def diffusion_loss(pipe, batch: dict[str, Any], generator: torch.Generator | Non
                 torch.where(m[:, None], unc.pooled_prompt_embeds, cond.pooled_prompt_embeds), cond.add_time_ids)
     cond = cond.to(dtype=pipe.unet.dtype)
     pred = pipe.unet(noisy, timesteps, **cond.unet_kwargs(), return_dict=False)[0]
-    if sched.config.prediction_type == "v_prediction":
-        target = sched.get_velocity(latents, noise, timesteps)
-    elif sched.config.prediction_type == "epsilon":
-        target = noise
-    else:
-        raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r} (epsilon or v_prediction)")
+    target = prediction_target(noise, latents, timesteps, sched.alphas_cumprod, sched.config.prediction_type)
     return F.mse_loss(pred.float(), target.float())
 
 

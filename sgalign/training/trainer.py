@@ -31,7 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..config import ConfigError, dump_config
 from ..errors import UserError
-from ..diffusion import TrajectoryCache, model_fingerprint
+from ..diffusion import TrajectoryCache, check_prediction, model_fingerprint
 from ..hashing import folder_sha256
 from ..methods import MethodContext, PairBatch, build_method
 from ..models.loading import load_model
@@ -247,10 +247,11 @@ class Trainer:
             self.reference.eval()
         sched = comps["scheduler"]
         kind = sched.config.get("prediction_type", "epsilon")
-        if kind != "epsilon":  # every method's loss and the inversion are written for an epsilon model
-            raise UserError(f"{m.path}: its scheduler predicts {kind!r}; the preference trainer supports epsilon "
-                            "prediction only (a v-prediction base, e.g. pretrain_world.py --zero-snr-v, is for "
-                            "pre-training probes until the methods support it)")
+        try:
+            self.prediction = check_prediction(kind)
+        except ValueError:
+            raise UserError(f"{m.path}: its scheduler predicts {kind!r}; the preference trainer supports epsilon and "
+                            "v_prediction models") from None
         self.alphas_cumprod = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32).to(dev)
         self.ema = None
         if self.cfg.trainer.ema:
@@ -311,11 +312,11 @@ class Trainer:
         self.policy, self.optimizer = self.acc.prepare(self.policy, opt)
 
     # ---- one micro-batch ------------------------------------------------------------------------------------
-    def _eps_policy(self, x, t, c):
+    def _policy_out(self, x, t, c):
         return self.policy(x, t, c)  # the prepared (possibly DDP/FSDP/DeepSpeed-wrapped) module
 
     @torch.no_grad()
-    def _eps_reference(self, x, t, c):
+    def _reference_out(self, x, t, c):
         with self.acc.autocast():
             if not self.lora:
                 return self.reference(x, t, c).float()
@@ -409,10 +410,10 @@ class Trainer:
         return PairBatch(x_w, x_l, cond, sw, sl, [r.id_w for r in pairs], [r.id_l for r in pairs])
 
     def context(self, gen: torch.Generator) -> MethodContext:
-        return MethodContext(policy=self._eps_policy, reference=self._eps_reference,
+        return MethodContext(policy=self._policy_out, reference=self._reference_out,
                              alphas_cumprod=self.alphas_cumprod, generator=gen, cache=self.cache,
                              reference_hash=self.ref_hash, backward=self.acc.backward,
-                             unconditional=self.unconditional)
+                             unconditional=self.unconditional, prediction=self.prediction)
 
     def generator(self, index: int) -> torch.Generator:
         return torch.Generator(device=self.acc.device).manual_seed(_micro_seed(self.cfg.trainer.seed, index))
