@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
+from sgalign.diffusion.noise import image_generators, shrink_spatial_mean
 from sgalign.models import SGEncoder
 from sgalign.models.loading import MissingModelFileError, check_layout
 from sgalign.pipelines.tiny import make_tiny, tiny_pipeline
@@ -192,3 +194,62 @@ def test_fp16_vae_with_force_upcast_decodes_in_fp32(monkeypatch):
     img = run(pipe, seeds=[0], num_inference_steps=1)
     assert seen == [(torch.float32, torch.float32)] and pipe.vae.dtype == torch.float16
     assert np.isfinite(img).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graph_guidance_is_the_two_condition_formula(pipes, arch, monkeypatch):
+    """uncond + s (text - uncond) + s_g (cond - text), with text = the graphs without the SG residual; s_g = s is plain
+    guidance by its own two-branch path (bit for bit); and with the graph's gate shut it is plain guidance too."""
+    pipe = pipes[arch]
+    plain = run(pipe, seeds=[0], guidance_scale=5.0)
+    assert np.array_equal(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=5.0))
+    seen, outs = [], []
+    real = pipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, **kw):
+        out = real(sample, t, encoder_hidden_states, **kw)
+        seen.append(encoder_hidden_states.clone())
+        outs.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    lat = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, num_inference_steps=1,
+              output_type="latent")
+    monkeypatch.undo()
+    emb, e = seen[0], outs[0]
+    assert emb.shape[0] == 6  # [uncond x2, text x2, cond x2]
+    torch.testing.assert_close(emb[2:4], pipe.encode_graphs(graphs(), use_graph=False).prompt_embeds)
+    torch.testing.assert_close(emb[4:], pipe.encode_graphs(graphs()).prompt_embeds)
+    e_u, e_t, e_c = e.chunk(3)
+    guided = e_u + 5.0 * (e_t - e_u) + 9.0 * (e_c - e_t)
+    # one step from the pipeline's own initial noise (its draw, redone), through the scheduler, with the formula
+    pipe.scheduler.set_timesteps(1)
+    t = pipe.scheduler.timesteps[0]
+    gens = image_generators([0], range(2), "shared")
+    init = shrink_spatial_mean(randn_tensor(lat.shape, generator=gens, dtype=lat.dtype), pipe.noise_mean_scale)
+    init = init * pipe.scheduler.init_noise_sigma
+    want = pipe.scheduler.step(guided, t, init, return_dict=False)[0]
+    torch.testing.assert_close(lat, want)
+    assert not np.allclose(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0), atol=1e-4)
+    with torch.no_grad():  # the gate shut: text == cond, so the graph's term is zero
+        old = pipe.sg_encoder.alpha_obj.clone()
+        pipe.sg_encoder.alpha_obj.fill_(0.0)
+    try:
+        np.testing.assert_allclose(run(pipe, seeds=[0], guidance_scale=5.0),
+                                   run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0), atol=1e-5)
+    finally:
+        with torch.no_grad():
+            pipe.sg_encoder.alpha_obj.copy_(old)
+
+
+def test_graph_guidance_refuses_what_it_cannot_do(pipes):
+    pipe = pipes["sd15-sg"]
+    with pytest.raises(ValueError, match="needs classifier-free guidance"):
+        run(pipe, seeds=[0], guidance_scale=1.0, graph_guidance_scale=3.0)
+    cond = pipe.encode_graphs(graphs())
+    with pytest.raises(ValueError, match="needs text_conditioning"):
+        pipe(conditioning=cond, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, num_inference_steps=1)
+    text = pipe.encode_graphs(graphs(), use_graph=False)
+    a = pipe(conditioning=cond, text_conditioning=text, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
+             num_inference_steps=STEPS, output_type="np").images
+    np.testing.assert_array_equal(a, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0))

@@ -160,3 +160,18 @@ def test_predicate_blind_layouts_hold_at_chance():
     own = [rules.holds(p, sc.objects[s].box, sc.objects[s].size, sc.objects[o].box, sc.objects[o].size)
            for sc in scenes for s, p, o in sc.relations if p in rules.SPATIAL]
     assert len(own) == blind["triples"] and all(own)
+
+
+def test_bench_refuses_graph_guidance_without_the_graph(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_world_base", Path(__file__).parents[1] / "scripts" /
+                                                  "bench_world_base.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for bad in (["--text-only", "--graph-guidance", "9"], ["--graph-guidance", "nan"]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--n-graphs", "2", "--out", str(tmp_path / "o"), "--results-md", ""] + bad)
+        assert e.value.code == 2  # EXIT_USAGE, before anything is loaded or written
+    assert not (tmp_path / "o").exists()

@@ -7,6 +7,10 @@
   ``num_images_per_graph`` with ``generator`` (one, or one per image) as in diffusers.
 * Classifier-free guidance: ``uncond + s * (cond - uncond)``; the unconditional branch is SDXL's zeros or
   SD1.5's empty text (``sgalign.models.unconditional_conditioning``).
+* Graph guidance (not in LAION-SG; off unless ``graph_guidance_scale`` is given): the graph's own term guided
+  separately, as InstructPix2Pix guides its two conditions, ``uncond + s * (text - uncond) + s_g * (cond - text)``
+  with ``text`` the serialised graph without the SG residual. ``s_g == s`` is plain guidance (and takes its
+  two-branch path); ``s_g > s`` amplifies what only the graph says (its relations) over what the text says.
 * Deterministic given the generator(s) / seeds.
 """
 from __future__ import annotations
@@ -72,18 +76,30 @@ class SGPipelineBase(DiffusionPipeline):
                  noise_keys: Sequence[str] | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
-                 guidance_scale: float | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True) -> ImagePipelineOutput | tuple:
-        """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph)."""
+                 guidance_scale: float | None = None, graph_guidance_scale: float | None = None,
+                 text_conditioning: SGConditioning | None = None, eta: float = 0.0,
+                 latents: torch.Tensor | None = None, output_type: str = "pil",
+                 return_dict: bool = True) -> ImagePipelineOutput | tuple:
+        """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph). ``graph_guidance_scale``
+        (module docstring) needs the graphs, or ``text_conditioning`` (their text-only rows) with ``conditioning``."""
         height, width = self._size(height, width)
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        dual = graph_guidance_scale is not None and graph_guidance_scale != guidance_scale
+        if dual and guidance_scale <= 1.0:
+            raise ValueError("graph_guidance_scale needs classifier-free guidance (guidance_scale > 1)")
         device = self._execution_device
         if conditioning is None:
             if graphs is None:
                 raise ValueError("pass graphs (SceneGraph / LAION-SG records) or conditioning")
-            conditioning = self.encode_graphs(as_scene_graphs(graphs), height, width)
+            graphs = as_scene_graphs(graphs)
+            conditioning = self.encode_graphs(graphs, height, width)
+            if dual and text_conditioning is None:
+                text_conditioning = self.encode_graphs(graphs, height, width, use_graph=False)
+        if dual and (text_conditioning is None or len(text_conditioning) != len(conditioning)):
+            raise ValueError("graph_guidance_scale with a precomputed conditioning needs text_conditioning, the same "
+                             "graphs encoded with use_graph=False (one row per graph)")
         n_graphs = len(conditioning)
         if seeds is not None:
             if generator is not None:
@@ -104,7 +120,11 @@ class SGPipelineBase(DiffusionPipeline):
         cond = conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
         do_cfg = guidance_scale > 1.0
         if do_cfg:
-            cond = SGConditioning.cat([self.unconditional(cond).to(device=device, dtype=dtype), cond])
+            branches = [self.unconditional(cond).to(device=device, dtype=dtype)]
+            if dual:
+                branches.append(text_conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph))
+            cond = SGConditioning.cat(branches + [cond])
+        n_branches = (3 if dual else 2) if do_cfg else 1
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -118,10 +138,14 @@ class SGPipelineBase(DiffusionPipeline):
         unet_kwargs = cond.unet_kwargs()
 
         for t in self.progress_bar(self.scheduler.timesteps):
-            x = torch.cat([latents] * 2) if do_cfg else latents
+            x = torch.cat([latents] * n_branches)
             x = self.scheduler.scale_model_input(x, t)
             eps = self.unet(x, t, **unet_kwargs, return_dict=False)[0]
-            if do_cfg:
+            if dual:
+                eps_uncond, eps_text, eps_cond = eps.chunk(3)
+                eps = (eps_uncond + guidance_scale * (eps_text - eps_uncond)
+                       + graph_guidance_scale * (eps_cond - eps_text))
+            elif do_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
