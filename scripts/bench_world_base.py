@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="guide the graph's own term apart from the text's: uncond + s (text - uncond) + S_G (graph - "
                          "text), text = the serialised graph without the SG residual (not LAION-SG's; default: plain "
                          "guidance, S_G = --guidance)")
+    ap.add_argument("--graph-guidance-min-t", type=int, default=0, metavar="T",
+                    help="--graph-guidance only on the sampling steps with t >= T (where the layout is decided)")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic DDIM; 1: DDPM-like)")
     ap.add_argument("--graphs-per-call", type=int, default=16)
     ap.add_argument("--text-only", action="store_true",
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         measured = base_bench.bench_world_base(
             args.model, split=args.split, n_graphs=args.n_graphs, seeds=args.seeds, steps=args.steps,
             guidance=args.guidance, eta=args.eta, noise=args.noise, text_only=args.text_only,
-            graph_guidance=args.graph_guidance,
+            graph_guidance=args.graph_guidance, graph_guidance_min_t=args.graph_guidance_min_t,
             graphs_per_call=args.graphs_per_call, gap_graphs=args.gap_graphs, predicate_probe=args.predicate_probe,
             attention_probe=args.attention_probe,
             clip=args.clip, images_npz=out / "images.npz")

@@ -55,13 +55,18 @@ def main(argv: list[str] | None = None) -> int:
                          "its box; TokenCompose's token loss) added to epsilon-MSE (0: none)")
     ap.add_argument("--attn-ground-t-min", type=int, default=d.attn_ground_t_min,
                     help="stage 1: the grounding loss only on rows with t >= this (below it the image shows the layout)")
+    ap.add_argument("--relation-contrast-weight", type=float, default=d.relation_contrast_weight,
+                    help="stage 1: weight of the relation contrast: the same x_t under every predicate inverted should "
+                         "denoise worse than under the true graph, -log sigmoid(beta (mse_inv - mse_true)) (0: none)")
+    ap.add_argument("--relation-contrast-beta", type=float, default=d.relation_contrast_beta)
+    ap.add_argument("--relation-contrast-t-min", type=int, default=d.relation_contrast_t_min,
+                    help="stage 1: the relation contrast only on rows with t >= this")
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
     ap.add_argument("--zero-snr-v", action="store_true",
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
-                         "at t = T the layout can only come from the conditioning; the preference trainer does not "
-                         "support v-prediction yet")
+                         "at t = T the layout can only come from the conditioning")
     ap.add_argument("--snapshot", metavar="DST", default=None,
                     help="write the --out run's last stage-1 checkpoint (EMA weights) as a pipeline folder DST, "
                          "labelled a snapshot, and exit (the run's own settings are read from OUT/recipe.json)")
@@ -82,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                         graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,
                         sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
                         t_high_frac=a.t_high_frac, t_high_min=a.t_high_min,
-                        attn_ground_weight=a.attn_ground_weight, attn_ground_t_min=a.attn_ground_t_min, min_snr_gamma=a.min_snr_gamma,
+                        attn_ground_weight=a.attn_ground_weight, attn_ground_t_min=a.attn_ground_t_min,
+                        relation_contrast_weight=a.relation_contrast_weight,
+                        relation_contrast_beta=a.relation_contrast_beta,
+                        relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()

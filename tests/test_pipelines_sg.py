@@ -253,3 +253,28 @@ def test_graph_guidance_refuses_what_it_cannot_do(pipes):
     a = pipe(conditioning=cond, text_conditioning=text, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
              num_inference_steps=STEPS, output_type="np").images
     np.testing.assert_array_equal(a, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0))
+
+
+def test_graph_guidance_min_t_guides_the_early_steps_only(pipes, monkeypatch):
+    pipe = pipes["sd15-sg"]
+    sizes = []
+    real = pipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, **kw):
+        sizes.append((int(t), sample.shape[0]))
+        return real(sample, t, encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    pipe.scheduler.set_timesteps(4)
+    ts = [int(t) for t in pipe.scheduler.timesteps]
+    cut = ts[1]
+    a = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_min_t=cut,
+            num_inference_steps=4)
+    assert sizes == [(t, 6 if t >= cut else 4) for t in ts]  # 2 graphs x [uncond, text, cond] then [uncond, cond]
+    monkeypatch.undo()
+    full = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, num_inference_steps=4)
+    plain = run(pipe, seeds=[0], guidance_scale=5.0, num_inference_steps=4)
+    assert not np.allclose(a, full, atol=1e-5) and not np.allclose(a, plain, atol=1e-5)
+    # above every step: plain guidance, bit for bit
+    assert np.array_equal(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
+                                     graph_guidance_min_t=10_000, num_inference_steps=4))

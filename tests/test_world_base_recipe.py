@@ -19,7 +19,8 @@ def tiny(out) -> WorldBaseRecipe:
                            stage2=StageBudget(2, 0.0), batch=4, save_every=2, log_every=1, warmup_steps=1,
                            calib_graphs=4, calib_steps=2, sg_layout_steps=2, sg_layout_batch=8, sg_layout_weight=1.0,
                            sg_layout_eval_graphs=16, t_high_frac=0.3,
-                           attn_ground_weight=1.0)  # the default 64 graphs x 20 steps: 14 s of each run
+                           attn_ground_weight=1.0,  # the default 64 graphs x 20 steps: 14 s of each run
+                           relation_contrast_weight=1.0, relation_contrast_t_min=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,10 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert rec["stages"]["stage1"]["attn_ground_weight"] == 1.0
     assert 0.0 < rec["stages"]["stage1"]["ground_loss_last_200"] < 1.0
     assert rec["stages"]["stage2"]["ground_loss_last_200"] is None
+    # the relation contrast ran: near log 2 for a model that barely reads its predicates yet
+    rc = rec["stages"]["stage1"]["relation_contrast"]
+    assert rc["weight"] == 1.0 and rc["t_min"] == 0 and 0.3 < rc["loss_last_200"] < 1.5
+    assert rec["stages"]["stage2"]["relation_contrast"] is None
     assert rec["stages"]["stage2"]["trained"] == ["sg_encoder"]
     assert rec["steps"] == 5 and rec["wall_seconds"] > 0
     assert "stage 2: SG encoder alone" in (final / "README.md").read_text()
@@ -143,3 +148,42 @@ def test_snapshot_of_a_stage_is_its_checkpoints_ema_weights(built, tmp_path):
             assert torch.equal(a, b)
     with pytest.raises(UserError, match="recipe.json: not found"):
         recipe_of(tmp_path / "nothing")
+
+
+def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_when_they_help():
+    """-log sigmoid(beta (mse_inverted - mse_true)) on the same x_t: a UNet blind to its conditioning scores log 2;
+    one whose inverted-graph output misses by more scores less."""
+    from sgalign.jobs.world_base import _relation_contrast
+    from sgalign.pipelines import load_pipeline
+    from sgalign.world import sample_split
+    from sgalign.world.paths import WEIGHTS_DIR
+
+    pipe = load_pipeline(WEIGHTS_DIR / "world-sd15-sg", arch="sd15")
+    graphs = [sc.graph() for sc in sample_split("validation", 8, seed=0) if sc.graph().relations][:3]
+    g = torch.Generator().manual_seed(0)
+    noisy, target = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    t = torch.tensor([900, 700, 999])
+    r = WorldBaseRecipe(out="unused", relation_contrast_beta=50.0)
+    on_graph = torch.tensor([True, False, True])
+    calls = []
+
+    class Blind(torch.nn.Module):  # ignores its conditioning: every graph denoises alike
+        def forward(self, x, tt, encoder_hidden_states, return_dict=False):
+            calls.append(encoder_hidden_states)
+            return (x * 0.5,)
+
+    pipe.unet = Blind()
+    mse_true = ((noisy * 0.5 - target) ** 2).mean((1, 2, 3))
+    got = _relation_contrast(r, pipe, graphs, on_graph, noisy, t, target, mse_true)
+    assert got.item() == pytest.approx(np.log(2), abs=1e-6)
+    # the inverted graphs' conditioning, each row on its own path (graph, text alone, graph)
+    from sgalign.models.conditioning import build_conditioning
+    from sgalign.world import invert_predicates
+    tok, te = [pipe.tokenizer], [pipe.text_encoder]
+    inv = [invert_predicates(x) for x in graphs]
+    want = torch.cat([build_conditioning([inv[0]], pipe.sg_encoder, tok, te).prompt_embeds,
+                      build_conditioning([inv[1]], None, tok, te, use_graph=False).prompt_embeds,
+                      build_conditioning([inv[2]], pipe.sg_encoder, tok, te).prompt_embeds])
+    torch.testing.assert_close(calls[0], want)
+    better = _relation_contrast(r, pipe, graphs, on_graph, noisy, t, target, mse_true - 0.01)
+    assert better.item() == pytest.approx(-np.log(1 / (1 + np.exp(-50.0 * 0.01))), rel=1e-5)

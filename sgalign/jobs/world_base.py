@@ -138,6 +138,13 @@ class WorldBaseRecipe:
     # ... on the rows with t >= attn_ground_t_min only: below it x_t shows where each object is, and the loss is met
     # by reading the image instead of the conditioning (docs/RESULTS.md). 0: every row.
     attn_ground_t_min: int = 0
+    # relation_contrast_weight x a contrastive denoising loss on the relations: on the rows with t >= its t_min and at
+    # least one relation, the same x_t denoised under the graph with every predicate inverted (world.invert_predicates)
+    # should miss the target by more than under the true graph, -log sigmoid(beta (mse_inverted - mse_true)). Every
+    # predicate is as often the true one as the inverted one, so only a layout that follows it pays. 0: off.
+    relation_contrast_weight: float = 0.0
+    relation_contrast_beta: float = 200.0
+    relation_contrast_t_min: int = 500
     # stage 2: SG encoder, UNet and text encoder frozen
     stage2: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, share=0.07))
     sg_lr: float = 1e-3
@@ -448,13 +455,15 @@ def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn
 
 
 def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen: torch.Generator,
-                        with_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                        with_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt embeddings of a batch: with the graph (stage 1: ``graph_drop_prob`` of the rows on the text alone),
-    and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance). Returns them
-    and the (B,) bool of the rows that kept their prompt."""
+    and in stage 1 ``uncond_prob`` of the rows replaced by the empty text (classifier-free guidance). Returns them,
+    the (B,) bool of the rows that kept their prompt, and the (B,) bool of the rows conditioned on the graph."""
     tok, te, n = [pipe.tokenizer], [pipe.text_encoder], len(graphs)
+    on_graph = torch.full((n,), with_graph, dtype=torch.bool)
     if stage == 1 and with_graph and r.graph_drop_prob > 0:
         text_only = torch.rand(n, generator=gen) < r.graph_drop_prob
+        on_graph = ~text_only
         cond = None
         for use_graph, rows in ((True, (~text_only).nonzero()[:, 0]), (False, text_only.nonzero()[:, 0])):
             if len(rows):
@@ -470,7 +479,7 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
         if drop.any():
             empty = build_conditioning([graphs[0].__class__([])], None, tok, te, use_graph=False).prompt_embeds
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-    return cond, ~drop
+    return cond, ~drop, on_graph.to(r.device)
 
 
 def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_graph: bool,
@@ -496,7 +505,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
             t = torch.where(torch.rand(len(idx), generator=gen) < r.t_high_frac, high, t)
         t = t.to(r.device)
         noisy = noise_sched.add_noise(lat, noise, t)
-        cond, prompted = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
+        cond, prompted, on_graph = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
         ground = stage == 1 and r.attn_ground_weight > 0
         with capture_cross_attention(pipe.unet) if ground else contextlib.nullcontext([]) as maps:
             pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -518,9 +527,35 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
             g = _grounding(maps, gi, graphs, scenes, cond.shape[1], prompted & (t >= r.attn_ground_t_min))
             loss = loss + r.attn_ground_weight * g
             stats["ground"] = float(g.detach())
+        if stage == 1 and r.relation_contrast_weight > 0:
+            rows = (prompted & (t >= r.relation_contrast_t_min)
+                    & torch.tensor([bool(g.relations) for g in graphs], device=r.device)).nonzero()[:, 0]
+            if len(rows):
+                c = _relation_contrast(r, pipe, [graphs[i] for i in rows.tolist()], on_graph[rows], noisy[rows],
+                                       t[rows], target[rows], per[rows])
+                loss = loss + r.relation_contrast_weight * c
+                stats["contrast"] = float(c.detach())
         return loss, stats
 
     return loss_fn
+
+
+def _relation_contrast(r: WorldBaseRecipe, pipe, graphs: list, on_graph: torch.Tensor, noisy: torch.Tensor,
+                       t: torch.Tensor, target: torch.Tensor, mse_true: torch.Tensor) -> torch.Tensor:
+    """The recipe's relation contrast (``relation_contrast_weight``) of rows whose true-graph errors are ``mse_true``:
+    the same x_t under the inverted graphs, each row on the path it was trained on (graph or text alone)."""
+    inv = [invert_predicates(g) for g in graphs]
+    tok, te = [pipe.tokenizer], [pipe.text_encoder]
+    cond = None
+    for use_graph, rows in ((True, on_graph.nonzero()[:, 0]), (False, (~on_graph).nonzero()[:, 0])):
+        if len(rows):
+            part = build_conditioning([inv[i] for i in rows.tolist()], pipe.sg_encoder if use_graph else None, tok,
+                                      te, use_graph=use_graph).prompt_embeds
+            cond = part.new_zeros((len(inv),) + part.shape[1:]) if cond is None else cond
+            cond = cond.index_copy(0, rows.to(part.device), part)
+    pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+    mse_inv = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
+    return -F.logsigmoid(r.relation_contrast_beta * (mse_inv - mse_true)).mean()
 
 
 def _grounding(maps: list[torch.Tensor], gi, graphs: list, scenes: list[WorldScene], seq_len: int,
@@ -557,9 +592,11 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
             recent = loop.history[-r.log_every:]
             box = [h["box"] for h in recent if "box" in h]
             ground = [h["ground"] for h in recent if "ground" in h]
+            contrast = [h["contrast"] for h in recent if "contrast" in h]
             log(f"{name} step {step}/{total} eps-mse {np.mean([h['loss'] for h in recent]):.4f} "
                 + (f"box-mse {np.mean(box):.5f} " if box else "")
-                + (f"ground {np.mean(ground):.4f} " if ground else "") +
+                + (f"ground {np.mean(ground):.4f} " if ground else "")
+                + (f"contrast {np.mean(contrast):.4f} " if contrast else "") +
                 f"alpha {float(pipe.sg_encoder.alpha_obj.detach()):+.3f} {loop.elapsed:.0f}s")
 
     log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
@@ -585,6 +622,11 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "attn_ground_t_min": r.attn_ground_t_min if stage == 1 else None,
            "ground_loss_last_200": (float(np.mean([h["ground"] for h in loop.history[-200:] if "ground" in h]))
                                     if any("ground" in h for h in loop.history[-200:]) else None),
+           "relation_contrast": ({"weight": r.relation_contrast_weight, "beta": r.relation_contrast_beta,
+                                  "t_min": r.relation_contrast_t_min,
+                                  "loss_last_200": float(np.mean([h["contrast"] for h in loop.history[-200:]
+                                                                  if "contrast" in h] or [np.nan]))}
+                                 if stage == 1 and r.relation_contrast_weight > 0 else None),
            "alpha_obj": alpha_obj, "cached_graphs": len(cache)}
     write_json_atomic(tmp / "stage_record.json", rec)
     replace_dir(tmp, work / "pipeline")

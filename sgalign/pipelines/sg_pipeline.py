@@ -77,7 +77,7 @@ class SGPipelineBase(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float | None = None, graph_guidance_scale: float | None = None,
-                 text_conditioning: SGConditioning | None = None, eta: float = 0.0,
+                 graph_guidance_min_t: int = 0, text_conditioning: SGConditioning | None = None, eta: float = 0.0,
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  return_dict: bool = True) -> ImagePipelineOutput | tuple:
         """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph). ``graph_guidance_scale``
@@ -119,12 +119,13 @@ class SGPipelineBase(DiffusionPipeline):
         dtype = self.unet.dtype
         cond = conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
         do_cfg = guidance_scale > 1.0
+        kwargs_by_branches = {1: cond.unet_kwargs()}
         if do_cfg:
-            branches = [self.unconditional(cond).to(device=device, dtype=dtype)]
+            uncond = self.unconditional(cond).to(device=device, dtype=dtype)
+            kwargs_by_branches[2] = SGConditioning.cat([uncond, cond]).unet_kwargs()
             if dual:
-                branches.append(text_conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph))
-            cond = SGConditioning.cat(branches + [cond])
-        n_branches = (3 if dual else 2) if do_cfg else 1
+                text = text_conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
+                kwargs_by_branches[3] = SGConditioning.cat([uncond, text, cond]).unet_kwargs()
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -135,13 +136,13 @@ class SGPipelineBase(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         step_kwargs = self._step_kwargs(generator, eta)
-        unet_kwargs = cond.unet_kwargs()
 
         for t in self.progress_bar(self.scheduler.timesteps):
+            n_branches = (3 if dual and int(t) >= graph_guidance_min_t else 2) if do_cfg else 1
             x = torch.cat([latents] * n_branches)
             x = self.scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, **unet_kwargs, return_dict=False)[0]
-            if dual:
+            eps = self.unet(x, t, **kwargs_by_branches[n_branches], return_dict=False)[0]
+            if n_branches == 3:
                 eps_uncond, eps_text, eps_cond = eps.chunk(3)
                 eps = (eps_uncond + guidance_scale * (eps_text - eps_uncond)
                        + graph_guidance_scale * (eps_cond - eps_text))
