@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="6.0: chosen over 3.0 on 32 validation graphs (equal IoU, lower FID), never on test graphs")
     ap.add_argument("--graph-guidance", type=float, default=None, metavar="S_G",
                     help="guide the graph's own term apart from the text's: uncond + s (text - uncond) + S_G (graph - "
-                         "text), text = the serialised graph without the SG residual (not LAION-SG's; default: plain "
-                         "guidance, S_G = --guidance)")
-    ap.add_argument("--graph-guidance-min-t", type=int, default=0, metavar="T",
-                    help="--graph-guidance only on the sampling steps with t >= T (where the layout is decided)")
+                         "text), text = the serialised graph without the SG residual (not LAION-SG's). Default: the "
+                         "model folder's (the world base sets one); S_G = --guidance is plain guidance")
+    ap.add_argument("--graph-guidance-min-t", type=int, default=None, metavar="T",
+                    help="graph guidance only on the sampling steps with t >= T, where the layout is decided (default: "
+                         "the model folder's, else 0)")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic DDIM; 1: DDPM-like)")
     ap.add_argument("--graphs-per-call", type=int, default=16)
     ap.add_argument("--text-only", action="store_true",

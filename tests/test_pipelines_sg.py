@@ -278,3 +278,28 @@ def test_graph_guidance_min_t_guides_the_early_steps_only(pipes, monkeypatch):
     # above every step: plain guidance, bit for bit
     assert np.array_equal(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
                                      graph_guidance_min_t=10_000, num_inference_steps=4))
+
+
+def test_a_folders_graph_guidance_is_its_default(pipes, tmp_path):
+    """model_index.json's graph_guidance_scale / _min_t (the world base's sampler) survive a save and load and are
+    what a plain call samples with; a call's own values win; the text path alone samples with plain guidance."""
+    from sgalign.evaluation.conditioning_gap import sample_graph_images
+
+    pipe = pipes["sd15-sg"]
+    pipe.scheduler.set_timesteps(STEPS)
+    cut = int(pipe.scheduler.timesteps[0])
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["graph_guidance_scale"] is None and index["graph_guidance_min_t"] == 0  # plain by default
+    index.update(graph_guidance_scale=9.0, graph_guidance_min_t=cut)
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    local = StableDiffusionSGPipeline.from_local(tmp_path / "p")
+    local.set_progress_bar_config(disable=True)
+    assert local.graph_guidance(5.0) == (9.0, cut) and local.graph_guidance(5.0, 5.0) == (None, 0)
+    explicit = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_min_t=cut)
+    np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0), explicit, atol=1e-6)
+    np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0, graph_guidance_scale=5.0),
+                               run(pipe, seeds=[0], guidance_scale=5.0), atol=1e-6)
+    text = sample_graph_images(local, graphs(), [0], noise_keys=None, use_graph=False, steps=STEPS,
+                               guidance_scale=5.0)
+    assert text.shape == (2, 16, 16, 3)

@@ -89,6 +89,8 @@ def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_k
     ``on_chunk(n)`` is called after each call with the number of graphs sampled so far."""
     if graph_guidance_scale is not None and not use_graph:
         raise ValueError("graph guidance guides the SG residual; the text path alone has none")
+    if not use_graph:  # plain guidance, whatever the model's default graph guidance
+        graph_guidance_scale = guidance_scale
     images = []
     for start in range(0, len(graphs), graphs_per_call):
         chunk = list(graphs[start:start + graphs_per_call])

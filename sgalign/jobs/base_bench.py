@@ -46,7 +46,7 @@ CI_NOTE = ("95% percentile bootstrap over graphs (all seeds of a graph together)
 def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 512,
                      seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 20, guidance: float = 6.0, eta: float = 0.0,
                      noise: str = "per-graph", text_only: bool = False, graph_guidance: float | None = None,
-                     graph_guidance_min_t: int = 0, graphs_per_call: int = 16,
+                     graph_guidance_min_t: int | None = None, graphs_per_call: int = 16,
                      gap_graphs: int = 512, predicate_probe: int = 0, attention_probe: int = 0,
                      clip: str | Path | None = None,
                      images_npz: str | Path | None = None,
@@ -140,19 +140,24 @@ def world_clip_fid(scenes: Sequence, images: np.ndarray, k: int, *, split: str,
 
 def base_protocol(pipe: Any, *, split: str, n_graphs: int, seeds: list[int], noise: str, text_only: bool,
                   steps: int, guidance: float, eta: float, images: np.ndarray,
-                  graph_guidance: float | None = None, graph_guidance_min_t: int = 0) -> dict[str, Any]:
-    """The protocol block of a result: what was sampled and how it was scored. ``graph_guidance``: None is plain
-    guidance (LAION-SG's); a scale guides the graph's own term apart from the text's (the pipeline's docstring)."""
+                  graph_guidance: float | None = None, graph_guidance_min_t: int | None = None) -> dict[str, Any]:
+    """The protocol block of a result: what was sampled and how it was scored, the graph guidance as sampled (the
+    call's, else the model folder's default; None: plain guidance, LAION-SG's; the pipeline's docstring)."""
     return {"graphs": f"first {n_graphs} {split}-split graphs, sample_split('{split}', n, seed=0)", "split": split,
             "n_graphs": n_graphs, "seeds": seeds, "n_images": int(len(images)),
             "noise_rule": {"rule": noise, "definition": NOISE_RULES[noise]},
             "conditioning": "text path alone (no SG residual)" if text_only else "SG model (text + graph)",
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
-            "graph_guidance_scale": graph_guidance,
-            "graph_guidance_min_t": graph_guidance_min_t if graph_guidance is not None else None, "eta": eta,
+            **_graph_guidance(pipe, guidance, graph_guidance, graph_guidance_min_t, text_only), "eta": eta,
             "resolution": int(images.shape[1]), "initial_noise_mean_scale": pipe.noise_mean_scale,
             "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
             "ci": CI_NOTE}
+
+
+def _graph_guidance(pipe: Any, guidance: float, scale: float | None, min_t: int | None,
+                    text_only: bool) -> dict[str, Any]:
+    s, t = (None, 0) if text_only else pipe.graph_guidance(guidance, scale, min_t)
+    return {"graph_guidance_scale": s, "graph_guidance_min_t": t if s is not None else None}
 
 
 def model_fields(model: str | Path) -> dict[str, Any]:

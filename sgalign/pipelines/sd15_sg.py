@@ -21,10 +21,14 @@ class StableDiffusionSGPipeline(SGPipelineBase):
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
-                 initial_noise_mean_scale: float = 1.0) -> None:
+                 initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
+                 graph_guidance_min_t: int = 0) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
         # sgalign.diffusion.noise: 1 = plain Gaussian noise (every model's default); stored in model_index.json
         self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
+        # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
+        self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
+                                graph_guidance_min_t=int(graph_guidance_min_t))
         self._post_init()

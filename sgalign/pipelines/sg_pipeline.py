@@ -40,6 +40,16 @@ class SGPipelineBase(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
+    def graph_guidance(self, guidance_scale: float, scale: float | None = None,
+                       min_t: int | None = None) -> tuple[float | None, int]:
+        """The graph guidance a call samples with: its own ``scale`` / ``min_t``, else the model folder's defaults
+        (none: plain guidance). A scale equal to ``guidance_scale`` is plain guidance (None)."""
+        scale = self.config.get("graph_guidance_scale") if scale is None else scale
+        min_t = int(self.config.get("graph_guidance_min_t") or 0) if min_t is None else int(min_t)
+        if scale is None or float(scale) == float(guidance_scale):
+            return None, 0
+        return float(scale), min_t
+
     @property
     def noise_mean_scale(self) -> float:
         """How much of the initial noise's per-channel spatial mean sampling keeps (``diffusion.noise``)."""
@@ -77,7 +87,7 @@ class SGPipelineBase(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float | None = None, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int = 0, text_conditioning: SGConditioning | None = None, eta: float = 0.0,
+                 graph_guidance_min_t: int | None = None, text_conditioning: SGConditioning | None = None, eta: float = 0.0,
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  return_dict: bool = True) -> ImagePipelineOutput | tuple:
         """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph). ``graph_guidance_scale``
@@ -86,7 +96,9 @@ class SGPipelineBase(DiffusionPipeline):
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        dual = graph_guidance_scale is not None and graph_guidance_scale != guidance_scale
+        graph_guidance_scale, graph_guidance_min_t = self.graph_guidance(guidance_scale, graph_guidance_scale,
+                                                                         graph_guidance_min_t)
+        dual = graph_guidance_scale is not None
         if dual and guidance_scale <= 1.0:
             raise ValueError("graph_guidance_scale needs classifier-free guidance (guidance_scale > 1)")
         device = self._execution_device
