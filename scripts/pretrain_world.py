@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relation-contrast-beta", type=float, default=d.relation_contrast_beta)
     ap.add_argument("--relation-contrast-t-min", type=int, default=d.relation_contrast_t_min,
                     help="stage 1: the relation contrast only on rows with t >= this")
+    ap.add_argument("--graph-guidance", type=float, default=d.graph_guidance_scale, metavar="S_G",
+                    help="the folder's default sampler: the graph's own term guided at S_G (sg_pipeline's graph "
+                         "guidance; default: plain guidance)")
+    ap.add_argument("--graph-guidance-min-t", type=int, default=d.graph_guidance_min_t, metavar="T",
+                    help="... on the sampling steps with t >= T only")
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_weight=a.relation_contrast_weight,
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
+                        graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()

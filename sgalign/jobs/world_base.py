@@ -153,6 +153,10 @@ class WorldBaseRecipe:
     calib_graphs: int = 64
     calib_guidance: float = 6.0
     calib_steps: int = 20
+    # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline's graph guidance): the graph's
+    # own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t. None: plain guidance.
+    graph_guidance_scale: float | None = None
+    graph_guidance_min_t: int = 0
     save_every: int = 200
     log_every: int = 50
     unet: dict[str, Any] = field(default_factory=lambda: {
@@ -682,6 +686,21 @@ def calibrate_folder(folder: Path, r: WorldBaseRecipe, log: Callable[[str], None
     return calibration
 
 
+def _guidance_line(record: dict) -> str:
+    s = (record.get("settings") or {}).get("graph_guidance_scale")
+    if s is None:
+        return "plain classifier-free guidance"
+    t = record["settings"].get("graph_guidance_min_t", 0)
+    return (f"graph guidance {s:g} on the steps with t >= {t} (`model_index.json`; the graph's own term guided apart "
+            "from the text's, sgalign.pipelines.sg_pipeline)")
+
+
+def sampler_defaults(r: WorldBaseRecipe) -> dict:
+    """The ``model_index.json`` entries that make the recipe's graph guidance the folder's default sampler."""
+    return {"graph_guidance_scale": r.graph_guidance_scale,
+            "graph_guidance_min_t": r.graph_guidance_min_t if r.graph_guidance_scale is not None else 0}
+
+
 def recipe_of(out: str | Path) -> WorldBaseRecipe:
     """The recipe a run folder was started with (``OUT/recipe.json``)."""
     spec = Path(out) / "recipe.json"
@@ -719,6 +738,7 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     if r.calib_graphs:
         calibrate_folder(tmp, r, log)
     index = json.loads((tmp / "model_index.json").read_text())
+    index.update(sampler_defaults(r))
     index["snapshot"] = {"stage": f"stage{stage}", "step": loop.step}
     write_json_atomic(tmp / "model_index.json", index)
     replace_dir(tmp, dst)
@@ -768,6 +788,8 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     shutil.copytree(out / "stage2" / "pipeline", tmp)
     (tmp / "stage_record.json").unlink(missing_ok=True)
     calibration = calibrate_folder(tmp, r, log) if r.calib_graphs else None
+    index = json.loads((tmp / "model_index.json").read_text())
+    write_json_atomic(tmp / "model_index.json", {**index, **sampler_defaults(r)})
     vae_rec = json.loads((out / "vae" / RECORD_NAME).read_text())
     init_s = float((vae_rec.get("initialised_from") or {}).get("total_wall_s") or 0.0)
     total_s = sum(float(records[s]["wall_seconds"]) for s in STAGES) + init_s \
@@ -805,7 +827,7 @@ Load: `StableDiffusionSGPipeline.from_pretrained(this_folder)` (sgalign.pipeline
 * stage 2: SG encoder alone (UNet, text encoder frozen), {st['stage2']['steps']} steps
   ({st['stage2']['wall_seconds']:.0f} s), gate alpha_obj {st['stage2']['alpha_obj']:+.4f}
 * sampling: initial noise mean scale {(record.get('sampling_calibration') or {}).get('initial_noise_mean_scale', 1.0)}
-  (`model_index.json`; calibrated on validation graphs, `sgalign.diffusion.noise`)
+  (`model_index.json`; calibrated on validation graphs, `sgalign.diffusion.noise`); {_guidance_line(record)}
 * machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['torch_threads']} torch thread(s), torch {m['torch']}
   ({m['device']}); the full record is `training_record.json`
 """
