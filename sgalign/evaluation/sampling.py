@@ -109,8 +109,12 @@ def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     g = s.guidance_scale if s.guidance_scale is not None else getattr(pipe, "default_guidance_scale",
                                                                         5.0 if "XL" in type(pipe).__name__ else 7.5)
-    return {"scheduler_class": type(pipe.scheduler).__name__, "guidance_scale": float(g),
-            "prediction_type": pipe.scheduler.config.get("prediction_type")}
+    out = {"scheduler_class": type(pipe.scheduler).__name__, "guidance_scale": float(g),
+           "prediction_type": pipe.scheduler.config.get("prediction_type")}
+    if hasattr(pipe, "graph_guidance"):  # an SG pipeline: the graph guidance it samples with (its folder's default)
+        sg, t = pipe.graph_guidance(float(g))
+        out.update(graph_guidance_scale=sg, graph_guidance_min_t=t if sg is not None else None)
+    return out
 
 
 @torch.no_grad()
