@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--graph-guidance-min-t", type=int, default=None, metavar="T",
                     help="graph guidance only on the sampling steps with t >= T, where the layout is decided (default: "
                          "the model folder's, else 0)")
+    ap.add_argument("--graph-guidance-negative", choices=("text", "swapped"), default=None,
+                    help="graph guidance's negative branch: text (the graph without the SG residual) or swapped (every "
+                         "relation's subject and object exchanged); default: the model folder's, else text")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic DDIM; 1: DDPM-like)")
     ap.add_argument("--graphs-per-call", type=int, default=16)
     ap.add_argument("--text-only", action="store_true",
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             args.model, split=args.split, n_graphs=args.n_graphs, seeds=args.seeds, steps=args.steps,
             guidance=args.guidance, eta=args.eta, noise=args.noise, text_only=args.text_only,
             graph_guidance=args.graph_guidance, graph_guidance_min_t=args.graph_guidance_min_t,
+            graph_guidance_negative=args.graph_guidance_negative,
             graphs_per_call=args.graphs_per_call, gap_graphs=args.gap_graphs, predicate_probe=args.predicate_probe,
             attention_probe=args.attention_probe,
             clip=args.clip, images_npz=out / "images.npz")

@@ -247,10 +247,10 @@ def test_graph_guidance_refuses_what_it_cannot_do(pipes):
     with pytest.raises(ValueError, match="needs classifier-free guidance"):
         run(pipe, seeds=[0], guidance_scale=1.0, graph_guidance_scale=3.0)
     cond = pipe.encode_graphs(graphs())
-    with pytest.raises(ValueError, match="needs text_conditioning"):
+    with pytest.raises(ValueError, match="needs negative_conditioning"):
         pipe(conditioning=cond, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, num_inference_steps=1)
     text = pipe.encode_graphs(graphs(), use_graph=False)
-    a = pipe(conditioning=cond, text_conditioning=text, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
+    a = pipe(conditioning=cond, negative_conditioning=text, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
              num_inference_steps=STEPS, output_type="np").images
     np.testing.assert_array_equal(a, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0))
 
@@ -295,7 +295,7 @@ def test_a_folders_graph_guidance_is_its_default(pipes, tmp_path):
     (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     local = StableDiffusionSGPipeline.from_local(tmp_path / "p")
     local.set_progress_bar_config(disable=True)
-    assert local.graph_guidance(5.0) == (9.0, cut) and local.graph_guidance(5.0, 5.0) == (None, 0)
+    assert local.graph_guidance(5.0) == (9.0, cut, "text") and local.graph_guidance(5.0, 5.0) == (None, 0, "text")
     explicit = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_min_t=cut)
     np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0), explicit, atol=1e-6)
     np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0, graph_guidance_scale=5.0),
@@ -303,3 +303,38 @@ def test_a_folders_graph_guidance_is_its_default(pipes, tmp_path):
     text = sample_graph_images(local, graphs(), [0], noise_keys=None, use_graph=False, steps=STEPS,
                                guidance_scale=5.0)
     assert text.shape == (2, 16, 16, 3)
+
+
+def test_swapped_graph_guidance_contrasts_the_relations_directions(pipes, monkeypatch):
+    """negative "swapped": uncond + s (cond - uncond) + (s_g - s) (cond - swapped), swapped = every relation's subject and
+    object exchanged; a graph without relations has cond == swapped, so it samples as plain guidance."""
+    pipe = pipes["sd15-sg"]
+    seen, outs = [], []
+    real = pipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, **kw):
+        out = real(sample, t, encoder_hidden_states, **kw)
+        seen.append(encoder_hidden_states.clone())
+        outs.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    lat = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_negative="swapped",
+              num_inference_steps=1, output_type="latent")
+    monkeypatch.undo()
+    swapped = [g.swapped() for g in graphs()]
+    assert [r.subject for r in swapped[1].relations] == [graphs()[1].relations[0].object]
+    torch.testing.assert_close(seen[0][2:4], pipe.encode_graphs(swapped).prompt_embeds)
+    e_u, e_n, e_c = outs[0].chunk(3)
+    pipe.scheduler.set_timesteps(1)
+    init = shrink_spatial_mean(randn_tensor(lat.shape, generator=image_generators([0], range(2), "shared"),
+                                            dtype=lat.dtype), pipe.noise_mean_scale) * pipe.scheduler.init_noise_sigma
+    want = pipe.scheduler.step(e_u + 5.0 * (e_c - e_u) + 4.0 * (e_c - e_n), pipe.scheduler.timesteps[0], init,
+                               return_dict=False)[0]
+    torch.testing.assert_close(lat, want)
+    alone = SceneGraph.from_triples([("cat", []), ("sofa", ["red"])], [])
+    np.testing.assert_allclose(run(pipe, [alone], seeds=[0], guidance_scale=5.0),
+                               run(pipe, [alone], seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
+                                   graph_guidance_negative="swapped"), atol=1e-5)
+    with pytest.raises(ValueError, match="graph_guidance_negative must be one of"):
+        run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_negative="inverse")

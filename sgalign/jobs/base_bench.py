@@ -46,7 +46,8 @@ CI_NOTE = ("95% percentile bootstrap over graphs (all seeds of a graph together)
 def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 512,
                      seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 20, guidance: float = 6.0, eta: float = 0.0,
                      noise: str = "per-graph", text_only: bool = False, graph_guidance: float | None = None,
-                     graph_guidance_min_t: int | None = None, graphs_per_call: int = 16,
+                     graph_guidance_min_t: int | None = None, graph_guidance_negative: str | None = None,
+                     graphs_per_call: int = 16,
                      gap_graphs: int = 512, predicate_probe: int = 0, attention_probe: int = 0,
                      clip: str | Path | None = None,
                      images_npz: str | Path | None = None,
@@ -63,7 +64,7 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
     pipe.set_progress_bar_config(disable=True)
     sampling = dict(use_graph=not text_only, steps=steps, guidance_scale=guidance, eta=eta,
                     graph_guidance_scale=graph_guidance, graph_guidance_min_t=graph_guidance_min_t,
-                    graphs_per_call=graphs_per_call)
+                    graph_guidance_negative=graph_guidance_negative, graphs_per_call=graphs_per_call)
     gen = sample_graph_images(pipe, gts, seeds, noise_keys=keys, **sampling, on_chunk=lambda n: log(
         f"generated {n}/{len(gts)} graphs x {len(seeds)} seeds {time.time() - t0:.0f}s"))
     gen_seconds = time.time() - t0
@@ -81,8 +82,8 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
         probe["spatial_hold_chance"] = predicate_blind_hold(scenes[:n])  # what ignoring the predicates scores
     attn = run_attention_probe(pipe, scenes[:attention_probe], seed=0) if attention_probe else None
     protocol = base_protocol(pipe, split=split, n_graphs=n_graphs, seeds=seeds, noise=noise, text_only=text_only,
-                             steps=steps, guidance=guidance, eta=eta, images=gen, graph_guidance=graph_guidance,
-                             graph_guidance_min_t=graph_guidance_min_t)
+                             steps=steps, guidance=guidance, eta=eta, images=gen,
+                             graph_guidance=(graph_guidance, graph_guidance_min_t, graph_guidance_negative))
     return {**model_fields(model), "protocol": protocol, **scores, "fid_world_clip": fid,
             "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap, "predicate_probe": probe,
             "attention_probe": attn,
@@ -140,7 +141,7 @@ def world_clip_fid(scenes: Sequence, images: np.ndarray, k: int, *, split: str,
 
 def base_protocol(pipe: Any, *, split: str, n_graphs: int, seeds: list[int], noise: str, text_only: bool,
                   steps: int, guidance: float, eta: float, images: np.ndarray,
-                  graph_guidance: float | None = None, graph_guidance_min_t: int | None = None) -> dict[str, Any]:
+                  graph_guidance: tuple = (None, None, None)) -> dict[str, Any]:
     """The protocol block of a result: what was sampled and how it was scored, the graph guidance as sampled (the
     call's, else the model folder's default; None: plain guidance, LAION-SG's; the pipeline's docstring)."""
     return {"graphs": f"first {n_graphs} {split}-split graphs, sample_split('{split}', n, seed=0)", "split": split,
@@ -148,16 +149,17 @@ def base_protocol(pipe: Any, *, split: str, n_graphs: int, seeds: list[int], noi
             "noise_rule": {"rule": noise, "definition": NOISE_RULES[noise]},
             "conditioning": "text path alone (no SG residual)" if text_only else "SG model (text + graph)",
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
-            **_graph_guidance(pipe, guidance, graph_guidance, graph_guidance_min_t, text_only), "eta": eta,
+            **_graph_guidance(pipe, guidance, graph_guidance, text_only), "eta": eta,
             "resolution": int(images.shape[1]), "initial_noise_mean_scale": pipe.noise_mean_scale,
             "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
             "ci": CI_NOTE}
 
 
-def _graph_guidance(pipe: Any, guidance: float, scale: float | None, min_t: int | None,
-                    text_only: bool) -> dict[str, Any]:
-    s, t = (None, 0) if text_only else pipe.graph_guidance(guidance, scale, min_t)
-    return {"graph_guidance_scale": s, "graph_guidance_min_t": t if s is not None else None}
+def _graph_guidance(pipe: Any, guidance: float, asked: tuple, text_only: bool) -> dict[str, Any]:
+    """The graph guidance as sampled: the call's (scale, min_t, negative), else the folder's defaults."""
+    s, t, neg = (None, 0, None) if text_only else pipe.graph_guidance(guidance, *asked)
+    return {"graph_guidance_scale": s, "graph_guidance_min_t": t if s is not None else None,
+            "graph_guidance_negative": neg if s is not None else None}
 
 
 def model_fields(model: str | Path) -> dict[str, Any]:

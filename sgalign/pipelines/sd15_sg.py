@@ -22,7 +22,7 @@ class StableDiffusionSGPipeline(SGPipelineBase):
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
                  initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int = 0) -> None:
+                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text") -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
@@ -30,5 +30,6 @@ class StableDiffusionSGPipeline(SGPipelineBase):
         self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
         # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
         self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
-                                graph_guidance_min_t=int(graph_guidance_min_t))
+                                graph_guidance_min_t=int(graph_guidance_min_t),
+                                graph_guidance_negative=str(graph_guidance_negative))
         self._post_init()

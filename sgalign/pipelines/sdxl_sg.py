@@ -26,7 +26,7 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
                  tokenizer: CLIPTokenizer, tokenizer_2: CLIPTokenizer, unet: UNet2DConditionModel,
                  scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
                  initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int = 0) -> None:
+                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text") -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                               tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
@@ -35,5 +35,6 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
         self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
         # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
         self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
-                                graph_guidance_min_t=int(graph_guidance_min_t))
+                                graph_guidance_min_t=int(graph_guidance_min_t),
+                                graph_guidance_negative=str(graph_guidance_negative))
         self._post_init()

@@ -7,17 +7,21 @@
   ``num_images_per_graph`` with ``generator`` (one, or one per image) as in diffusers.
 * Classifier-free guidance: ``uncond + s * (cond - uncond)``; the unconditional branch is SDXL's zeros or
   SD1.5's empty text (``sgalign.models.unconditional_conditioning``).
-* Graph guidance (not in LAION-SG; off unless ``graph_guidance_scale`` is given): the graph's own term guided
-  separately, as InstructPix2Pix guides its two conditions, ``uncond + s * (text - uncond) + s_g * (cond - text)``
-  with ``text`` the serialised graph without the SG residual. ``s_g == s`` is plain guidance (and takes its
-  two-branch path); ``s_g > s`` amplifies what only the graph says (its relations) over what the text says.
-* Deterministic given the generator(s) / seeds.
+* Graph guidance (not in LAION-SG; off unless asked for or the model folder sets it): the graph's own term guided
+  apart, as InstructPix2Pix guides its two conditions. With ``graph_guidance_negative="text"`` (the serialised graph
+  without the SG residual), ``uncond + s (text - uncond) + s_g (cond - text)``: what only the SG path says, amplified.
+  With ``"swapped"`` (every relation's subject and object exchanged, ``SceneGraph.swapped``), ``uncond + s (cond -
+  uncond) + (s_g - s) (cond - swapped)``: what only the relations' directions say, entities cancelled. ``s_g == s``
+  is plain guidance (its two-branch path). ``graph_guidance_min_t``: only on the steps with t >= it (where the layout
+  is decided; plain guidance after, as guidance-interval sampling does), the third branch computed on those steps
+  alone. A model folder may set all three as its defaults (``model_index.json``); a call's own values win, and
+  ``graph_guidance_scale=guidance_scale`` asks for plain guidance.
 """
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -30,6 +34,9 @@ from ..models.graph_inputs import as_scene_graphs
 from ..models.sg_encoder import SGEncoder
 
 
+GraphNegative = Literal["text", "swapped"]  # graph guidance's negative branch (module docstring)
+
+
 class SGPipelineBase(DiffusionPipeline):
     """Shared by ``StableDiffusionSGPipeline`` and ``StableDiffusionXLSGPipeline`` (which define ``__init__``)."""
 
@@ -40,15 +47,25 @@ class SGPipelineBase(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    def graph_guidance(self, guidance_scale: float, scale: float | None = None,
-                       min_t: int | None = None) -> tuple[float | None, int]:
-        """The graph guidance a call samples with: its own ``scale`` / ``min_t``, else the model folder's defaults
-        (none: plain guidance). A scale equal to ``guidance_scale`` is plain guidance (None)."""
+    def graph_guidance(self, guidance_scale: float, scale: float | None = None, min_t: int | None = None,
+                       negative: GraphNegative | None = None) -> tuple[float | None, int, GraphNegative]:
+        """The graph guidance a call samples with, (scale, min_t, negative): its own values, else the model folder's
+        defaults (none: plain guidance). A scale equal to ``guidance_scale`` is plain guidance (scale None)."""
         scale = self.config.get("graph_guidance_scale") if scale is None else scale
         min_t = int(self.config.get("graph_guidance_min_t") or 0) if min_t is None else int(min_t)
+        negative = (self.config.get("graph_guidance_negative") or "text") if negative is None else negative
+        if negative not in get_args(GraphNegative):
+            raise ValueError(f"graph_guidance_negative must be one of {get_args(GraphNegative)}, got {negative!r}")
         if scale is None or float(scale) == float(guidance_scale):
-            return None, 0
-        return float(scale), min_t
+            return None, 0, negative
+        return float(scale), min_t, negative
+
+    def graph_negatives(self, graphs: Sequence, negative: GraphNegative, height: int | None = None,
+                        width: int | None = None) -> SGConditioning:
+        """The negative branch of graph guidance for ``graphs`` (SceneGraphs)."""
+        if negative == "text":
+            return self.encode_graphs(graphs, height, width, use_graph=False)
+        return self.encode_graphs([g.swapped() for g in graphs], height, width)
 
     @property
     def noise_mean_scale(self) -> float:
@@ -87,17 +104,18 @@ class SGPipelineBase(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float | None = None, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int | None = None, text_conditioning: SGConditioning | None = None, eta: float = 0.0,
+                 graph_guidance_min_t: int | None = None, graph_guidance_negative: GraphNegative | None = None,
+                 negative_conditioning: SGConditioning | None = None, eta: float = 0.0,
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  return_dict: bool = True) -> ImagePipelineOutput | tuple:
-        """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph). ``graph_guidance_scale``
-        (module docstring) needs the graphs, or ``text_conditioning`` (their text-only rows) with ``conditioning``."""
+        """Images for ``graphs`` (or a precomputed ``conditioning``, one row per graph). Graph guidance (module
+        docstring) needs the graphs, or ``negative_conditioning`` (``graph_negatives``' rows) with ``conditioning``."""
         height, width = self._size(height, width)
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        graph_guidance_scale, graph_guidance_min_t = self.graph_guidance(guidance_scale, graph_guidance_scale,
-                                                                         graph_guidance_min_t)
+        graph_guidance_scale, graph_guidance_min_t, negative = self.graph_guidance(
+            guidance_scale, graph_guidance_scale, graph_guidance_min_t, graph_guidance_negative)
         dual = graph_guidance_scale is not None
         if dual and guidance_scale <= 1.0:
             raise ValueError("graph_guidance_scale needs classifier-free guidance (guidance_scale > 1)")
@@ -107,11 +125,11 @@ class SGPipelineBase(DiffusionPipeline):
                 raise ValueError("pass graphs (SceneGraph / LAION-SG records) or conditioning")
             graphs = as_scene_graphs(graphs)
             conditioning = self.encode_graphs(graphs, height, width)
-            if dual and text_conditioning is None:
-                text_conditioning = self.encode_graphs(graphs, height, width, use_graph=False)
-        if dual and (text_conditioning is None or len(text_conditioning) != len(conditioning)):
-            raise ValueError("graph_guidance_scale with a precomputed conditioning needs text_conditioning, the same "
-                             "graphs encoded with use_graph=False (one row per graph)")
+            if dual and negative_conditioning is None:
+                negative_conditioning = self.graph_negatives(graphs, negative, height, width)
+        if dual and (negative_conditioning is None or len(negative_conditioning) != len(conditioning)):
+            raise ValueError("graph guidance with a precomputed conditioning needs negative_conditioning, the same "
+                             "graphs' graph_negatives (one row per graph)")
         n_graphs = len(conditioning)
         if seeds is not None:
             if generator is not None:
@@ -136,8 +154,8 @@ class SGPipelineBase(DiffusionPipeline):
             uncond = self.unconditional(cond).to(device=device, dtype=dtype)
             kwargs_by_branches[2] = SGConditioning.cat([uncond, cond]).unet_kwargs()
             if dual:
-                text = text_conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
-                kwargs_by_branches[3] = SGConditioning.cat([uncond, text, cond]).unet_kwargs()
+                neg = negative_conditioning.to(device=device, dtype=dtype).repeat_interleave(num_images_per_graph)
+                kwargs_by_branches[3] = SGConditioning.cat([uncond, neg, cond]).unet_kwargs()
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -154,10 +172,14 @@ class SGPipelineBase(DiffusionPipeline):
             x = torch.cat([latents] * n_branches)
             x = self.scheduler.scale_model_input(x, t)
             eps = self.unet(x, t, **kwargs_by_branches[n_branches], return_dict=False)[0]
-            if n_branches == 3:
+            if n_branches == 3 and negative == "text":
                 eps_uncond, eps_text, eps_cond = eps.chunk(3)
                 eps = (eps_uncond + guidance_scale * (eps_text - eps_uncond)
                        + graph_guidance_scale * (eps_cond - eps_text))
+            elif n_branches == 3:
+                eps_uncond, eps_neg, eps_cond = eps.chunk(3)
+                eps = (eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                       + (graph_guidance_scale - guidance_scale) * (eps_cond - eps_neg))
             elif do_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)

@@ -10,7 +10,7 @@ shapes world, an extractor's output). Conversions:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .schema import LaionSGRecord
@@ -118,6 +118,12 @@ class SceneGraph:
         parts = [f"{s} {p} {o} " for s, p, o in self.triples(faithful)]
         parts += [f"{self.phrase(it, faithful)} " for it in self.isolated_items]
         return "".join(parts)
+
+    def swapped(self) -> "SceneGraph":
+        """The same items with every relation's subject and object exchanged ("A left of B" -> "B left of A"): the
+        same entities and predicates, every stated direction reversed. Any predicate has this negative, where an
+        inverse predicate ("right of") exists only in a closed vocabulary."""
+        return SceneGraph(list(self.items), [replace(r, subject=r.object, object=r.subject) for r in self.relations])
 
     # ---- graph views --------------------------------------------------------------------------------------
     def to_networkx(self) -> "nx.MultiDiGraph":
