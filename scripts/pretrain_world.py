@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                          "guidance; default: plain guidance)")
     ap.add_argument("--graph-guidance-min-t", type=int, default=d.graph_guidance_min_t, metavar="T",
                     help="... on the sampling steps with t >= T only")
+    ap.add_argument("--graph-guidance-negative", choices=("text", "swapped"), default=d.graph_guidance_negative,
+                    help="... against this negative branch (sg_pipeline's docstring)")
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
+                        graph_guidance_negative=a.graph_guidance_negative,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})
     command = "python scripts/pretrain_world.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     t0 = time.time()

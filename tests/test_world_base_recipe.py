@@ -21,7 +21,7 @@ def tiny(out) -> WorldBaseRecipe:
                            sg_layout_eval_graphs=16, t_high_frac=0.3,
                            attn_ground_weight=1.0,  # the default 64 graphs x 20 steps: 14 s of each run
                            relation_contrast_weight=1.0, relation_contrast_t_min=0,
-                           graph_guidance_scale=9.0, graph_guidance_min_t=500)
+                           graph_guidance_scale=9.0, graph_guidance_min_t=500, graph_guidance_negative="swapped")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,9 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     # the relation contrast ran: near log 2 for a model that barely reads its predicates yet
     # the folder's default sampler: the recipe's graph guidance
     index = json.loads((final / "model_index.json").read_text())
-    assert (index["graph_guidance_scale"], index["graph_guidance_min_t"]) == (9.0, 500)
-    assert "graph guidance 9 on the steps with t >= 500" in (final / "README.md").read_text()
+    assert (index["graph_guidance_scale"], index["graph_guidance_min_t"], index["graph_guidance_negative"]) == \
+        (9.0, 500, "swapped")
+    assert "graph guidance 9 on the steps with t >= 500, negative branch 'swapped'" in (final / "README.md").read_text()
     rc = rec["stages"]["stage1"]["relation_contrast"]
     assert rc["weight"] == 1.0 and rc["t_min"] == 0 and 0.3 < rc["loss_last_200"] < 1.5
     assert rec["stages"]["stage2"]["relation_contrast"] is None

@@ -157,6 +157,7 @@ class WorldBaseRecipe:
     # own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t. None: plain guidance.
     graph_guidance_scale: float | None = None
     graph_guidance_min_t: int = 0
+    graph_guidance_negative: Literal["text", "swapped"] = "text"
     save_every: int = 200
     log_every: int = 50
     unet: dict[str, Any] = field(default_factory=lambda: {
@@ -691,14 +692,16 @@ def _guidance_line(record: dict) -> str:
     if s is None:
         return "plain classifier-free guidance"
     t = record["settings"].get("graph_guidance_min_t", 0)
-    return (f"graph guidance {s:g} on the steps with t >= {t} (`model_index.json`; the graph's own term guided apart "
-            "from the text's, sgalign.pipelines.sg_pipeline)")
+    neg = record["settings"].get("graph_guidance_negative", "text")
+    return (f"graph guidance {s:g} on the steps with t >= {t}, negative branch {neg!r} (`model_index.json`; "
+            "sgalign.pipelines.sg_pipeline)")
 
 
 def sampler_defaults(r: WorldBaseRecipe) -> dict:
     """The ``model_index.json`` entries that make the recipe's graph guidance the folder's default sampler."""
-    return {"graph_guidance_scale": r.graph_guidance_scale,
-            "graph_guidance_min_t": r.graph_guidance_min_t if r.graph_guidance_scale is not None else 0}
+    on = r.graph_guidance_scale is not None
+    return {"graph_guidance_scale": r.graph_guidance_scale, "graph_guidance_min_t": r.graph_guidance_min_t if on else 0,
+            "graph_guidance_negative": r.graph_guidance_negative if on else "text"}
 
 
 def recipe_of(out: str | Path) -> WorldBaseRecipe:
