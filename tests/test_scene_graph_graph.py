@@ -70,3 +70,13 @@ def test_pyg_object_level(card_sg):
     assert data.item_ids.tolist() == [0, 1, 2, 3, 4]
     empty = SceneGraph.from_triples([("dog", [])], []).to_pyg()
     assert empty.edge_index.shape == (2, 0) and empty.num_nodes == 1
+
+
+def test_swapped_reverses_every_relation_and_keeps_the_rest(card_sg):
+    sw = card_sg.swapped()
+    assert sw.items == card_sg.items and len(sw.relations) == len(card_sg.relations) > 0
+    assert [(r.object, r.predicate, r.subject, r.triple_id) for r in sw.relations] == \
+        [(r.subject, r.predicate, r.object, r.triple_id) for r in card_sg.relations]
+    assert sw.triples() == [(o, p, s) for s, p, o in card_sg.triples()]
+    assert sw.swapped().triples() == card_sg.triples()  # an involution
+    assert card_sg.relations[0].subject != sw.relations[0].subject  # the original is untouched
