@@ -196,6 +196,31 @@ def test_fp16_vae_with_force_upcast_decodes_in_fp32(monkeypatch):
     assert np.isfinite(img).all()
 
 
+def one_step_branches(pipe, monkeypatch, **kw):
+    """One sampling step of ``kw``: its latents, and the UNet call's conditioning rows and outputs (all branches)."""
+    seen, outs = [], []
+    real = pipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, **k):
+        out = real(sample, t, encoder_hidden_states, **k)
+        seen.append(encoder_hidden_states.clone())
+        outs.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    lat = run(pipe, seeds=[0], num_inference_steps=1, output_type="latent", **kw)
+    monkeypatch.undo()
+    return lat, seen[0], outs[0]
+
+
+def step_from_initial_noise(pipe, guided, lat):
+    """The one DDIM step the pipeline takes from its own initial noise (its draw, redone) with output ``guided``."""
+    pipe.scheduler.set_timesteps(1)
+    init = shrink_spatial_mean(randn_tensor(lat.shape, generator=image_generators([0], range(2), "shared"),
+                                            dtype=lat.dtype), pipe.noise_mean_scale) * pipe.scheduler.init_noise_sigma
+    return pipe.scheduler.step(guided, pipe.scheduler.timesteps[0], init, return_dict=False)[0]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_graph_guidance_is_the_two_condition_formula(pipes, arch, monkeypatch):
     """uncond + s (text - uncond) + s_g (cond - text), with text = the graphs without the SG residual; s_g = s is plain
@@ -203,33 +228,12 @@ def test_graph_guidance_is_the_two_condition_formula(pipes, arch, monkeypatch):
     pipe = pipes[arch]
     plain = run(pipe, seeds=[0], guidance_scale=5.0)
     assert np.array_equal(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=5.0))
-    seen, outs = [], []
-    real = pipe.unet.forward
-
-    def spy(sample, t, encoder_hidden_states, **kw):
-        out = real(sample, t, encoder_hidden_states, **kw)
-        seen.append(encoder_hidden_states.clone())
-        outs.append(out[0].clone())
-        return out
-
-    monkeypatch.setattr(pipe.unet, "forward", spy)
-    lat = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, num_inference_steps=1,
-              output_type="latent")
-    monkeypatch.undo()
-    emb, e = seen[0], outs[0]
+    lat, emb, e = one_step_branches(pipe, monkeypatch, guidance_scale=5.0, graph_guidance_scale=9.0)
     assert emb.shape[0] == 6  # [uncond x2, text x2, cond x2]
     torch.testing.assert_close(emb[2:4], pipe.encode_graphs(graphs(), use_graph=False).prompt_embeds)
     torch.testing.assert_close(emb[4:], pipe.encode_graphs(graphs()).prompt_embeds)
     e_u, e_t, e_c = e.chunk(3)
-    guided = e_u + 5.0 * (e_t - e_u) + 9.0 * (e_c - e_t)
-    # one step from the pipeline's own initial noise (its draw, redone), through the scheduler, with the formula
-    pipe.scheduler.set_timesteps(1)
-    t = pipe.scheduler.timesteps[0]
-    gens = image_generators([0], range(2), "shared")
-    init = shrink_spatial_mean(randn_tensor(lat.shape, generator=gens, dtype=lat.dtype), pipe.noise_mean_scale)
-    init = init * pipe.scheduler.init_noise_sigma
-    want = pipe.scheduler.step(guided, t, init, return_dict=False)[0]
-    torch.testing.assert_close(lat, want)
+    torch.testing.assert_close(lat, step_from_initial_noise(pipe, e_u + 5.0 * (e_t - e_u) + 9.0 * (e_c - e_t), lat))
     assert not np.allclose(plain, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0), atol=1e-4)
     with torch.no_grad():  # the gate shut: text == cond, so the graph's term is zero
         old = pipe.sg_encoder.alpha_obj.clone()
@@ -309,29 +313,13 @@ def test_swapped_graph_guidance_contrasts_the_relations_directions(pipes, monkey
     """negative "swapped": uncond + s (cond - uncond) + (s_g - s) (cond - swapped), swapped = every relation's subject and
     object exchanged; a graph without relations has cond == swapped, so it samples as plain guidance."""
     pipe = pipes["sd15-sg"]
-    seen, outs = [], []
-    real = pipe.unet.forward
-
-    def spy(sample, t, encoder_hidden_states, **kw):
-        out = real(sample, t, encoder_hidden_states, **kw)
-        seen.append(encoder_hidden_states.clone())
-        outs.append(out[0].clone())
-        return out
-
-    monkeypatch.setattr(pipe.unet, "forward", spy)
-    lat = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_negative="swapped",
-              num_inference_steps=1, output_type="latent")
-    monkeypatch.undo()
+    lat, emb, e = one_step_branches(pipe, monkeypatch, guidance_scale=5.0, graph_guidance_scale=9.0,
+                                    graph_guidance_negative="swapped")
     swapped = [g.swapped() for g in graphs()]
     assert [r.subject for r in swapped[1].relations] == [graphs()[1].relations[0].object]
-    torch.testing.assert_close(seen[0][2:4], pipe.encode_graphs(swapped).prompt_embeds)
-    e_u, e_n, e_c = outs[0].chunk(3)
-    pipe.scheduler.set_timesteps(1)
-    init = shrink_spatial_mean(randn_tensor(lat.shape, generator=image_generators([0], range(2), "shared"),
-                                            dtype=lat.dtype), pipe.noise_mean_scale) * pipe.scheduler.init_noise_sigma
-    want = pipe.scheduler.step(e_u + 5.0 * (e_c - e_u) + 4.0 * (e_c - e_n), pipe.scheduler.timesteps[0], init,
-                               return_dict=False)[0]
-    torch.testing.assert_close(lat, want)
+    torch.testing.assert_close(emb[2:4], pipe.encode_graphs(swapped).prompt_embeds)
+    e_u, e_n, e_c = e.chunk(3)
+    torch.testing.assert_close(lat, step_from_initial_noise(pipe, e_u + 5.0 * (e_c - e_u) + 4.0 * (e_c - e_n), lat))
     alone = SceneGraph.from_triples([("cat", []), ("sofa", ["red"])], [])
     np.testing.assert_allclose(run(pipe, [alone], seeds=[0], guidance_scale=5.0),
                                run(pipe, [alone], seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0,
