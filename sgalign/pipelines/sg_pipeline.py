@@ -16,6 +16,7 @@
   is decided; plain guidance after, as guidance-interval sampling does), the third branch computed on those steps
   alone. A model folder may set all three as its defaults (``model_index.json``); a call's own values win, and
   ``graph_guidance_scale=guidance_scale`` asks for plain guidance.
+* Deterministic given the generator(s) / seeds.
 """
 from __future__ import annotations
 
