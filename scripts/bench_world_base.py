@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="on N graphs' noised renders, the share of each object's cross-attention inside its box, "
                          "true vs inverted predicates, by timestep: does placement come from the conditioning? 0 skips")
     args = ap.parse_args(argv)
-    if args.graph_guidance is not None and args.text_only:
-        ap.error("--graph-guidance guides the SG residual; --text-only samples without it")
+    if args.text_only and (args.graph_guidance is not None or args.graph_guidance_min_t is not None
+                           or args.graph_guidance_negative is not None):
+        ap.error("--graph-guidance* guide the SG residual; --text-only samples without it")
     if args.graph_guidance is not None and not math.isfinite(args.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {args.graph_guidance}")
     if args.threads:

@@ -9,6 +9,7 @@ Ends with ``OUT/world-sd15-sg`` (a complete SD1.5-SG pipeline folder + training_
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                          "labelled a snapshot, and exit (the run's own settings are read from OUT/recipe.json)")
     ap.add_argument("--only", choices=STAGES, default=None, help="run just this stage (if its inputs are done)")
     a = ap.parse_args(argv)
+    if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
+        ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
+    if not (math.isfinite(a.relation_contrast_weight) and a.relation_contrast_weight >= 0):
+        ap.error(f"--relation-contrast-weight must be >= 0 (a negative weight rewards the inverted predicates), got "
+                 f"{a.relation_contrast_weight}")
+    if not (math.isfinite(a.relation_contrast_beta) and a.relation_contrast_beta > 0):
+        ap.error(f"--relation-contrast-beta must be > 0, got {a.relation_contrast_beta}")
     if a.snapshot:
         r = recipe_of(a.out)
         r.threads = a.threads or r.threads

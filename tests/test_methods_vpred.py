@@ -35,10 +35,10 @@ def test_v_target_is_diffusers_and_converts_back_to_epsilon_even_at_zero_termina
         prediction_target(eps, x0, t, ac, "sample")
 
 
-def v_of(model):
+def v_of(model, ac=AC):
     """The v model whose predictions are exactly ``model``'s ε: v = (ε − √(1−ᾱ) x_t)/√ᾱ."""
     def f(x, t, c):
-        a = AC[t].view(-1, 1, 1, 1)
+        a = ac[t].view(-1, 1, 1, 1)
         return (model(x, t, c) - (1 - a).sqrt() * x) / a.sqrt()
     return f
 
@@ -95,3 +95,30 @@ def test_inversion_dpo_on_a_v_model_is_the_epsilon_method(faithful):
         assert torch.count_nonzero(grads(pol)) == 0
     assert res["v_prediction"][2]["loss_space"] == "epsilon"
     assert res["v_prediction"][2]["prediction_type"] == "v_prediction"
+
+
+def test_official_inversion_dpo_weights_refuse_the_zero_terminal_snr_level():
+    """1/(2 alpha_bar) is infinite where alpha_bar = 0 (t = T - 1 of a zero-terminal-SNR schedule, reached with N = T):
+    refused before any inversion; the uniform weighting of the same grid runs."""
+    ac = zsnr_scheduler().alphas_cumprod
+    pol, ref = nets(0.0)
+    c = MethodContext(v_of(pol, ac), v_of(ref, ac), ac, torch.Generator().manual_seed(0), unconditional=ZEROS,
+                      prediction="v_prediction")
+    with pytest.raises(ValueError, match="alpha_bar = 0"):
+        build_method("inversion-dpo", faithful=True, num_steps=1000)(batch(1), c)
+    p = build_method("inversion-dpo", faithful=True, num_steps=8).provide(batch(1), c)  # top level 875: fine
+    assert torch.isfinite(p["weights"]).all()
+
+
+def test_official_per_batch_t_quirk_gives_v_of_the_latent_at_its_own_level():
+    """InPO faithful: the batch is inverted to the first pair's t (t_inv) while each pair's network is told its own
+    t; a v model's target is the v of x̂ at t_inv, so it converts back to the same τ there."""
+    pol, ref = nets(0.0)
+    b = batch(3)
+    ce, cv = pair_ctx(pol, ref, seed=1)
+    m = build_method("inpo", faithful=True, eta=0.0)
+    pe, pv = m.provide(b, ce), m.provide(b, cv)
+    t_inv = pe["t"][:1].expand(3)
+    assert len(set(pe["t"].tolist())) > 1  # the quirk matters: pairs told different t
+    a = AC[t_inv].view(-1, 1, 1, 1)
+    torch.testing.assert_close(pv["target_w"], a.sqrt() * pe["target_w"] - (1 - a).sqrt() * b.x0_w)

@@ -300,6 +300,9 @@ def test_a_folders_graph_guidance_is_its_default(pipes, tmp_path):
     local = StableDiffusionSGPipeline.from_local(tmp_path / "p")
     local.set_progress_bar_config(disable=True)
     assert local.graph_guidance(5.0) == (9.0, cut, "text") and local.graph_guidance(5.0, 5.0) == (None, 0, "text")
+    assert local.graph_guidance(1.0)[0] is None  # without CFG the folder's graph guidance does not apply
+    np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=1.0), run(pipe, seeds=[0], guidance_scale=1.0),
+                               atol=1e-6)
     explicit = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, graph_guidance_min_t=cut)
     np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0), explicit, atol=1e-6)
     np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0, graph_guidance_scale=5.0),

@@ -170,7 +170,8 @@ def test_bench_refuses_graph_guidance_without_the_graph(tmp_path):
                                                   "bench_world_base.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for bad in (["--text-only", "--graph-guidance", "9"], ["--graph-guidance", "nan"]):
+    for bad in (["--text-only", "--graph-guidance", "9"], ["--graph-guidance", "nan"],
+                ["--text-only", "--graph-guidance-min-t", "600"], ["--text-only", "--graph-guidance-negative", "swapped"]):
         with pytest.raises(SystemExit) as e:
             mod.main(["--n-graphs", "2", "--out", str(tmp_path / "o"), "--results-md", ""] + bad)
         assert e.value.code == 2  # EXIT_USAGE, before anything is loaded or written

@@ -193,3 +193,18 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
     torch.testing.assert_close(calls[0], want)
     better = _relation_contrast(r, pipe, graphs, on_graph, noisy, t, target, mse_true - 0.01)
     assert better.item() == pytest.approx(-np.log(1 / (1 + np.exp(-50.0 * 0.01))), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [["--relation-contrast-weight", "-1"], ["--relation-contrast-beta", "0"],
+                                 ["--graph-guidance", "inf"]])
+def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pretrain_world", Path(__file__).parents[1] / "scripts" /
+                                                  "pretrain_world.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--out", str(tmp_path / "o")] + bad)
+    assert e.value.code == 2 and not (tmp_path / "o").exists()  # EXIT_USAGE, before anything is written

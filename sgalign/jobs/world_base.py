@@ -545,6 +545,10 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
     return loss_fn
 
 
+def _mean_or_none(values: list) -> float | None:
+    return float(np.mean(values)) if values else None  # JSON has no NaN
+
+
 def _relation_contrast(r: WorldBaseRecipe, pipe, graphs: list, on_graph: torch.Tensor, noisy: torch.Tensor,
                        t: torch.Tensor, target: torch.Tensor, mse_true: torch.Tensor) -> torch.Tensor:
     """The recipe's relation contrast (``relation_contrast_weight``) of rows whose true-graph errors are ``mse_true``:
@@ -554,8 +558,8 @@ def _relation_contrast(r: WorldBaseRecipe, pipe, graphs: list, on_graph: torch.T
     cond = None
     for use_graph, rows in ((True, on_graph.nonzero()[:, 0]), (False, (~on_graph).nonzero()[:, 0])):
         if len(rows):
-            part = build_conditioning([inv[i] for i in rows.tolist()], pipe.sg_encoder if use_graph else None, tok,
-                                      te, use_graph=use_graph).prompt_embeds
+            part = build_conditioning([inv[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
+                                      use_graph=use_graph).prompt_embeds  # as _stage_conditioning encodes the rows
             cond = part.new_zeros((len(inv),) + part.shape[1:]) if cond is None else cond
             cond = cond.index_copy(0, rows.to(part.device), part)
     pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -629,8 +633,8 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
                                     if any("ground" in h for h in loop.history[-200:]) else None),
            "relation_contrast": ({"weight": r.relation_contrast_weight, "beta": r.relation_contrast_beta,
                                   "t_min": r.relation_contrast_t_min,
-                                  "loss_last_200": float(np.mean([h["contrast"] for h in loop.history[-200:]
-                                                                  if "contrast" in h] or [np.nan]))}
+                                  "loss_last_200": _mean_or_none([h["contrast"] for h in loop.history[-200:]
+                                                                  if "contrast" in h])}
                                  if stage == 1 and r.relation_contrast_weight > 0 else None),
            "alpha_obj": alpha_obj, "cached_graphs": len(cache)}
     write_json_atomic(tmp / "stage_record.json", rec)

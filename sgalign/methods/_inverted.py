@@ -73,7 +73,9 @@ def provide_inverted(batch: PairBatch, ctx: MethodContext, cfg, renoise_steps: i
     x_t = invert_to_t(x0, cat_rows([batch.cond, batch.cond]), torch.cat([t_inv, t_inv]), cfg, ctx, renoise_steps,
                       renoise_label, ids)
     a = ctx.alphas_cumprod.to(dev)[torch.cat([t_inv, t_inv])]
-    tau = ctx.target(inpo_target(x_t, x0, a), x0, torch.cat([t, t]))  # the network is told t (loss below)
+    # a v model's target is the v of x̂ at its own level t_inv, so x̂ = √ᾱ x₀ + √(1−ᾱ) τ holds for it as for τ (t_inv
+    # is t except in the official per-batch quirk, where the network is still told each pair's t, as with ε)
+    tau = ctx.target(inpo_target(x_t, x0, a), x0, torch.cat([t_inv, t_inv]))
     return {"x_w": x_t[:B], "x_l": x_t[B:], "t": t, "target_w": tau[:B], "target_l": tau[B:],
             "cache_used": cache_applies(cfg, ctx)}
 

@@ -8,7 +8,8 @@ the same trajectory points.
   (source-labelled inversion), so P = N − 1 points and no extra reference forwards.
 * A v-prediction base is scored on the ε contract (``MethodContext.eps_policy``; ε_θ − ε_ref = √ᾱ (v_θ − v_ref)):
   the method is defined on the inversion's ε, and the official w_g = 1/(2ᾱ_g) makes its weighted ε term exactly
-  ½ m(v_θ − v_ref). The grid's top level (N − 1)·T/N stays below T, where a zero-terminal-SNR ᾱ is 0.
+  ½ m(v_θ − v_ref). The grid's top level (N − 1)·T/N is below T − 1, where a zero-terminal-SNR ᾱ is 0, unless N = T
+  (refused with the official weights).
 * ``subsample=k``: k of the P points per pair (same for winner and loser), unbiased for the mean.
 * ``gradient='constant-memory'``: a no-grad policy pass gives the per-pair σ-coefficient, then each point is
   replayed with grad and back-propagated at once (the method calls backward; ``MethodOutput.backward_done``).
@@ -84,6 +85,11 @@ class InversionDPO(Method):
         levels = torch.tensor([-d] + [k * d for k in range(N)], device=dev)
         # official: ε at (x_{g−Δ}, g); trajectory target: ε at (x_g, g) so the inversion's ε_ref is reusable
         labels = levels[1:] if cfg.target == "reference" else levels[:-1].clamp(min=0)
+        if cfg.step_weighting == "inv-alpha" and bool((alpha_at(ac, labels, ia) <= 0).any()):
+            # a zero-terminal-SNR schedule's last level (alpha_bar = 0), reached when N = T: the weight is infinite
+            raise ValueError(f"inversion-dpo: step_weighting 'inv-alpha' (1/(2 alpha_bar)) at a level where alpha_bar "
+                             f"= 0 (num_steps={N} of T={T} reaches t = T - 1); use fewer steps or "
+                             "step_weighting='uniform'")
         x0 = torch.cat([batch.x0_w, batch.x0_l])
         cond2 = cat_rows([batch.cond, batch.cond])
         use_cache = cfg.use_cache and ctx.cache is not None

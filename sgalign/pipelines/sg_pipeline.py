@@ -51,8 +51,12 @@ class SGPipelineBase(DiffusionPipeline):
     def graph_guidance(self, guidance_scale: float, scale: float | None = None, min_t: int | None = None,
                        negative: GraphNegative | None = None) -> tuple[float | None, int, GraphNegative]:
         """The graph guidance a call samples with, (scale, min_t, negative): its own values, else the model folder's
-        defaults (none: plain guidance). A scale equal to ``guidance_scale`` is plain guidance (scale None)."""
-        scale = self.config.get("graph_guidance_scale") if scale is None else scale
+        defaults (none: plain guidance; a call without classifier-free guidance does not take the folder's scale).
+        A scale equal to ``guidance_scale`` is plain guidance (scale None)."""
+        if scale is None and guidance_scale <= 1.0:
+            scale = None  # the folder's default needs classifier-free guidance; without it, plain sampling
+        elif scale is None:
+            scale = self.config.get("graph_guidance_scale")
         min_t = int(self.config.get("graph_guidance_min_t") or 0) if min_t is None else int(min_t)
         negative = (self.config.get("graph_guidance_negative") or "text") if negative is None else negative
         if negative not in get_args(GraphNegative):
