@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-steps", type=int, default=d.vae.steps)
     ap.add_argument("--cache-graphs", type=int, default=d.cache_graphs)
     ap.add_argument("--stage1-steps", type=int, default=d.stage1.steps)
+    ap.add_argument("--stage1-share", type=float, default=d.stage1.share,
+                    help="stage 1 stops at this share of --minutes (0: no time limit, only --stage1-steps)")
     ap.add_argument("--stage2-steps", type=int, default=d.stage2.steps)
     ap.add_argument("--batch", type=int, default=d.batch)
     ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
+    if not (math.isfinite(a.stage1_share) and 0 <= a.stage1_share <= 1):
+        ap.error(f"--stage1-share must be in [0, 1], got {a.stage1_share}")
     if not (math.isfinite(a.relation_contrast_weight) and a.relation_contrast_weight >= 0):
         ap.error(f"--relation-contrast-weight must be >= 0 (a negative weight rewards the inverted predicates), got "
                  f"{a.relation_contrast_weight}")
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     r = WorldBaseRecipe(out=a.out, minutes=a.minutes, device=a.device, threads=a.threads, seed=a.seed,
                         vae_init=a.vae_init or None,
                         vae=StageBudget(a.vae_steps, d.vae.share), cache_graphs=a.cache_graphs,
-                        stage1=StageBudget(a.stage1_steps, d.stage1.share),
+                        stage1=StageBudget(a.stage1_steps, a.stage1_share),
                         stage2=StageBudget(a.stage2_steps, d.stage2.share), batch=a.batch,
                         offset_noise=a.offset_noise, stage1_graph=a.stage1_graph,
                         graph_drop_prob=a.graph_drop_prob, text_lr=a.text_lr,

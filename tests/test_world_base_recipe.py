@@ -196,7 +196,7 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
 
 
 @pytest.mark.parametrize("bad", [["--relation-contrast-weight", "-1"], ["--relation-contrast-beta", "0"],
-                                 ["--graph-guidance", "inf"]])
+                                 ["--graph-guidance", "inf"], ["--stage1-share", "1.5"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path
