@@ -112,9 +112,7 @@ def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
     out = {"scheduler_class": type(pipe.scheduler).__name__, "guidance_scale": float(g),
            "prediction_type": pipe.scheduler.config.get("prediction_type")}
     if hasattr(pipe, "graph_guidance"):  # an SG pipeline: the graph guidance it samples with (its folder's default)
-        sg, t, neg = pipe.graph_guidance(float(g))
-        out.update(graph_guidance_scale=sg, graph_guidance_min_t=t if sg is not None else None,
-                   graph_guidance_negative=neg if sg is not None else None)
+        out.update(pipe.graph_guidance_record(float(g)))
     return out
 
 

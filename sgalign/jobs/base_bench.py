@@ -157,9 +157,9 @@ def base_protocol(pipe: Any, *, split: str, n_graphs: int, seeds: list[int], noi
 
 def _graph_guidance(pipe: Any, guidance: float, asked: tuple, text_only: bool) -> dict[str, Any]:
     """The graph guidance as sampled: the call's (scale, min_t, negative), else the folder's defaults."""
-    s, t, neg = (None, 0, None) if text_only else pipe.graph_guidance(guidance, *asked)
-    return {"graph_guidance_scale": s, "graph_guidance_min_t": t if s is not None else None,
-            "graph_guidance_negative": neg if s is not None else None}
+    if text_only:
+        return {"graph_guidance_scale": None, "graph_guidance_min_t": None, "graph_guidance_negative": None}
+    return pipe.graph_guidance_record(guidance, *asked)
 
 
 def model_fields(model: str | Path) -> dict[str, Any]:

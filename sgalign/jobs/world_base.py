@@ -459,6 +459,20 @@ def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn
         {k: lrs[k] for k in trained}
 
 
+def _encode_rows(pipe, graphs: list, on_graph: torch.Tensor) -> torch.Tensor:
+    """Prompt embeddings of ``graphs``, the rows where ``on_graph`` is set with the SG residual, the others on the text
+    alone (one encoder call per kind)."""
+    tok, te, cond = [pipe.tokenizer], [pipe.text_encoder], None
+    on_graph = on_graph.cpu()
+    for use_graph, rows in ((True, on_graph.nonzero()[:, 0]), (False, (~on_graph).nonzero()[:, 0])):
+        if len(rows):
+            part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
+                                      use_graph=use_graph).prompt_embeds
+            cond = part.new_zeros((len(graphs),) + part.shape[1:]) if cond is None else cond
+            cond = cond.index_copy(0, rows.to(part.device), part)
+    return cond
+
+
 def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen: torch.Generator,
                         with_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt embeddings of a batch: with the graph (stage 1: ``graph_drop_prob`` of the rows on the text alone),
@@ -467,15 +481,8 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
     tok, te, n = [pipe.tokenizer], [pipe.text_encoder], len(graphs)
     on_graph = torch.full((n,), with_graph, dtype=torch.bool)
     if stage == 1 and with_graph and r.graph_drop_prob > 0:
-        text_only = torch.rand(n, generator=gen) < r.graph_drop_prob
-        on_graph = ~text_only
-        cond = None
-        for use_graph, rows in ((True, (~text_only).nonzero()[:, 0]), (False, text_only.nonzero()[:, 0])):
-            if len(rows):
-                part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
-                                          use_graph=use_graph).prompt_embeds
-                cond = part.new_zeros((n,) + part.shape[1:]) if cond is None else cond
-                cond = cond.index_copy(0, rows.to(part.device), part)
+        on_graph = ~(torch.rand(n, generator=gen) < r.graph_drop_prob)
+        cond = _encode_rows(pipe, graphs, on_graph)
     else:
         cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
     drop = torch.zeros(n, dtype=torch.bool, device=r.device)
@@ -553,15 +560,7 @@ def _relation_contrast(r: WorldBaseRecipe, pipe, graphs: list, on_graph: torch.T
                        t: torch.Tensor, target: torch.Tensor, mse_true: torch.Tensor) -> torch.Tensor:
     """The recipe's relation contrast (``relation_contrast_weight``) of rows whose true-graph errors are ``mse_true``:
     the same x_t under the inverted graphs, each row on the path it was trained on (graph or text alone)."""
-    inv = [invert_predicates(g) for g in graphs]
-    tok, te = [pipe.tokenizer], [pipe.text_encoder]
-    cond = None
-    for use_graph, rows in ((True, on_graph.nonzero()[:, 0]), (False, (~on_graph).nonzero()[:, 0])):
-        if len(rows):
-            part = build_conditioning([inv[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
-                                      use_graph=use_graph).prompt_embeds  # as _stage_conditioning encodes the rows
-            cond = part.new_zeros((len(inv),) + part.shape[1:]) if cond is None else cond
-            cond = cond.index_copy(0, rows.to(part.device), part)
+    cond = _encode_rows(pipe, [invert_predicates(g) for g in graphs], on_graph)
     pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
     mse_inv = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
     return -F.logsigmoid(r.relation_contrast_beta * (mse_inv - mse_true)).mean()

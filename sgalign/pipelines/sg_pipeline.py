@@ -65,6 +65,14 @@ class SGPipelineBase(DiffusionPipeline):
             return None, 0, negative
         return float(scale), min_t, negative
 
+    def graph_guidance_record(self, guidance_scale: float, scale: float | None = None, min_t: int | None = None,
+                              negative: GraphNegative | None = None) -> dict[str, Any]:
+        """``graph_guidance``'s result as a results record: the graph guidance a call samples with (None: plain)."""
+        s, t, neg = self.graph_guidance(guidance_scale, scale, min_t, negative)
+        on = s is not None
+        return {"graph_guidance_scale": s, "graph_guidance_min_t": t if on else None,
+                "graph_guidance_negative": neg if on else None}
+
     def graph_negatives(self, graphs: Sequence, negative: GraphNegative, height: int | None = None,
                         width: int | None = None) -> SGConditioning:
         """The negative branch of graph guidance for ``graphs`` (SceneGraphs)."""
