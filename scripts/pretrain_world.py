@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                          "its box; TokenCompose's token loss) added to epsilon-MSE (0: none)")
     ap.add_argument("--attn-ground-t-min", type=int, default=d.attn_ground_t_min,
                     help="stage 1: the grounding loss only on rows with t >= this (below it the image shows the layout)")
+    ap.add_argument("--attn-ground-grad", choices=["all", "unet"], default=d.attn_ground_grad,
+                    help="stage 1: the grounding loss reaches the text/SG encoders through the attention keys ('all') "
+                         "or not ('unet': keys from detached conditioning)")
     ap.add_argument("--relation-contrast-weight", type=float, default=d.relation_contrast_weight,
                     help="stage 1: weight of the relation contrast: the same x_t under every predicate inverted should "
                          "denoise worse than under the true graph, -log sigmoid(beta (mse_inv - mse_true)) (0: none)")
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         sg_layout_steps=a.sg_layout_steps, sg_layout_weight=a.sg_layout_weight,
                         t_high_frac=a.t_high_frac, t_high_min=a.t_high_min,
                         attn_ground_weight=a.attn_ground_weight, attn_ground_t_min=a.attn_ground_t_min,
+                        attn_ground_grad=a.attn_ground_grad,
                         relation_contrast_weight=a.relation_contrast_weight,
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,

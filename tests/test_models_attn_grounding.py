@@ -35,6 +35,29 @@ def test_capture_leaves_the_output_bit_identical_and_restores_the_processors():
     assert {k: type(v) for k, v in unet.attn_processors.items()} == before
 
 
+def test_detached_context_cuts_the_key_path_to_the_conditioning_only():
+    """``detach_context``: the maps are the same numbers, the forward is unchanged, and a loss on the first layer's map
+    (whose queries come from x alone) reaches the conditioning not at all, while the UNet's own weights still learn."""
+    unet = _tiny_unet().eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    grads, outs, firsts = {}, {}, {}
+    for detach in (False, True):
+        c = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        unet.zero_grad()
+        with capture_cross_attention(unet, detach_context=detach) as maps:
+            outs[detach] = unet(x, t, encoder_hidden_states=c).sample.detach()
+        first = maps[0]  # the down block's map: its queries depend on x and t only
+        firsts[detach] = first.detach()
+        (first[:, :, 1:3].sum()).backward()
+        grads[detach] = (c.grad, unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.grad.clone(),
+                         unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q.weight.grad.clone())
+    assert torch.equal(outs[False], outs[True]) and torch.equal(firsts[False], firsts[True])
+    assert grads[False][0].abs().sum() > 0  # "all": the key path reaches the conditioning
+    assert grads[True][0] is None  # "unet": nothing reaches it from this layer's map
+    torch.testing.assert_close(grads[True][1], grads[False][1])  # the keys' and queries' weights learn the same
+    torch.testing.assert_close(grads[True][2], grads[False][2])
+
+
 def test_token_weights_follow_the_phrase_tokens_of_each_object():
     from sgalign.models.graph_inputs import build_graph_inputs
     from sgalign.models.loading import load_model

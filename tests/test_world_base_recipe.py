@@ -47,6 +47,7 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert rec["stages"]["stage1"]["graph"] is True and rec["stages"]["stage1"]["graph_drop_prob"] == 0.2
     # the cross-attention grounding loss (models.attn_grounding) ran: a fraction's squared shortfall, in (0, 1)
     assert rec["stages"]["stage1"]["attn_ground_weight"] == 1.0
+    assert rec["stages"]["stage1"]["attn_ground_grad"] == "all" and rec["stages"]["stage2"]["attn_ground_grad"] is None
     assert 0.0 < rec["stages"]["stage1"]["ground_loss_last_200"] < 1.0
     assert rec["stages"]["stage2"]["ground_loss_last_200"] is None
     # the relation contrast ran: near log 2 for a model that barely reads its predicates yet

@@ -138,6 +138,10 @@ class WorldBaseRecipe:
     # ... on the rows with t >= attn_ground_t_min only: below it x_t shows where each object is, and the loss is met
     # by reading the image instead of the conditioning (docs/RESULTS.md). 0: every row.
     attn_ground_t_min: int = 0
+    # ... reaching the encoders through the keys ("all", TokenCompose's) or not ("unet": the captured maps' keys come
+    # from detached conditioning states). At weight 1 on every t the key path's gradient on the text tower was 8x the
+    # epsilon-MSE's and cost entities (docs/RESULTS.md); "unet" keeps the placement in the UNet's attention.
+    attn_ground_grad: Literal["all", "unet"] = "all"
     # relation_contrast_weight x a contrastive denoising loss on the relations: on the rows with t >= its t_min and at
     # least one relation, the same x_t denoised under the graph with every predicate inverted (world.invert_predicates)
     # should miss the target by more than under the true graph, -log sigmoid(beta (mse_inverted - mse_true)). Every
@@ -519,7 +523,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         noisy = noise_sched.add_noise(lat, noise, t)
         cond, prompted, on_graph = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
         ground = stage == 1 and r.attn_ground_weight > 0
-        with capture_cross_attention(pipe.unet) if ground else contextlib.nullcontext([]) as maps:
+        with capture_cross_attention(pipe.unet, r.attn_ground_grad == "unet") if ground else contextlib.nullcontext([]) as maps:
             pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         kind = noise_sched.config.prediction_type
         target = prediction_target(noise, lat, t, noise_sched.alphas_cumprod, kind)
@@ -628,6 +632,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
            "attn_ground_weight": r.attn_ground_weight if stage == 1 else 0.0,
            "attn_ground_t_min": r.attn_ground_t_min if stage == 1 else None,
+           "attn_ground_grad": r.attn_ground_grad if stage == 1 and r.attn_ground_weight > 0 else None,
            "ground_loss_last_200": (float(np.mean([h["ground"] for h in loop.history[-200:] if "ground" in h]))
                                     if any("ground" in h for h in loop.history[-200:]) else None),
            "relation_contrast": ({"weight": r.relation_contrast_weight, "beta": r.relation_contrast_beta,

@@ -34,8 +34,8 @@ from .graph_inputs import GraphInputs
 class _CaptureCrossAttention:
     """Delegates the forward to ``inner`` and appends the cross-attention probabilities ``(B * heads, HW, S)``."""
 
-    def __init__(self, inner, store: list[Tensor]) -> None:
-        self.inner, self.store = inner, store
+    def __init__(self, inner, store: list[Tensor], detach_context: bool = False) -> None:
+        self.inner, self.store, self.detach_context = inner, store, detach_context
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, **kwargs) -> Tensor:
@@ -47,18 +47,19 @@ class _CaptureCrossAttention:
                                           "input, no norms) is captured")
             ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
             q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-            k = attn.head_to_batch_dim(attn.to_k(ctx))
+            k = attn.head_to_batch_dim(attn.to_k(ctx.detach() if self.detach_context else ctx))
             self.store.append(attn.get_attention_scores(q, k, None))
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
 
 @contextlib.contextmanager
-def capture_cross_attention(unet) -> Iterator[list[Tensor]]:
+def capture_cross_attention(unet, detach_context: bool = False) -> Iterator[list[Tensor]]:
     """Within the block, every cross-attention call of ``unet`` appends its probabilities to the yielded list; the
-    UNet's own processors are restored on exit."""
+    UNet's own processors are restored on exit. ``detach_context``: the maps' keys come from detached conditioning
+    states, so a loss on the maps does not reach the encoders through the keys (the forward is unchanged)."""
     before = dict(unet.attn_processors)
     store: list[Tensor] = []
-    unet.set_attn_processor({name: (_CaptureCrossAttention(proc, store) if name.endswith("attn2.processor")
+    unet.set_attn_processor({name: (_CaptureCrossAttention(proc, store, detach_context) if name.endswith("attn2.processor")
                                     else proc) for name, proc in before.items()})
     try:
         yield store
