@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--n-graphs", type=int, default=64)
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from sgalign.errors import UserError
     from sgalign.evaluation import GraphParserExtractor, evaluate_sg_iou
     from sgalign.machine import machine_line
     from sgalign.pipelines import load_pipeline
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     mean = true.mean((0, 2, 3))
     pipe.scheduler.set_timesteps(args.steps)
     a_T = pipe.scheduler.alphas_cumprod[pipe.scheduler.timesteps[0]]
+    if float(a_T) == 0.0:  # zero-terminal SNR: x_T holds no signal, so both arms would be the same samples
+        raise UserError(f"{args.model}: its scheduler leaves no signal at the first sampling step (alpha_bar = 0, "
+                        "zero-terminal SNR); the noise-mean probe applies to schedules with signal at t = T only")
     oracle = WorldOracle()
     ex = GraphParserExtractor(oracle, granularity="phrase")
     per_gt = [g for g in gts for _ in args.seeds]
@@ -70,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                         for m in ("entity_iou", "sg_iou")}}
     out["machine"] = machine_line()
     print(json.dumps(out, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from sgalign.errors import run_main
+    raise SystemExit(run_main(main, prog="probe_latent_mean.py"))

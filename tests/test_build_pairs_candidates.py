@@ -68,6 +68,8 @@ def test_schema_seeds_and_scores(built, tiny):
         assert prov["any_fallback"] is False  # world-oracle backends are not fallbacks
         assert prov["base_model"]["sha256"] == shards.folder_sha256(tiny)
         assert prov["generation"]["k"] == 4 and prov["generation"]["num_inference_steps"] == 2
+        # the graph guidance the candidates were sampled with (the tiny folder has none: plain)
+        assert prov["generation"]["graph_guidance_scale"] is None
         assert {r["reward"] for r in prov["rewards"]} == {"dpg", "compbench_3in1"}
 
 

@@ -210,3 +210,12 @@ def test_structured_conditioning_rows_and_clear_error():
     ddim_invert(torch.ones(3, 1, 2, 2), net, exact_grid(torch.tensor([5, 500, 999]), 10), ac, cond)
     with pytest.raises(TypeError, match="select_rows"):
         select_rows(object(), torch.tensor([0]))
+
+
+def test_ddim_step_refuses_a_source_level_without_signal():
+    """At alpha_bar = 0 (zero-terminal SNR, t = T) x0 is not recoverable from epsilon: one clear error, never NaN."""
+    x, eps = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="alpha_bar_src = 0"):
+        ddim_step(x, eps, torch.tensor([0.0, 0.5]), torch.tensor([0.9, 0.9]))
+    # into alpha_bar = 0 is fine: the step lands on pure noise, eps itself
+    torch.testing.assert_close(ddim_step(x, eps, torch.tensor([0.5, 0.5]), torch.tensor([0.0, 0.0])), eps)

@@ -68,7 +68,9 @@ def test_world_model_loads_as_diffusers_loads_it(graphs):
     assert isinstance(model, ModelComponents) and model.arch == "sd15" and model.path == WORLD
     assert set(model) == {"scheduler", "tokenizer", "text_encoder", "unet", "vae", "sg_encoder"}
     assert_same_model(ref, model)
-    assert model.settings == {"initial_noise_mean_scale": ref.config.initial_noise_mean_scale}
+    # every folder setting (noise-mean scale, graph-guidance sampler) as diffusers' config has it
+    assert "initial_noise_mean_scale" in model.settings
+    assert model.settings == {k: ref.config[k] for k in model.settings}
     for use_graph in (True, False):
         a, b = conditioning(ref.components, graphs, use_graph), conditioning(model, graphs, use_graph)
         assert torch.equal(a.prompt_embeds, b.prompt_embeds)

@@ -69,6 +69,9 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     assert rec["stages"]["vae"]["init"] == "sgalign/world/weights/world-vae"  # as named, not a machine path
     cal = rec["sampling_calibration"]
     assert cal["validation_graphs"] == 4 and 0.0 <= cal["initial_noise_mean_scale"] <= 1.0
+    # calibrated with the folder's own sampler (its graph guidance), not plain guidance
+    assert (cal["sampling"]["graph_guidance_scale"], cal["sampling"]["graph_guidance_min_t"],
+            cal["sampling"]["graph_guidance_negative"]) == (9.0, 500, "swapped")
     assert json.loads((final / "model_index.json").read_text())["initial_noise_mean_scale"] == \
         cal["initial_noise_mean_scale"]
     pipe = StableDiffusionSGPipeline.from_pretrained(final)

@@ -673,7 +673,8 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     return {"initial_noise_mean_scale": round(scale, 4), "validation_graphs": len(scenes),
             "renders_latent_mean_spread": [round(float(v), 4) for v in data],
             "samples_latent_mean_spread_at_scale_1": [round(float(v), 4) for v in sampled],
-            "sampling": {"steps": r.calib_steps, "guidance_scale": r.calib_guidance, "eta": 0.0}}
+            "sampling": {"steps": r.calib_steps, "guidance_scale": r.calib_guidance, "eta": 0.0,
+                         **pipe.graph_guidance_record(r.calib_guidance)}}
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
@@ -746,12 +747,12 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     with loop.ema_weights():
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
     store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")  # as the stage's own pipeline
-    if r.calib_graphs:
-        calibrate_folder(tmp, r, log)
     index = json.loads((tmp / "model_index.json").read_text())
-    index.update(sampler_defaults(r))
+    index.update(sampler_defaults(r))  # before calibrating: as the final folder
     index["snapshot"] = {"stage": f"stage{stage}", "step": loop.step}
     write_json_atomic(tmp / "model_index.json", index)
+    if r.calib_graphs:
+        calibrate_folder(tmp, r, log)
     replace_dir(tmp, dst)
     log(f"snapshot of stage {stage} at step {loop.step}: {dst}")
     return dst
@@ -798,9 +799,10 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out / "stage2" / "pipeline", tmp)
     (tmp / "stage_record.json").unlink(missing_ok=True)
-    calibration = calibrate_folder(tmp, r, log) if r.calib_graphs else None
+    # the folder's sampler first: the calibration samples as every default call will (graph guidance included)
     index = json.loads((tmp / "model_index.json").read_text())
     write_json_atomic(tmp / "model_index.json", {**index, **sampler_defaults(r)})
+    calibration = calibrate_folder(tmp, r, log) if r.calib_graphs else None
     vae_rec = json.loads((out / "vae" / RECORD_NAME).read_text())
     init_s = float((vae_rec.get("initialised_from") or {}).get("total_wall_s") or 0.0)
     total_s = sum(float(records[s]["wall_seconds"]) for s in STAGES) + init_s \
