@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
                     help="stage 1 min-SNR-gamma loss weights (0: plain MSE; for v-prediction the weights vanish at "
                          "t = T, where the layout is decided)")
+    ap.add_argument("--min-snr-floor", type=float, default=d.min_snr_floor,
+                    help="stage 1: no min-SNR weight below this, in [0, 1] (keeps v-prediction's t = T rows in the "
+                         "loss; 0: none)")
     ap.add_argument("--zero-snr-v", action="store_true",
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
                          "at t = T the layout can only come from the conditioning")
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
+    if not (math.isfinite(a.min_snr_floor) and 0 <= a.min_snr_floor <= 1):
+        ap.error(f"--min-snr-floor must be in [0, 1], got {a.min_snr_floor}")
+    if a.min_snr_floor > 0 and a.min_snr_gamma == 0:
+        ap.error("--min-snr-floor applies to min-SNR weights: set --min-snr-gamma > 0 (0 is plain MSE)")
     if not (math.isfinite(a.stage1_share) and 0 <= a.stage1_share <= 1):
         ap.error(f"--stage1-share must be in [0, 1], got {a.stage1_share}")
     if not (math.isfinite(a.relation_contrast_weight) and a.relation_contrast_weight >= 0):
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_weight=a.relation_contrast_weight,
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
+                        min_snr_floor=a.min_snr_floor,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         graph_guidance_negative=a.graph_guidance_negative,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})

@@ -48,6 +48,7 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     # the cross-attention grounding loss (models.attn_grounding) ran: a fraction's squared shortfall, in (0, 1)
     assert rec["stages"]["stage1"]["attn_ground_weight"] == 1.0
     assert rec["stages"]["stage1"]["attn_ground_grad"] == "all" and rec["stages"]["stage2"]["attn_ground_grad"] is None
+    assert rec["stages"]["stage1"]["min_snr_floor"] == 0.0 and rec["stages"]["stage2"]["min_snr_floor"] is None
     assert 0.0 < rec["stages"]["stage1"]["ground_loss_last_200"] < 1.0
     assert rec["stages"]["stage2"]["ground_loss_last_200"] is None
     # the relation contrast ran: near log 2 for a model that barely reads its predicates yet
@@ -200,7 +201,8 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
 
 
 @pytest.mark.parametrize("bad", [["--relation-contrast-weight", "-1"], ["--relation-contrast-beta", "0"],
-                                 ["--graph-guidance", "inf"], ["--stage1-share", "1.5"]])
+                                 ["--graph-guidance", "inf"], ["--stage1-share", "1.5"],
+                                 ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path

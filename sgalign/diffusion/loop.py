@@ -44,16 +44,22 @@ from ..hashing import replace_dir, write_json_atomic
 LossFn = Callable[[int], "tuple[Tensor, dict[str, float]]"]
 
 
-def min_snr_weights(scheduler, t: Tensor, gamma: float, prediction_type: str = "epsilon") -> Tensor:
+def min_snr_weights(scheduler, t: Tensor, gamma: float, prediction_type: str = "epsilon",
+                    floor: float = 0.0) -> Tensor:
     """Min-SNR-gamma weights of the per-sample MSE at timesteps ``t``: min(SNR, gamma) / SNR for an epsilon target,
-    min(SNR, gamma) / (SNR + 1) for a v target (``v_prediction``); SNR = alpha_bar / (1 - alpha_bar)."""
+    min(SNR, gamma) / (SNR + 1) for a v target (``v_prediction``); SNR = alpha_bar / (1 - alpha_bar).
+
+    ``floor``: no weight below it. A v target's weights vanish at t = T (SNR 0), where a zero-terminal-SNR model
+    decides its layout; the floor keeps those rows in the loss without letting them dominate it."""
     ac = scheduler.alphas_cumprod[t.cpu()].to(torch.float32)
     snr = ac / (1 - ac)
     if prediction_type == "epsilon":
-        return (torch.clamp(snr, max=gamma) / snr).to(t.device)
-    if prediction_type == "v_prediction":
-        return (torch.clamp(snr, max=gamma) / (snr + 1)).to(t.device)
-    raise ValueError(f"min-SNR weights for prediction_type {prediction_type!r}: epsilon or v_prediction")
+        w = torch.clamp(snr, max=gamma) / snr
+    elif prediction_type == "v_prediction":
+        w = torch.clamp(snr, max=gamma) / (snr + 1)
+    else:
+        raise ValueError(f"min-SNR weights for prediction_type {prediction_type!r}: epsilon or v_prediction")
+    return w.clamp(min=floor).to(t.device)
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:

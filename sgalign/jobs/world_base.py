@@ -108,6 +108,10 @@ class WorldBaseRecipe:
     unet_lr: float = 2e-3
     text_lr: float = 5e-4
     min_snr_gamma: float = 5.0
+    # no min-SNR weight below this (diffusion.loop.min_snr_weights). With v-prediction the min-SNR weights are
+    # epsilon-MSE's own (alpha_bar x v-MSE) capped at gamma, 0 at t = T; plain v-MSE instead gives the high-t rows
+    # (loss ~ the whole image) most of the gradient. A floor keeps the layout rows in without that. 0: none.
+    min_snr_floor: float = 0.0
     uncond_prob: float = 0.1
     # offset noise (a per-image, per-channel constant added to the noise, x its std): see run_diffusion_stage
     offset_noise: float = 0.0
@@ -528,7 +532,8 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         kind = noise_sched.config.prediction_type
         target = prediction_target(noise, lat, t, noise_sched.alphas_cumprod, kind)
         per = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
-        w = min_snr_weights(noise_sched, t, r.min_snr_gamma, kind) if stage == 1 and r.min_snr_gamma else 1.0
+        w = (min_snr_weights(noise_sched, t, r.min_snr_gamma, kind, r.min_snr_floor)
+             if stage == 1 and r.min_snr_gamma else 1.0)
         loss = (per * w).mean()
         stats = {"loss": round(float(per.mean().detach()), 5)}
         if layout_head is not None or ground:
@@ -628,6 +633,7 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "graph_drop_prob": r.graph_drop_prob if stage == 1 and with_graph else None,
            "warmup_steps": r.warmup_steps, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
            "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
+           "min_snr_floor": r.min_snr_floor if stage == 1 and r.min_snr_gamma else None,
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
            "attn_ground_weight": r.attn_ground_weight if stage == 1 else 0.0,
