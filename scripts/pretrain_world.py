@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-snr-floor", type=float, default=d.min_snr_floor,
                     help="stage 1: no min-SNR weight below this, in [0, 1] (keeps v-prediction's t = T rows in the "
                          "loss; 0: none)")
+    ap.add_argument("--stage1-eps-steps", type=int, default=d.stage1_eps_steps,
+                    help="with --zero-snr-v: stage 1's first N steps train an epsilon target on the default schedule "
+                         "(no grounding), then the v target (0: none)")
     ap.add_argument("--zero-snr-v", action="store_true",
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
                          "at t = T the layout can only come from the conditioning")
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--min-snr-floor must be in [0, 1], got {a.min_snr_floor}")
     if a.min_snr_floor > 0 and a.min_snr_gamma == 0:
         ap.error("--min-snr-floor applies to min-SNR weights: set --min-snr-gamma > 0 (0 is plain MSE)")
+    if a.stage1_eps_steps and not (a.zero_snr_v and 0 < a.stage1_eps_steps < a.stage1_steps):
+        ap.error(f"--stage1-eps-steps needs --zero-snr-v and must be in (0, --stage1-steps), got "
+                 f"{a.stage1_eps_steps}")
     if not (math.isfinite(a.stage1_share) and 0 <= a.stage1_share <= 1):
         ap.error(f"--stage1-share must be in [0, 1], got {a.stage1_share}")
     if not (math.isfinite(a.relation_contrast_weight) and a.relation_contrast_weight >= 0):
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_weight=a.relation_contrast_weight,
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
-                        min_snr_floor=a.min_snr_floor,
+                        min_snr_floor=a.min_snr_floor, stage1_eps_steps=a.stage1_eps_steps,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         graph_guidance_negative=a.graph_guidance_negative,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})

@@ -1,6 +1,7 @@
 """The one-command world base recipe (sgalign.jobs.world_base) at a tiny budget: every stage, resume, refusal."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -202,7 +203,8 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
 
 @pytest.mark.parametrize("bad", [["--relation-contrast-weight", "-1"], ["--relation-contrast-beta", "0"],
                                  ["--graph-guidance", "inf"], ["--stage1-share", "1.5"],
-                                 ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"]])
+                                 ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"],
+                                 ["--stage1-eps-steps", "100"], ["--stage1-eps-steps", "9999", "--zero-snr-v"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path
@@ -214,3 +216,34 @@ def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad)
     with pytest.raises(SystemExit) as e:
         mod.main(["--out", str(tmp_path / "o")] + bad)
     assert e.value.code == 2 and not (tmp_path / "o").exists()  # EXIT_USAGE, before anything is written
+
+
+def test_eps_warm_phase_trains_epsilon_on_the_default_schedule_then_v(built, monkeypatch):
+    """``stage1_eps_steps``: steps before it draw x_t on the default schedule and regress epsilon with min-SNR 5 and
+    no grounding; from it on, the configured zero-terminal-SNR v target with grounding."""
+    import sgalign.jobs.world_base as wb
+    from diffusers import DDIMScheduler
+    from sgalign.errors import UserError
+    from sgalign.pipelines import load_pipeline
+
+    out, _ = built
+    pipe = load_pipeline(out / "world-sd15-sg", arch="sd15")
+    pipe.scheduler = DDIMScheduler.from_config({**pipe.scheduler.config, **wb.ZERO_SNR_V})
+    seen = []
+    real_target, real_w = wb.prediction_target, wb.min_snr_weights
+    monkeypatch.setattr(wb, "prediction_target", lambda n, x, t, ac, kind: seen.append(
+        ("target", kind, float(ac[-1]))) or real_target(n, x, t, ac, kind))
+    monkeypatch.setattr(wb, "min_snr_weights", lambda sch, t, g, kind, *a: seen.append(("w", g, kind)) or
+                        real_w(sch, t, g, kind, *a))
+    r = dataclasses.replace(tiny(out), stage1_eps_steps=1, min_snr_gamma=0.0,
+                            scheduler={**tiny(out).scheduler, **wb.ZERO_SNR_V})
+    loss_fn = wb._stage_loss(r, 1, pipe, wb.LatentCache(out / "cache"), True, None)
+    _, warm_stats = loss_fn(0)
+    assert seen[0][:2] == ("target", "epsilon") and seen[0][2] > 0  # the default schedule: signal left at t = T
+    assert seen[1] == ("w", wb.EPS_WARM_MIN_SNR_GAMMA, "epsilon") and "ground" not in warm_stats
+    seen.clear()
+    _, v_stats = loss_fn(1)
+    assert seen == [("target", "v_prediction", 0.0)] and "ground" in v_stats  # zero-terminal SNR; plain v-MSE
+    eps_pipe = load_pipeline(out / "world-sd15-sg", arch="sd15")  # its scheduler predicts epsilon: refused
+    with pytest.raises(UserError, match="epsilon warm phase"):
+        wb._stage_loss(r, 1, eps_pipe, wb.LatentCache(out / "cache"), True, None)
