@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                          "loss; 0: none)")
     ap.add_argument("--stage1-eps-steps", type=int, default=d.stage1_eps_steps,
                     help="with --zero-snr-v: stage 1's first N steps train an epsilon target on the default schedule "
-                         "(no grounding), then the v target (0: none)")
+                         "(no grounding or relation contrast), then the v target (0: none)")
     ap.add_argument("--zero-snr-v", action="store_true",
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
                          "at t = T the layout can only come from the conditioning")

@@ -39,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(args.steps)
+    a_T = pipe.scheduler.alphas_cumprod[pipe.scheduler.timesteps[0]]
+    if float(a_T) == 0.0:  # zero-terminal SNR: x_T holds no signal, so both arms would be the same samples
+        raise UserError(f"{args.model}: its scheduler leaves no signal at the first sampling step (alpha_bar = 0, "
+                        "zero-terminal SNR); the noise-mean probe applies to schedules with signal at t = T only")
     scenes = sample_split("validation", args.n_graphs, seed=0)
     gts = [s.graph() for s in scenes]
     sf = pipe.vae.config.scaling_factor
     with torch.no_grad():
         true = pipe.vae.encode(to_tensor(render_array(scenes)) * 2 - 1).latent_dist.mean * sf
     mean = true.mean((0, 2, 3))
-    pipe.scheduler.set_timesteps(args.steps)
-    a_T = pipe.scheduler.alphas_cumprod[pipe.scheduler.timesteps[0]]
-    if float(a_T) == 0.0:  # zero-terminal SNR: x_T holds no signal, so both arms would be the same samples
-        raise UserError(f"{args.model}: its scheduler leaves no signal at the first sampling step (alpha_bar = 0, "
-                        "zero-terminal SNR); the noise-mean probe applies to schedules with signal at t = T only")
     oracle = WorldOracle()
     ex = GraphParserExtractor(oracle, granularity="phrase")
     per_gt = [g for g in gts for _ in args.seeds]

@@ -144,6 +144,7 @@ def test_min_snr_weights():
     # a floor: v's weight at alpha_bar = 0 (t = T of a zero-terminal-SNR schedule) is 0 without it, the floor with it
     zero = SimpleNamespace(alphas_cumprod=torch.tensor([0.5, 0.0]))
     assert min_snr_weights(zero, torch.tensor([0, 1]), 5.0, "v_prediction").tolist() == [0.5, 0.0]
-    assert min_snr_weights(zero, torch.tensor([0, 1]), 5.0, "v_prediction", floor=0.1).tolist() == pytest.approx([0.5, 0.1])
+    floor01 = min_snr_weights(zero, torch.tensor([0, 1]), 5.0, "v_prediction", floor=0.1)
+    assert floor01.tolist() == pytest.approx([0.5, 0.1])
     floored = min_snr_weights(sched, t, 5.0, "v_prediction", floor=0.3)
     assert torch.equal(floored, torch.clamp(capped / (snr + 1), min=0.3))

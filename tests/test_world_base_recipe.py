@@ -152,7 +152,7 @@ def test_snapshot_of_a_stage_is_its_checkpoints_ema_weights(built, tmp_path):
     out, _ = built
     dst = snapshot_stage(recipe_of(out), 1, tmp_path / "snap", log=lambda m: None)
     index = json.loads((dst / "model_index.json").read_text())
-    assert index["snapshot"] == {"stage": "stage1", "step": 3} and 0.0 <= index["initial_noise_mean_scale"] <= 1.0
+    assert index["snapshot"] == {"stage": "stage1", "step": 3, "target": "epsilon"} and 0.0 <= index["initial_noise_mean_scale"] <= 1.0
     snap = StableDiffusionSGPipeline.from_pretrained(dst)
     s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
     for name in ("unet", "sg_encoder", "text_encoder"):
@@ -240,10 +240,34 @@ def test_eps_warm_phase_trains_epsilon_on_the_default_schedule_then_v(built, mon
     loss_fn = wb._stage_loss(r, 1, pipe, wb.LatentCache(out / "cache"), True, None)
     _, warm_stats = loss_fn(0)
     assert seen[0][:2] == ("target", "epsilon") and seen[0][2] > 0  # the default schedule: signal left at t = T
-    assert seen[1] == ("w", wb.EPS_WARM_MIN_SNR_GAMMA, "epsilon") and "ground" not in warm_stats
+    assert seen[1] == ("w", wb.EPS_WARM_MIN_SNR_GAMMA, "epsilon")
+    assert "ground" not in warm_stats and "contrast" not in warm_stats  # the tiny recipe has both on
     seen.clear()
     _, v_stats = loss_fn(1)
     assert seen == [("target", "v_prediction", 0.0)] and "ground" in v_stats  # zero-terminal SNR; plain v-MSE
+    assert "contrast" in v_stats
     eps_pipe = load_pipeline(out / "world-sd15-sg", arch="sd15")  # its scheduler predicts epsilon: refused
     with pytest.raises(UserError, match="epsilon warm phase"):
         wb._stage_loss(r, 1, eps_pipe, wb.LatentCache(out / "cache"), True, None)
+
+
+def test_a_stage1_that_ends_inside_its_warm_phase_is_refused_and_its_snapshot_says_epsilon(built, tmp_path):
+    """A stage 1 stopped at or before ``stage1_eps_steps`` holds epsilon weights: no v-labelled pipeline from it,
+    and ``--snapshot`` saves it with the warm phase's schedule and target."""
+    import sgalign.jobs.world_base as wb
+    from sgalign.errors import UserError
+
+    out, _ = built
+    copy = tmp_path / "wb"
+    for stage in ("vae", "cache", "sg_layout"):
+        shutil.copytree(out / stage, copy / stage)
+    r = dataclasses.replace(tiny(copy), stage1_eps_steps=3, calib_graphs=0,
+                            scheduler={**tiny(copy).scheduler, **wb.ZERO_SNR_V})
+    with pytest.raises(UserError, match="inside its epsilon warm phase"):
+        run_diffusion_stage(r, 1, log=lambda m: None)
+    assert not (copy / "stage1" / "pipeline").exists()
+    snap = wb.snapshot_stage(r, 1, tmp_path / "snap", log=lambda m: None)
+    index = json.loads((snap / "model_index.json").read_text())
+    assert index["snapshot"] == {"stage": "stage1", "step": 3, "target": "epsilon (warm phase)"}
+    sched = json.loads((snap / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["prediction_type"], sched["rescale_betas_zero_snr"]) == ("epsilon", False)

@@ -69,7 +69,8 @@ STAGES: tuple[Stage, ...] = ("vae", "cache", "sg_layout", "stage1", "stage2")
 RECORD_NAME = "training_record.json"
 # zero-terminal-SNR + v-prediction (Lin et al. 2024), the scheduler settings of the recipe's --zero-snr-v
 ZERO_SNR_V = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
-# stage 1's epsilon warm phase (stage1_eps_steps): the default schedule and target, with E's min-SNR weights
+# stage 1's epsilon warm phase (stage1_eps_steps): ZERO_SNR_V's three settings back at DDIMScheduler's defaults (the
+# recipe's default schedule) and min-SNR 5, the recipe's default weights (E's objective, docs/RESULTS.md)
 EPS_WARM = {"rescale_betas_zero_snr": False, "prediction_type": "epsilon", "timestep_spacing": "leading"}
 EPS_WARM_MIN_SNR_GAMMA = 5.0
 REPO = Path(__file__).resolve().parents[2]
@@ -152,8 +153,8 @@ class WorldBaseRecipe:
     # by reading the image instead of the conditioning (docs/RESULTS.md). 0: every row.
     attn_ground_t_min: int = 0
     # ... reaching the encoders through the keys ("all", TokenCompose's) or not ("unet": the captured maps' keys come
-    # from detached conditioning states). At weight 1 on every t the key path's gradient on the text tower was 8x the
-    # epsilon-MSE's and cost entities (docs/RESULTS.md); "unet" keeps the placement in the UNet's attention.
+    # from detached conditioning states, so the term trains the UNet's attention). Measured (docs/RESULTS.md, section
+    # 7): "unet" brought no entities back and weakened the relations; the key path carries part of them.
     attn_ground_grad: Literal["all", "unet"] = "all"
     # relation_contrast_weight x a contrastive denoising loss on the relations: on the rows with t >= its t_min and at
     # least one relation, the same x_t denoised under the graph with every predicate inverted (world.invert_predicates)
@@ -545,7 +546,8 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         noisy = noise_sched.add_noise(lat, noise, t)
         cond, prompted, on_graph = _stage_conditioning(r, stage, pipe, graphs, gen, with_graph)
         ground = stage == 1 and r.attn_ground_weight > 0 and not in_warm
-        with capture_cross_attention(pipe.unet, r.attn_ground_grad == "unet") if ground else contextlib.nullcontext([]) as maps:
+        capture = capture_cross_attention(pipe.unet, r.attn_ground_grad == "unet") if ground else None
+        with capture if capture is not None else contextlib.nullcontext([]) as maps:
             pred = pipe.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         kind = noise_sched.config.prediction_type
         target = prediction_target(noise, lat, t, noise_sched.alphas_cumprod, kind)
@@ -640,6 +642,9 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
     log(f"{name}: {len(cache)} cached graphs, up to {total} steps x batch {r.batch}"
         + (f", at most {limit / 60:.1f} min" if limit else "") + f", training {list(trained)}")
     loop.run(total, _stage_loss(r, stage, pipe, cache, with_graph, trained.get("layout_head")), on_step=progress)
+    if stage == 1 and loop.step <= r.stage1_eps_steps:  # its weights predict epsilon; the folder would say v
+        raise UserError(f"stage 1 stopped at step {loop.step}, inside its epsilon warm phase (--stage1-eps-steps "
+                        f"{r.stage1_eps_steps}); give it more time (--minutes, --stage1-share) and rerun to resume")
     tmp = work / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with loop.ema_weights():  # the stage's pipeline: EMA weights
@@ -655,7 +660,8 @@ def run_diffusion_stage(r: WorldBaseRecipe, stage: int, log: Callable[[str], Non
            "warmup_steps": r.warmup_steps, "lr_schedule": "cosine", "ema_decay": r.ema_decay,
            "min_snr_gamma": r.min_snr_gamma if stage == 1 else None,
            "min_snr_floor": r.min_snr_floor if stage == 1 and r.min_snr_gamma else None,
-           "eps_warm_steps": r.stage1_eps_steps if stage == 1 else None,
+           "stage1_eps": ({"steps": r.stage1_eps_steps, "scheduler": EPS_WARM, "min_snr_gamma": EPS_WARM_MIN_SNR_GAMMA}
+                          if stage == 1 and r.stage1_eps_steps else None),
            "uncond_prob": r.uncond_prob if stage == 1 else 0.0,
            "eps_mse_last_200": float(np.mean(losses[-200:])) if losses else None,
            "attn_ground_weight": r.attn_ground_weight if stage == 1 else 0.0,
@@ -758,7 +764,8 @@ def recipe_of(out: str | Path) -> WorldBaseRecipe:
 def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callable[[str], None] = print) -> Path:
     """A running or stopped diffusion stage's last checkpoint as a pipeline folder ``dst`` (EMA weights, sampling
     calibrated like the final folder), to look at a long run midway. Its ``model_index.json`` says
-    ``"snapshot": {"stage", "step"}``: an intermediate model, never the recipe's result."""
+    ``"snapshot": {"stage", "step", "target"}``: an intermediate model, never the recipe's result. Inside stage 1's
+    epsilon warm phase it is saved with the warm phase's schedule and target."""
     if r.threads:
         torch.set_num_threads(r.threads)
     ck, dst = Path(r.out) / f"stage{stage}" / "checkpoint", Path(dst)
@@ -770,6 +777,10 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     opt, sched, _ = _stage_optimizer(r, stage, trained, (r.stage1 if stage == 1 else r.stage2).steps)
     loop = Loop(trained, opt, sched, ema_decay=r.ema_decay, checkpoint_dir=ck)
     loop.resume()
+    warm = stage == 1 and loop.step <= r.stage1_eps_steps
+    if warm:  # inside the epsilon warm phase: the weights predict epsilon on the default schedule, saved as such
+        from diffusers import DDIMScheduler  # heavy: as load_pipeline
+        pipe.scheduler = DDIMScheduler.from_config({**pipe.scheduler.config, **EPS_WARM})
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with loop.ema_weights():
@@ -777,7 +788,9 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     store_token_table_fp16(tmp / "text_encoder" / "model.safetensors")  # as the stage's own pipeline
     index = json.loads((tmp / "model_index.json").read_text())
     index.update(sampler_defaults(r))  # before calibrating: as the final folder
-    index["snapshot"] = {"stage": f"stage{stage}", "step": loop.step}
+    # EMA (decay r.ema_decay) still holds the warm phase's weights for a few thousand steps after the switch
+    index["snapshot"] = {"stage": f"stage{stage}", "step": loop.step,
+                         "target": "epsilon (warm phase)" if warm else pipe.scheduler.config.prediction_type}
     write_json_atomic(tmp / "model_index.json", index)
     if r.calib_graphs:
         calibrate_folder(tmp, r, log)

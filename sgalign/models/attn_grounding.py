@@ -59,8 +59,8 @@ def capture_cross_attention(unet, detach_context: bool = False) -> Iterator[list
     states, so a loss on the maps does not reach the encoders through the keys (the forward is unchanged)."""
     before = dict(unet.attn_processors)
     store: list[Tensor] = []
-    unet.set_attn_processor({name: (_CaptureCrossAttention(proc, store, detach_context) if name.endswith("attn2.processor")
-                                    else proc) for name, proc in before.items()})
+    unet.set_attn_processor({name: (_CaptureCrossAttention(proc, store, detach_context)
+                                    if name.endswith("attn2.processor") else proc) for name, proc in before.items()})
     try:
         yield store
     finally:
