@@ -131,6 +131,26 @@ def test_object_graph_inputs(pipes, arch):
 
 
 # ---- fusion -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_row_use_graph_is_each_row_on_its_own_path(pipes, arch):
+    """A (B,) bool ``use_graph``: the graph rows equal the fused conditioning, the others the text-only one, in one
+    call; the gate is open so the two paths differ."""
+    toks, encs = text_parts(pipes[arch])
+    enc = encoder(arch, "object")
+    with torch.no_grad():
+        enc.alpha_obj.fill_(0.5)
+    graphs = [example(), small()]
+    with torch.no_grad():
+        mixed = build_conditioning(graphs, enc, toks, encs, use_graph=torch.tensor([True, False]), height=H, width=W)
+        fused = build_conditioning(graphs, enc, toks, encs, height=H, width=W)
+        text = build_conditioning(graphs, enc, toks, encs, use_graph=False, height=H, width=W)
+    assert not torch.allclose(fused.prompt_embeds[0], text.prompt_embeds[0])
+    torch.testing.assert_close(mixed.prompt_embeds[0], fused.prompt_embeds[0])
+    torch.testing.assert_close(mixed.prompt_embeds[1], text.prompt_embeds[1])
+    none = build_conditioning(graphs, enc, toks, encs, use_graph=torch.tensor([False, False]), height=H, width=W)
+    torch.testing.assert_close(none.prompt_embeds, text.prompt_embeds)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gate_zero_equals_text_only_exactly(pipes, arch, mode):

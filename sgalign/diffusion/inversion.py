@@ -25,7 +25,7 @@ def broadcast_like(a: Tensor, x: Tensor) -> Tensor:
 def ddim_step(x: Tensor, eps: Tensor, alpha_src: Tensor, alpha_dst: Tensor) -> Tensor:
     """Deterministic DDIM move of ``x`` from ᾱ_src to ᾱ_dst (either direction) with noise estimate ``eps``:
     x̂₀ = (x − √(1−ᾱ_s) ε)/√ᾱ_s, x' = √ᾱ_d x̂₀ + √(1−ᾱ_d) ε. ᾱ's are per sample (B,)."""
-    if bool((torch.as_tensor(alpha_src) == 0).any()):  # zero-terminal SNR at t = T: x_T is all noise
+    if bool((alpha_src == 0).any()):  # zero-terminal SNR at t = T: x_T is all noise
         raise ValueError("ddim_step: alpha_bar_src = 0 (zero-terminal SNR), so x0 cannot be recovered from epsilon; "
                          "step from the model's x0 (v-prediction: x0 = -v at alpha_bar = 0) instead")
     a_s, a_d = broadcast_like(alpha_src, x), broadcast_like(alpha_dst, x)

@@ -73,6 +73,12 @@ ZERO_SNR_V = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
 # recipe's default schedule) and min-SNR 5, the recipe's default weights (E's objective, docs/RESULTS.md)
 EPS_WARM = {"rescale_betas_zero_snr": False, "prediction_type": "epsilon", "timestep_spacing": "leading"}
 EPS_WARM_MIN_SNR_GAMMA = 5.0
+
+
+def _warm_scheduler(config: dict):
+    """The epsilon warm phase's scheduler, from the run's own scheduler config."""
+    from diffusers import DDIMScheduler  # heavy: as load_pipeline
+    return DDIMScheduler.from_config({**config, **EPS_WARM})
 REPO = Path(__file__).resolve().parents[2]
 WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
 
@@ -479,16 +485,9 @@ def _stage_optimizer(r: WorldBaseRecipe, stage: int, trained: dict[str, torch.nn
 
 def _encode_rows(pipe, graphs: list, on_graph: torch.Tensor) -> torch.Tensor:
     """Prompt embeddings of ``graphs``, the rows where ``on_graph`` is set with the SG residual, the others on the text
-    alone (one encoder call per kind)."""
-    tok, te, cond = [pipe.tokenizer], [pipe.text_encoder], None
-    on_graph = on_graph.cpu()
-    for use_graph, rows in ((True, on_graph.nonzero()[:, 0]), (False, (~on_graph).nonzero()[:, 0])):
-        if len(rows):
-            part = build_conditioning([graphs[i] for i in rows.tolist()], pipe.sg_encoder, tok, te,
-                                      use_graph=use_graph).prompt_embeds
-            cond = part.new_zeros((len(graphs),) + part.shape[1:]) if cond is None else cond
-            cond = cond.index_copy(0, rows.to(part.device), part)
-    return cond
+    alone."""
+    return build_conditioning(graphs, pipe.sg_encoder, [pipe.tokenizer], [pipe.text_encoder],
+                              use_graph=on_graph).prompt_embeds
 
 
 def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen: torch.Generator,
@@ -524,8 +523,7 @@ def _stage_loss(r: WorldBaseRecipe, stage: int, pipe, cache: LatentCache, with_g
         if v_sched.config.prediction_type != "v_prediction":
             raise UserError(f"stage1_eps_steps {r.stage1_eps_steps}: an epsilon warm phase before a v target; this "
                             f"scheduler predicts {v_sched.config.prediction_type!r} (use --zero-snr-v)")
-        from diffusers import DDIMScheduler  # heavy: as load_pipeline
-        warm = DDIMScheduler.from_config({**v_sched.config, **EPS_WARM})
+        warm = _warm_scheduler(v_sched.config)
 
     def loss_fn(step: int):
         gen = torch.Generator().manual_seed(r.seed * 1_000_003 + 7919 * stage + step)
@@ -779,8 +777,7 @@ def snapshot_stage(r: WorldBaseRecipe, stage: int, dst: str | Path, log: Callabl
     loop.resume()
     warm = stage == 1 and loop.step <= r.stage1_eps_steps
     if warm:  # inside the epsilon warm phase: the weights predict epsilon on the default schedule, saved as such
-        from diffusers import DDIMScheduler  # heavy: as load_pipeline
-        pipe.scheduler = DDIMScheduler.from_config({**pipe.scheduler.config, **EPS_WARM})
+        pipe.scheduler = _warm_scheduler(pipe.scheduler.config)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with loop.ema_weights():

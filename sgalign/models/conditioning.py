@@ -85,13 +85,17 @@ def make_add_time_ids(batch: int, height: int, width: int, original_size: tuple[
 
 
 def build_conditioning(graphs: Any, sg_encoder: SGEncoder | None, tokenizers: Sequence, text_encoders: Sequence, *,
-                       use_graph: bool = True, height: int | None = None, width: int | None = None,
+                       use_graph: bool | Tensor = True, height: int | None = None, width: int | None = None,
                        original_size: tuple[int, int] | None = None, hidden_layer: HiddenLayer | None = None,
                        pad_with_eos_copies: bool | None = None) -> SGConditioning:
     """Conditioning of ``graphs`` (SceneGraphs or LAION-SG records). One encoder => SD1.5, two => SDXL.
 
-    ``use_graph=False`` (or ``sg_encoder=None``) gives the text-only conditioning of the serialised graphs.
+    ``use_graph=False`` (or ``sg_encoder=None``) gives the text-only conditioning of the serialised graphs; a (B,)
+    bool ``use_graph`` chooses per row (the fusion's ``graph_on``), in one encoder call.
     ``height``/``width`` (pixels) are needed for SDXL's time ids."""
+    rows_on = None
+    if isinstance(use_graph, Tensor):
+        rows_on, use_graph = use_graph.bool().cpu(), bool(use_graph.any())
     sgs = as_scene_graphs(graphs)
     cfg = sg_encoder.config if sg_encoder is not None else None
     if pad_with_eos_copies is None:
@@ -105,6 +109,8 @@ def build_conditioning(graphs: Any, sg_encoder: SGEncoder | None, tokenizers: Se
     if cfg is not None and hidden.shape[-1] != cfg.text_dim:
         raise ValueError(f"SG encoder text_dim={cfg.text_dim} but the text encoders give {hidden.shape[-1]}-d states")
     graph = {k: batch[k].to(hidden.device) for k in GRAPH_KEYS} if with_graph else None
+    if graph is not None and rows_on is not None:
+        graph["graph_on"] = graph["graph_on"] * rows_on.to(graph["graph_on"])
     cond = SGConditioning(fuse_conditioning(hidden, batch["lengths"], sg_encoder if with_graph else None, graph,
                                             pad_with_eos_copies))
     if "text_embeds" in batch:  # SDXL
