@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relation-contrast-beta", type=float, default=d.relation_contrast_beta)
     ap.add_argument("--relation-contrast-t-min", type=int, default=d.relation_contrast_t_min,
                     help="stage 1: the relation contrast only on rows with t >= this")
+    ap.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="S",
+                    help="the folder's default classifier-free guidance scale (model_index.json; default: the "
+                         "architecture's; the noise-mean calibration samples with it)")
     ap.add_argument("--graph-guidance", type=float, default=d.graph_guidance_scale, metavar="S_G",
                     help="the folder's default sampler: the graph's own term guided at S_G (sg_pipeline's graph "
                          "guidance; default: plain guidance)")
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
+    if a.guidance_scale is not None and not (math.isfinite(a.guidance_scale) and a.guidance_scale >= 1):
+        ap.error(f"--guidance-scale must be a finite number >= 1, got {a.guidance_scale}")
     if not (math.isfinite(a.min_snr_floor) and 0 <= a.min_snr_floor <= 1):
         ap.error(f"--min-snr-floor must be in [0, 1], got {a.min_snr_floor}")
     if a.min_snr_floor > 0 and a.min_snr_gamma == 0:
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
                         min_snr_floor=a.min_snr_floor, stage1_eps_steps=a.stage1_eps_steps,
+                        guidance_scale=a.guidance_scale,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         graph_guidance_negative=a.graph_guidance_negative,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})

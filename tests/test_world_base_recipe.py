@@ -22,6 +22,7 @@ def tiny(out) -> WorldBaseRecipe:
                            sg_layout_eval_graphs=16, t_high_frac=0.3,
                            attn_ground_weight=1.0,  # the default 64 graphs x 20 steps: 14 s of each run
                            relation_contrast_weight=1.0, relation_contrast_t_min=0,
+                           guidance_scale=4.0,
                            graph_guidance_scale=9.0, graph_guidance_min_t=500, graph_guidance_negative="swapped")
 
 
@@ -55,9 +56,10 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     # the relation contrast ran: near log 2 for a model that barely reads its predicates yet
     # the folder's default sampler: the recipe's graph guidance
     index = json.loads((final / "model_index.json").read_text())
-    assert (index["graph_guidance_scale"], index["graph_guidance_min_t"], index["graph_guidance_negative"]) == \
-        (9.0, 500, "swapped")
-    assert "graph guidance 9 on the steps with t >= 500, negative branch 'swapped'" in (final / "README.md").read_text()
+    assert (index["guidance_scale"], index["graph_guidance_scale"], index["graph_guidance_min_t"],
+            index["graph_guidance_negative"]) == (4.0, 9.0, 500, "swapped")
+    assert "guidance scale 4, graph guidance 9 on the steps with t >= 500, negative branch 'swapped'" in \
+        (final / "README.md").read_text()
     rc = rec["stages"]["stage1"]["relation_contrast"]
     assert rc["weight"] == 1.0 and rc["t_min"] == 0 and 0.3 < rc["loss_last_200"] < 1.5
     assert rec["stages"]["stage2"]["relation_contrast"] is None
@@ -72,11 +74,13 @@ def test_recipe_runs_every_stage_into_a_loadable_pipeline(built):
     cal = rec["sampling_calibration"]
     assert cal["validation_graphs"] == 4 and 0.0 <= cal["initial_noise_mean_scale"] <= 1.0
     # calibrated with the folder's own sampler (its graph guidance), not plain guidance
-    assert (cal["sampling"]["graph_guidance_scale"], cal["sampling"]["graph_guidance_min_t"],
-            cal["sampling"]["graph_guidance_negative"]) == (9.0, 500, "swapped")
+    assert (cal["sampling"]["guidance_scale"], cal["sampling"]["graph_guidance_scale"],
+            cal["sampling"]["graph_guidance_min_t"], cal["sampling"]["graph_guidance_negative"]) == (4.0, 9.0, 500,
+                                                                                                    "swapped")
     assert json.loads((final / "model_index.json").read_text())["initial_noise_mean_scale"] == \
         cal["initial_noise_mean_scale"]
     pipe = StableDiffusionSGPipeline.from_pretrained(final)
+    assert pipe.default_guidance_scale == 4.0  # the folder's guidance is what a call without one samples with
     s1 = StableDiffusionSGPipeline.from_pretrained(out / "stage1" / "pipeline")
     # stage 2 trains the SG encoder only: UNet and text encoder are stage 1's, bit for bit
     for a, b in zip(pipe.unet.state_dict().values(), s1.unet.state_dict().values()):

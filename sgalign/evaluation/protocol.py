@@ -31,7 +31,8 @@ class SamplingProtocol(ConfigModel):
     scheduler: Literal["ddim", "model"] = "ddim"  # ddim: DDIMScheduler from the model's scheduler config
     steps: int = Field(25, ge=1, le=1000)  # DDPM training has 1000 timesteps: no more exist
     eta: float = Field(0.0, ge=0.0)
-    guidance_scale: float | None = None  # None: the pipeline default (7.5 SD1.5, 5.0 SDXL); <= 1 disables CFG
+    # None: the model folder's (model_index.json), else 7.5 SD1.5, 5.0 SDXL; <= 1 disables CFG
+    guidance_scale: float | None = None
     resolution: int | None = Field(None, ge=8)  # None: the model's native size (unet sample_size x VAE factor)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
     # per-graph: image k of graph g gets its own noise, hashed from the graph's content and seeds[k]; shared: seeds[k]

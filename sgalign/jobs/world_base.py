@@ -175,10 +175,12 @@ class WorldBaseRecipe:
     # sampling: the initial noise's spatial-mean scale (sgalign.diffusion.noise) calibrated on validation graphs so
     # samples have the renders' per-image latent-mean spread; 0 graphs: plain Gaussian noise (scale 1)
     calib_graphs: int = 64
-    calib_guidance: float = 6.0
+    calib_guidance: float = 6.0  # when the folder sets no guidance_scale
     calib_steps: int = 20
-    # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline's graph guidance): the graph's
-    # own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t. None: plain guidance.
+    # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline): its guidance scale (None:
+    # the architecture's; a zero-terminal-SNR v model wants less than an epsilon one) and graph guidance, the
+    # graph's own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t (None: plain).
+    guidance_scale: float | None = None
     graph_guidance_scale: float | None = None
     graph_guidance_min_t: int = 0
     graph_guidance_negative: Literal["text", "swapped"] = "text"
@@ -696,8 +698,9 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     # plain Gaussian noise, one draw per image, passed as latents (the pipeline uses given latents unchanged)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(10_000 + i))
                          for i in range(len(scenes))]).to(pipe.device)
+    g = calibration_guidance(r)
     lat = torch.cat([pipe([s.graph() for s in scenes[i:i + 16]], latents=noise[i:i + 16],
-                          num_inference_steps=r.calib_steps, guidance_scale=r.calib_guidance,
+                          num_inference_steps=r.calib_steps, guidance_scale=g,
                           output_type="latent").images for i in range(0, len(scenes), 16)])
     sampled = lat.mean((2, 3)).std(0)
     ratio = (data / sampled).cpu()
@@ -705,8 +708,12 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     return {"initial_noise_mean_scale": round(scale, 4), "validation_graphs": len(scenes),
             "renders_latent_mean_spread": [round(float(v), 4) for v in data],
             "samples_latent_mean_spread_at_scale_1": [round(float(v), 4) for v in sampled],
-            "sampling": {"steps": r.calib_steps, "guidance_scale": r.calib_guidance, "eta": 0.0,
-                         **pipe.graph_guidance_record(r.calib_guidance)}}
+            "sampling": {"steps": r.calib_steps, "guidance_scale": g, "eta": 0.0, **pipe.graph_guidance_record(g)}}
+
+
+def calibration_guidance(r: WorldBaseRecipe) -> float:
+    """The guidance the noise-mean calibration samples with: the folder's own default when the recipe sets one."""
+    return float(r.calib_guidance if r.guidance_scale is None else r.guidance_scale)
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
@@ -729,19 +736,23 @@ def calibrate_folder(folder: Path, r: WorldBaseRecipe, log: Callable[[str], None
 
 
 def _guidance_line(record: dict) -> str:
-    s = (record.get("settings") or {}).get("graph_guidance_scale")
+    settings = record.get("settings") or {}
+    g = settings.get("guidance_scale")
+    scale = "the architecture's guidance scale" if g is None else f"guidance scale {g:g}"
+    s = settings.get("graph_guidance_scale")
     if s is None:
-        return "plain classifier-free guidance"
-    t = record["settings"].get("graph_guidance_min_t", 0)
-    neg = record["settings"].get("graph_guidance_negative", "text")
-    return (f"graph guidance {s:g} on the steps with t >= {t}, negative branch {neg!r} (`model_index.json`; "
-            "sgalign.pipelines.sg_pipeline)")
+        return f"plain classifier-free guidance, {scale} (`model_index.json`; sgalign.pipelines.sg_pipeline)"
+    t = settings.get("graph_guidance_min_t", 0)
+    neg = settings.get("graph_guidance_negative", "text")
+    return (f"{scale}, graph guidance {s:g} on the steps with t >= {t}, negative branch {neg!r} "
+            "(`model_index.json`; sgalign.pipelines.sg_pipeline)")
 
 
 def sampler_defaults(r: WorldBaseRecipe) -> dict:
-    """The ``model_index.json`` entries that make the recipe's graph guidance the folder's default sampler."""
+    """The ``model_index.json`` entries that make the recipe's guidance the folder's default sampler."""
     on = r.graph_guidance_scale is not None
-    return {"graph_guidance_scale": r.graph_guidance_scale, "graph_guidance_min_t": r.graph_guidance_min_t if on else 0,
+    return {"guidance_scale": r.guidance_scale,
+            "graph_guidance_scale": r.graph_guidance_scale, "graph_guidance_min_t": r.graph_guidance_min_t if on else 0,
             "graph_guidance_negative": r.graph_guidance_negative if on else "text"}
 
 

@@ -16,13 +16,14 @@ class StableDiffusionSGPipeline(SGPipelineBase):
     unconditional branch is the empty text."""
 
     arch = "sd15"
-    default_guidance_scale = 7.5
+    arch_guidance_scale = 7.5
     model_cpu_offload_seq = "text_encoder->sg_encoder->unet->vae"
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
                  initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text") -> None:
+                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
+                 guidance_scale: float | None = None) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
@@ -31,5 +32,6 @@ class StableDiffusionSGPipeline(SGPipelineBase):
         # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
         self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
                                 graph_guidance_min_t=int(graph_guidance_min_t),
-                                graph_guidance_negative=str(graph_guidance_negative))
+                                graph_guidance_negative=str(graph_guidance_negative),
+                                guidance_scale=None if guidance_scale is None else float(guidance_scale))
         self._post_init()

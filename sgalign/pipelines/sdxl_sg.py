@@ -19,14 +19,15 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
     LAION-SG's inference defaults: 40 steps, 1024x1024, guidance 5.0."""
 
     arch = "sdxl"
-    default_guidance_scale = 5.0
+    arch_guidance_scale = 5.0
     model_cpu_offload_seq = "text_encoder->text_encoder_2->sg_encoder->unet->vae"
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
                  tokenizer: CLIPTokenizer, tokenizer_2: CLIPTokenizer, unet: UNet2DConditionModel,
                  scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
                  initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
-                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text") -> None:
+                 graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
+                 guidance_scale: float | None = None) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                               tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
@@ -36,5 +37,6 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
         # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
         self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
                                 graph_guidance_min_t=int(graph_guidance_min_t),
-                                graph_guidance_negative=str(graph_guidance_negative))
+                                graph_guidance_negative=str(graph_guidance_negative),
+                                guidance_scale=None if guidance_scale is None else float(guidance_scale))
         self._post_init()

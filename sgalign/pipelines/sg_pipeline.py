@@ -14,8 +14,8 @@
   uncond) + (s_g - s) (cond - swapped)``: what only the relations' directions say, entities cancelled. ``s_g == s``
   is plain guidance (its two-branch path). ``graph_guidance_min_t``: only on the steps with t >= it (where the layout
   is decided; plain guidance after, as guidance-interval sampling does), the third branch computed on those steps
-  alone. A model folder may set all three as its defaults (``model_index.json``); a call's own values win, and
-  ``graph_guidance_scale=guidance_scale`` asks for plain guidance.
+  alone. A model folder may set all three as its defaults (``model_index.json``), and its guidance scale too
+  (``guidance_scale``); a call's own values win, and ``graph_guidance_scale=guidance_scale`` asks for plain guidance.
 * Deterministic given the generator(s) / seeds.
 """
 from __future__ import annotations
@@ -42,7 +42,15 @@ class SGPipelineBase(DiffusionPipeline):
     """Shared by ``StableDiffusionSGPipeline`` and ``StableDiffusionXLSGPipeline`` (which define ``__init__``)."""
 
     arch = "sd15"
-    default_guidance_scale = 7.5
+    arch_guidance_scale = 7.5  # the architecture's usual classifier-free guidance, when the folder sets none
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance a call without ``guidance_scale`` samples with: the model folder's ``guidance_scale``
+        (``model_index.json``; a zero-terminal-SNR v-prediction model wants less than an epsilon one), else the
+        architecture's usual value."""
+        g = self.config.get("guidance_scale")
+        return float(self.arch_guidance_scale if g is None else g)
 
     def _post_init(self) -> None:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
