@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage1-eps-steps", type=int, default=d.stage1_eps_steps,
                     help="with --zero-snr-v: stage 1's first N steps train an epsilon target on the default schedule "
                          "(no grounding or relation contrast), then the v target (0: none)")
+    ap.add_argument("--stage1-v-restart", action="store_true",
+                    help="with --stage1-eps-steps: the v phase gets its own lr warmup and cosine (a warm restart) "
+                         "instead of the tail of one cosine over stage 1")
     ap.add_argument("--zero-snr-v", action="store_true",
                     help="zero-terminal-SNR schedule with v-prediction and trailing sampling steps (Lin et al. 2024): "
                          "at t = T the layout can only come from the conditioning")
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage1_eps_steps and not (a.zero_snr_v and 0 < a.stage1_eps_steps < a.stage1_steps):
         ap.error(f"--stage1-eps-steps needs --zero-snr-v and must be in (0, --stage1-steps), got "
                  f"{a.stage1_eps_steps}")
+    if a.stage1_v_restart and not a.stage1_eps_steps:
+        ap.error("--stage1-v-restart restarts the lr schedule at the end of --stage1-eps-steps: set that too")
     if not (math.isfinite(a.stage1_share) and 0 <= a.stage1_share <= 1):
         ap.error(f"--stage1-share must be in [0, 1], got {a.stage1_share}")
     if not (math.isfinite(a.relation_contrast_weight) and a.relation_contrast_weight >= 0):
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_beta=a.relation_contrast_beta,
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
                         min_snr_floor=a.min_snr_floor, stage1_eps_steps=a.stage1_eps_steps,
+                        stage1_v_restart=a.stage1_v_restart,
                         guidance_scale=a.guidance_scale,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         graph_guidance_negative=a.graph_guidance_negative,

@@ -208,7 +208,8 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
 @pytest.mark.parametrize("bad", [["--relation-contrast-weight", "-1"], ["--relation-contrast-beta", "0"],
                                  ["--graph-guidance", "inf"], ["--stage1-share", "1.5"],
                                  ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"],
-                                 ["--stage1-eps-steps", "100"], ["--stage1-eps-steps", "9999", "--zero-snr-v"]])
+                                 ["--stage1-eps-steps", "100"], ["--stage1-eps-steps", "9999", "--zero-snr-v"],
+                                 ["--stage1-v-restart", "--zero-snr-v"], ["--guidance-scale", "0.5"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path
@@ -253,6 +254,27 @@ def test_eps_warm_phase_trains_epsilon_on_the_default_schedule_then_v(built, mon
     eps_pipe = load_pipeline(out / "world-sd15-sg", arch="sd15")  # its scheduler predicts epsilon: refused
     with pytest.raises(UserError, match="epsilon warm phase"):
         wb._stage_loss(r, 1, eps_pipe, wb.LatentCache(out / "cache"), True, None)
+
+
+def test_v_restart_gives_the_v_phase_its_own_warmup_and_cosine(built):
+    """``stage1_v_restart``: the optimiser stage 1 steps with has peak lr at the start of each phase (after its
+    warmup) and ~0 at the end of each; without it, one cosine over the stage (W1's v phase: 0.5x down to 0)."""
+    import sgalign.jobs.world_base as wb
+
+    out, _ = built
+    r = dataclasses.replace(tiny(out), stage1=StageBudget(8, 0.0), stage1_eps_steps=4, stage1_v_restart=True,
+                            warmup_steps=1)
+    module = torch.nn.Linear(2, 2)
+    opt, sched, _ = wb._stage_optimizer(r, 1, {"unet": module}, 8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"] / r.unet_lr)
+        opt.step()
+        sched.step()
+    want = [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))] * 2
+    np.testing.assert_allclose(lrs, want, atol=1e-6)
+    one = wb.stage_lr_factor(dataclasses.replace(r, stage1_v_restart=False), 1, 8)
+    assert one(4) == pytest.approx(0.5) and wb.stage_lr_factor(r, 2, 8)(4) == pytest.approx(0.5)  # stage 2: one
 
 
 def test_a_stage1_that_ends_inside_its_warm_phase_is_refused_and_its_snapshot_says_epsilon(built, tmp_path):
