@@ -59,6 +59,29 @@ def test_render_base_section_worked_example():
     assert render_base_section(RESULT, "Other title").startswith("## Other title\n")
 
 
+def test_render_base_section_with_graph_guidance_probe_targets_and_lineage():
+    """A base sampled with its folder's graph guidance, probed, and trained in resumed phases: the section names the
+    sampler, checks issue 28's five targets, and says the model was not made by one command."""
+    import copy
+
+    r = copy.deepcopy(RESULT)
+    r["protocol"].update(guidance_scale=3.0, graph_guidance_scale=25.0, graph_guidance_min_t=600,
+                         graph_guidance_negative="text")
+    r["predicate_probe"] = {"n_graphs": 4, "seeds": [0, 1],
+                            "relation_iou_vs_true_graph": {"true": 0.3, "inverted": 0.1},
+                            "relation_iou_drop": {"estimate": 0.2, "low": 0.05, "high": 0.3},
+                            "pixel_change_inverted": 10.0, "pixel_change_other_seed": 20.0, "triples_by_kind": {}}
+    r["model_training"]["lineage"] = [{"phase": "E", "stage1_steps": [0, 200], "target": "epsilon"},
+                                      {"phase": "Z", "stage1_steps": [200, 300], "change": "--zero-snr-v"}]
+    text = render_base_section(r)
+    assert "CFG 3.0\nwith graph guidance 25 against the 'text' branch on the steps with t >= 600 (unconditional" in text
+    assert ("Targets (issue 28) at phrase granularity: relation drop under inversion +0.200 [+0.050, +0.300] >= 0.10 "
+            "with its interval above 0 -> met; spatial hold 0.500 >= 0.55 -> NOT met; Entity-IoU 0.700 >= 0.70 -> met; "
+            "SG-IoU 0.300 <= 0.85 -> met; FID 12.35 <= 5.8 -> NOT met.") in text
+    assert ("Model training: not one command: stage 1 in 2 resumed phases (E steps 0-200: epsilon; Z steps 200-300: "
+            "--zero-snr-v; `training_record.json` `lineage`): cache 64 graphs") in text
+
+
 def test_write_section_replaces_only_its_own_section(tmp_path):
     doc = tmp_path / "RESULTS.md"
     doc.write_text("# Results\n\nIntro.\n\n## A\n\nold A\nmore old A\n\n## B\n\nB stays\n")

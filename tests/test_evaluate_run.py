@@ -72,7 +72,8 @@ def test_compositional_results_have_every_metric_protocol_and_provenance(comp, m
     assert r["task"] == "compositional" and r["protocol"]["sampling"]["seeds"] == [0, 1]
     assert r["protocol"]["sampling"]["steps"] == 2 and r["protocol"]["inputs"]["n"] == 3
     assert r["resolved"]["resolution"] == [16, 16] and r["resolved"]["n_images_per_model"] == 6
-    assert r["resolved"]["scheduler_class"] == "DDIMScheduler" and r["resolved"]["guidance_scale"] == 6.0
+    assert r["resolved"]["scheduler_class"] == "DDIMScheduler" and r["resolved"]["guidance_scale"] == 7.5
+    # the world protocol takes the folder's guidance; a folder without one: the architecture's (SD1.5: 7.5)
     for role in ("model", "baseline"):
         for key in ("phrase/normalized", "label/normalized"):
             rep = r["metrics"]["iou"][role][key]
@@ -108,7 +109,7 @@ def test_images_are_the_protocol_graphs_and_seeds(comp, models):
     graphs = [sc.graph() for sc in sample_split("test", 3, seed=0)]
     keys = input_noise_keys(graphs)
     assert r["inputs"]["noise_keys"] == keys and r["resolved"]["noise_rule"]["rule"] == "per-graph"
-    direct = pipe(graphs, seeds=[0, 1], noise_keys=keys, num_inference_steps=2, guidance_scale=6.0,
+    direct = pipe(graphs, seeds=[0, 1], noise_keys=keys, num_inference_steps=2, guidance_scale=7.5,
                   output_type="np").images
     saved = np.load(out / "images" / "baseline.npz")["images"]
     np.testing.assert_array_equal(saved, np.clip(np.rint(direct * 255), 0, 255).astype(np.uint8))

@@ -60,7 +60,11 @@ def test_three_commands_chain_with_provenance(chain):
     assert (ch["run_id"], ch["dataset_id"], ch["base_model_sha256"]) == (
         run["run_id"], index["dataset_id"], run["base_model"]["sha256"])
     assert ch["baseline_is_base_model"] and res["provenance"]["models"]["baseline"]["sha256"] == ch["base_model_sha256"]
-    assert res["protocol"]["sampling"]["guidance_scale"] == 6.0  # the world protocol without --config
+    # the world protocol without --config samples with the base folder's own guidance (model_index.json)
+    folder = json.loads((WORLD_MODEL / "model_index.json").read_text())
+    assert res["protocol"]["sampling"]["guidance_scale"] is None
+    assert res["resolved"]["guidance_scale"] == folder["guidance_scale"]
+    assert res["resolved"]["graph_guidance_scale"] == folder["graph_guidance_scale"]
     assert (cwd / "runs/eval/compositional-diffusion-dpo/report.html").is_file()
 
 

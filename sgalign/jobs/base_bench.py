@@ -40,7 +40,7 @@ from ..world import WorldOracle, predicate_blind_hold, render_array, sample_spli
 
 WORLD_GUIDANCE = 6.0  # chosen over 3.0 on 32 validation graphs for the epsilon base (equal IoU, lower FID)
 TRAINING_KEYS = ("recipe", "steps", "wall_seconds", "effective_batch", "all_stages", "initialised_from", "launcher",
-                 "stages", "cpu_minutes_from_scratch")
+                 "stages", "cpu_minutes_from_scratch", "lineage", "one_command")
 CI_NOTE = ("95% percentile bootstrap over graphs (all seeds of a graph together), 1000 resamples; "
            "FID: graphs (render + its seeds) resampled, interval recentred on the estimate")
 

@@ -37,14 +37,13 @@ def render_base_section(r: dict[str, Any], title: str = "World base model") -> s
     recipe, total = _training_text(r.get("model_training") or {})
     ent = r["iou"]["phrase"]["mean"]["entity_iou"]
     sg = r["iou"]["phrase"]["mean"]["sg_iou"]
-    target = (f"Target (Entity-IoU >= 0.6, SG-IoU clearly below 1) at phrase granularity: Entity-IoU {ent:.3f} -> "
-              f"{'met' if ent >= 0.6 else 'NOT met'}; SG-IoU {sg:.3f}.")
+    target = _target_text(r, ent, sg)
     return f"""## {title}
 
 World SD1.5-SG (`{r['model']}`, {total['steps']} training steps in all) on {p['n_graphs']} {p['split']}-split graphs
 x {len(p['seeds'])} seeds ({p['n_images']} images,
 {p['resolution']}x{p['resolution']}); {p['scheduler']} {p['steps']} steps, eta {p.get('eta', 0.0):g}, CFG {p['guidance_scale']}
-(unconditional = empty text), seeds {p['seeds']}, noise rule {p.get('noise_rule', {}).get('rule', 'shared')}, initial noise mean scale {p.get('initial_noise_mean_scale', 1.0):g} (the
+{_graph_guidance_text(p)}(unconditional = empty text), seeds {p['seeds']}, noise rule {p.get('noise_rule', {}).get('rule', 'shared')}, initial noise mean scale {p.get('initial_noise_mean_scale', 1.0):g} (the
 model's own, `model_index.json`). Scored by the world oracle (closed vocabulary, as LAION-SG's
 SG-IoU prompt), `normalized` IoU mode; mean [95 % bootstrap CI, resampling graphs with all their seeds].
 
@@ -74,6 +73,28 @@ threads, shared with other jobs: {m.get('shared_with_other_jobs', 'not recorded'
 """
 
 
+def _graph_guidance_text(p: dict) -> str:
+    if p.get("graph_guidance_scale") is None:
+        return ""
+    return (f"with graph guidance {p['graph_guidance_scale']:g} against the {p.get('graph_guidance_negative')!r} "
+            f"branch on the steps with t >= {p.get('graph_guidance_min_t')} ")
+
+
+def _target_text(r: dict, ent: float, sg: float) -> str:
+    """Issue 28's targets where the predicate probe ran (a base that reads its predicates), else issue 13's."""
+    probe, sp = r.get("predicate_probe"), r.get("spatial_hold") or {}
+    if not probe or (sp.get("holds_given_found") or {}).get("estimate") is None:
+        return (f"Target (Entity-IoU >= 0.6, SG-IoU clearly below 1) at phrase granularity: Entity-IoU {ent:.3f} -> "
+                f"{'met' if ent >= 0.6 else 'NOT met'}; SG-IoU {sg:.3f}.")
+    d, hold, fid = probe["relation_iou_drop"], sp["holds_given_found"]["estimate"], r["fid_world_clip"]["fid"]
+    checks = [(f"relation drop under inversion {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] >= 0.10 with "
+               "its interval above 0", d["estimate"] >= 0.10 and d["low"] > 0),
+              (f"spatial hold {hold:.3f} >= 0.55", hold >= 0.55), (f"Entity-IoU {ent:.3f} >= 0.70", ent >= 0.70),
+              (f"SG-IoU {sg:.3f} <= 0.85", sg <= 0.85), (f"FID {fid:.2f} <= 5.8", fid <= 5.8)]
+    return "Targets (issue 28) at phrase granularity: " + "; ".join(
+        f"{text} -> {'met' if ok else 'NOT met'}" for text, ok in checks) + "."
+
+
 def _fmt(mean: float, ci: dict) -> str:
     return f"{mean:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
@@ -91,7 +112,12 @@ def _iou_rows(iou: dict) -> list[str]:
 def _training_text(mt: dict) -> tuple[str, dict]:
     """(how the model was trained, {"steps", "wall_seconds"} in all) from a result's ``model_training``."""
     if mt.get("stages"):  # one-command recipe (sgalign.jobs.world_base): every stage in one record
-        recipe = f"`{mt['recipe']}`: " + "; ".join(
+        phases = mt.get("lineage") or []  # stage 1 resumed in phases with changed settings: not one command
+        head = (f"not one command: stage 1 in {len(phases)} resumed phases ("
+                + "; ".join(f"{ph['phase']} steps {ph['stage1_steps'][0]}-{ph['stage1_steps'][1]}: "
+                            f"{ph.get('target') or ph.get('change')}" for ph in phases)
+                + "; `training_record.json` `lineage`)") if phases else f"`{mt['recipe']}`"
+        recipe = f"{head}: " + "; ".join(
             f"{name} {st.get('steps_done', st.get('steps', st.get('graphs', '')))}"
             f"{' steps' if name != 'cache' else ' graphs'} ({st.get('wall_seconds', 0):.0f} s)"
             for name, st in mt["stages"].items())
