@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=2, help="noise seeds per graph in one repetition")
     ap.add_argument("--split", default="test", choices=("test", "validation"))
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=6.0)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance (default: the model folder's, model_index.json)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/bench_noise")
     a = ap.parse_args(argv)

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.text_only and (args.graph_guidance is not None or args.graph_guidance_min_t is not None
                            or args.graph_guidance_negative is not None):
         ap.error("--graph-guidance* guide the SG residual; --text-only samples without it")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        ap.error(f"--guidance must be a finite number, got {args.guidance}")
     if args.graph_guidance is not None and not math.isfinite(args.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {args.graph_guidance}")
     if args.threads:

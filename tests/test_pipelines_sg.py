@@ -335,6 +335,10 @@ def test_a_folders_guidance_scale_is_its_default(pipes, tmp_path):
     assert not np.allclose(run(local, seeds=[0]), run(pipe, seeds=[0]), atol=1e-4)
     protocol = EvalProtocol(sampling={"guidance_scale": None, "scheduler": "ddim"})
     assert configure_sampling(local, protocol)["guidance_scale"] == 3.0
+    index["guidance_scale"] = float("nan")
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="guidance_scale .* must be a finite number >= 1"):
+        StableDiffusionSGPipeline.from_local(tmp_path / "p")
 
 
 def test_swapped_graph_guidance_contrasts_the_relations_directions(pipes, monkeypatch):

@@ -114,6 +114,18 @@ def test_rerun_skips_done_stages_and_refuses_other_settings(built):
     other.unet_lr = 1e-4
     with pytest.raises(ValueError, match="unet_lr"):
         run_world_base(other, log=lambda m: None)
+    # a folder whose recipe.json predates a setting ran at its default: resuming at another value is refused too
+    spec = out / "recipe.json"
+    kept = spec.read_text()
+    old = json.loads(kept)
+    del old["stage1_v_restart"]
+    spec.write_text(json.dumps(old))
+    try:
+        with pytest.raises(ValueError, match="stage1_v_restart"):
+            run_world_base(dataclasses.replace(tiny(out), stage1_v_restart=True), log=lambda m: None)
+        run_world_base(tiny(out), command="test", log=lambda m: None)  # at its default: resumes
+    finally:
+        spec.write_text(kept)
 
 
 def test_stage_resumes_from_its_checkpoint(built, tmp_path):
@@ -209,7 +221,7 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
                                  ["--graph-guidance", "inf"], ["--stage1-share", "1.5"],
                                  ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"],
                                  ["--stage1-eps-steps", "100"], ["--stage1-eps-steps", "9999", "--zero-snr-v"],
-                                 ["--stage1-v-restart", "--zero-snr-v"], ["--guidance-scale", "0.5"]])
+                                 ["--stage1-v-restart", "--zero-snr-v"], ["--guidance-scale", "1"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path
@@ -254,6 +266,16 @@ def test_eps_warm_phase_trains_epsilon_on_the_default_schedule_then_v(built, mon
     eps_pipe = load_pipeline(out / "world-sd15-sg", arch="sd15")  # its scheduler predicts epsilon: refused
     with pytest.raises(UserError, match="epsilon warm phase"):
         wb._stage_loss(r, 1, eps_pipe, wb.LatentCache(out / "cache"), True, None)
+
+
+def test_a_folder_without_a_guidance_setting_gets_the_calibrations():
+    """Every recipe folder says its guidance scale, so the pipeline, the world bench and the evaluation protocol
+    sample with one value: the recipe's, else the scale the calibration samples with."""
+    import sgalign.jobs.world_base as wb
+
+    assert wb.sampler_defaults(WorldBaseRecipe())["guidance_scale"] == 6.0 == WorldBaseRecipe().calib_guidance
+    assert wb.sampler_defaults(WorldBaseRecipe(guidance_scale=3.0))["guidance_scale"] == 3.0
+    assert wb.folder_guidance(WorldBaseRecipe(guidance_scale=3.0)) == 3.0
 
 
 def test_v_restart_gives_the_v_phase_its_own_warmup_and_cosine(built):

@@ -31,7 +31,7 @@ FIGURES = ("entity_iou", "sg_iou", "spatial_hold")
 
 
 def noise_spread(model: str | Path, *, n_graphs: int = 128, reps: int = 8, k: int = 2, split: str = "test",
-                 steps: int = 25, guidance: float = 6.0, n_resamples: int = 1000,
+                 steps: int = 25, guidance: float | None = None, n_resamples: int = 1000,
                  log=print) -> dict[str, Any]:
     """Every repetition's means and claimed intervals under both rules, and the spread summary (module docstring)."""
     base = EvalProtocol.model_validate({
@@ -76,7 +76,7 @@ def noise_spread(model: str | Path, *, n_graphs: int = 128, reps: int = 8, k: in
                                 "range": [float(means.min()), float(means.max())], "claimed_se": claimed,
                                 "sd_over_claimed_se": seen / claimed if claimed else None, "reps": len(vals)}
     return {"model": Path(model).name, "model_sha256": loaded.info["sha256"], "n_graphs": n_graphs,
-            "split": split, "reps": reps, "seeds_per_rep": k, "steps": steps, "guidance": guidance,
+            "split": split, "reps": reps, "seeds_per_rep": k, "steps": steps, "sampling": used,
             "n_resamples": n_resamples, "runs": runs, "summary": summary, "seconds": round(time.time() - t0, 1),
             "machine": machine_info()}
 

@@ -178,10 +178,10 @@ class WorldBaseRecipe:
     # sampling: the initial noise's spatial-mean scale (sgalign.diffusion.noise) calibrated on validation graphs so
     # samples have the renders' per-image latent-mean spread; 0 graphs: plain Gaussian noise (scale 1)
     calib_graphs: int = 64
-    calib_guidance: float = 6.0  # when the folder sets no guidance_scale
+    calib_guidance: float = 6.0  # the folder's guidance scale when guidance_scale is None (the world protocol's 6)
     calib_steps: int = 20
     # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline): its guidance scale (None:
-    # the architecture's; a zero-terminal-SNR v model wants less than an epsilon one) and graph guidance, the
+    # calib_guidance; a zero-terminal-SNR v model wants less than an epsilon one) and graph guidance, the
     # graph's own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t (None: plain).
     guidance_scale: float | None = None
     graph_guidance_scale: float | None = None
@@ -713,7 +713,7 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     # plain Gaussian noise, one draw per image, passed as latents (the pipeline uses given latents unchanged)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(10_000 + i))
                          for i in range(len(scenes))]).to(pipe.device)
-    g = calibration_guidance(r)
+    g = folder_guidance(r)
     lat = torch.cat([pipe([s.graph() for s in scenes[i:i + 16]], latents=noise[i:i + 16],
                           num_inference_steps=r.calib_steps, guidance_scale=g,
                           output_type="latent").images for i in range(0, len(scenes), 16)])
@@ -726,8 +726,10 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
             "sampling": {"steps": r.calib_steps, "guidance_scale": g, "eta": 0.0, **pipe.graph_guidance_record(g)}}
 
 
-def calibration_guidance(r: WorldBaseRecipe) -> float:
-    """The guidance the noise-mean calibration samples with: the folder's own default when the recipe sets one."""
+def folder_guidance(r: WorldBaseRecipe) -> float:
+    """The folder's classifier-free guidance scale (``model_index.json``), which the calibration samples with too:
+    the recipe's ``guidance_scale``, else ``calib_guidance``. Always written, so that every sampling path of the
+    folder (pipeline, world bench, evaluation protocol) takes one value."""
     return float(r.calib_guidance if r.guidance_scale is None else r.guidance_scale)
 
 
@@ -753,7 +755,7 @@ def calibrate_folder(folder: Path, r: WorldBaseRecipe, log: Callable[[str], None
 def _guidance_line(record: dict) -> str:
     settings = record.get("settings") or {}
     g = settings.get("guidance_scale")
-    scale = "the architecture's guidance scale" if g is None else f"guidance scale {g:g}"
+    scale = f"guidance scale {settings.get('calib_guidance', 6.0) if g is None else g:g}"
     s = settings.get("graph_guidance_scale")
     if s is None:
         return f"plain classifier-free guidance, {scale} (`model_index.json`; sgalign.pipelines.sg_pipeline)"
@@ -766,7 +768,7 @@ def _guidance_line(record: dict) -> str:
 def sampler_defaults(r: WorldBaseRecipe) -> dict:
     """The ``model_index.json`` entries that make the recipe's guidance the folder's default sampler."""
     on = r.graph_guidance_scale is not None
-    return {"guidance_scale": r.guidance_scale,
+    return {"guidance_scale": folder_guidance(r),
             "graph_guidance_scale": r.graph_guidance_scale, "graph_guidance_min_t": r.graph_guidance_min_t if on else 0,
             "graph_guidance_negative": r.graph_guidance_negative if on else "text"}
 
@@ -833,8 +835,10 @@ def run_world_base(r: WorldBaseRecipe, *, command: str = "", log: Callable[[str]
     mine = asdict(r)
     if spec.is_file():
         prev = json.loads(spec.read_text())
-        # settings that change results must match; run-time placement (threads, device) may differ
-        diff = sorted(k for k in mine if k in prev and k not in ("threads", "device", "out") and prev[k] != mine[k])
+        # settings that change results must match; run-time placement (threads, device) may differ. A setting the
+        # folder's recipe.json predates counts as its default (the folder ran without it)
+        default = asdict(WorldBaseRecipe())
+        diff = sorted(k for k in mine if k not in ("threads", "device", "out") and prev.get(k, default[k]) != mine[k])
         if diff:
             raise ValueError(f"{spec}: this folder was started with other settings ({', '.join(diff)}); "
                              "resume with the same settings or use a new --out")

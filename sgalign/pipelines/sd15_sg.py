@@ -1,6 +1,8 @@
 """SD1.5-SG: Stable Diffusion 1.5 conditioned on scene graphs through the SG encoder (768-d text width)."""
 from __future__ import annotations
 
+import math
+
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -25,6 +27,8 @@ class StableDiffusionSGPipeline(SGPipelineBase):
                  graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
                  guidance_scale: float | None = None) -> None:
         super().__init__()
+        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"guidance_scale (the folder's default) must be a finite number >= 1, got {guidance_scale}")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
         # sgalign.diffusion.noise: 1 = plain Gaussian noise (every model's default); stored in model_index.json

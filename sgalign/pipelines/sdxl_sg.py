@@ -1,6 +1,8 @@
 """SDXL-SG, as LAION-SG built it: SDXL base conditioned on scene graphs through the SG encoder (2048-d)."""
 from __future__ import annotations
 
+import math
+
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -29,6 +31,8 @@ class StableDiffusionXLSGPipeline(SGPipelineBase):
                  graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
                  guidance_scale: float | None = None) -> None:
         super().__init__()
+        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"guidance_scale (the folder's default) must be a finite number >= 1, got {guidance_scale}")
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                               tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
                               sg_encoder=sg_encoder)
