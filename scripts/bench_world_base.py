@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
                          "(sgalign.diffusion.noise); shared: seed k is the same noise for every graph (before v3)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=None,
-                    help="default: the model folder's guidance_scale (model_index.json), else 6.0 (chosen over 3.0 on "
-                         "32 validation graphs for the epsilon base: equal IoU, lower FID; never on test graphs)")
+                    help="default: the model folder's guidance_scale (model_index.json; a folder made before the "
+                         "setting: its architecture's, 7.5; the epsilon base was read at 6)")
     ap.add_argument("--graph-guidance", type=float, default=None, metavar="S_G",
                     help="guide the graph's own term apart from the text's: uncond + s (text - uncond) + S_G (graph - "
                          "text), text = the serialised graph without the SG residual (not LAION-SG's). Default: the "

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relation-contrast-t-min", type=int, default=d.relation_contrast_t_min,
                     help="stage 1: the relation contrast only on rows with t >= this")
     ap.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="S",
-                    help="the folder's default classifier-free guidance scale (model_index.json; default: "
-                         "the calibration's 6, the world protocol's; the noise-mean calibration samples with it)")
+                    help="the folder's default classifier-free guidance scale (model_index.json; the noise-mean "
+                         "calibration samples with it; 6 was chosen for the epsilon base, a zero-SNR v base wants "
+                         "less)")
     ap.add_argument("--graph-guidance", type=float, default=d.graph_guidance_scale, metavar="S_G",
                     help="the folder's default sampler: the graph's own term guided at S_G (sg_pipeline's graph "
                          "guidance; default: plain guidance)")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
-    if a.guidance_scale is not None and not (math.isfinite(a.guidance_scale) and a.guidance_scale > 1):
+    if not (math.isfinite(a.guidance_scale) and a.guidance_scale > 1):
         ap.error(f"--guidance-scale must be a finite number > 1 (1 turns classifier-free guidance off, and the "
                  f"folder's graph guidance with it), got {a.guidance_scale}")
     if not (math.isfinite(a.min_snr_floor) and 0 <= a.min_snr_floor <= 1):

@@ -268,14 +268,13 @@ def test_eps_warm_phase_trains_epsilon_on_the_default_schedule_then_v(built, mon
         wb._stage_loss(r, 1, eps_pipe, wb.LatentCache(out / "cache"), True, None)
 
 
-def test_a_folder_without_a_guidance_setting_gets_the_calibrations():
-    """Every recipe folder says its guidance scale, so the pipeline, the world bench and the evaluation protocol
-    sample with one value: the recipe's, else the scale the calibration samples with."""
+def test_every_recipe_folder_says_its_guidance_scale():
+    """Every recipe folder says its guidance scale (the recipe's, 6 by default, which the calibration samples with
+    too), so the pipeline, the world bench and the evaluation protocol sample with one value."""
     import sgalign.jobs.world_base as wb
 
-    assert wb.sampler_defaults(WorldBaseRecipe())["guidance_scale"] == 6.0 == WorldBaseRecipe().calib_guidance
+    assert wb.sampler_defaults(WorldBaseRecipe())["guidance_scale"] == 6.0
     assert wb.sampler_defaults(WorldBaseRecipe(guidance_scale=3.0))["guidance_scale"] == 3.0
-    assert wb.folder_guidance(WorldBaseRecipe(guidance_scale=3.0)) == 3.0
 
 
 def test_v_restart_gives_the_v_phase_its_own_warmup_and_cosine(built):

@@ -3,7 +3,7 @@
 Protocol (fixed, recorded in the result): the first ``n_graphs`` graphs of the world sampler's ``split`` (seed 0),
 each generated with every seed in ``seeds`` (``noise="per-graph"``, the default: image k of each graph has its own
 noise, hashed from the graph and seed k; ``"shared"``: seed k is the same noise for every graph), DDIM with ``steps``
-steps (``eta``, default 0), classifier-free guidance ``guidance`` (None: ``world_guidance``, the model folder's;
+steps (``eta``, default 0), classifier-free guidance ``guidance`` (None: the model folder's, ``default_guidance_scale``;
 unconditional branch: empty text). Each image is
 parsed by the world oracle with LAION-SG's closed-vocabulary extraction (``GraphParserExtractor``) and scored
 against its graph with SG-IoU / Entity-IoU / Relation-IoU (``normalized`` mode), at two granularities: ``phrase``
@@ -38,7 +38,6 @@ from ..evaluation.sg_iou import spatial_hold, triple_counts
 from ..pipelines import load_pipeline
 from ..world import WorldOracle, predicate_blind_hold, render_array, sample_split
 
-WORLD_GUIDANCE = 6.0  # chosen over 3.0 on 32 validation graphs for the epsilon base (equal IoU, lower FID)
 TRAINING_KEYS = ("recipe", "steps", "wall_seconds", "effective_batch", "all_stages", "initialised_from", "launcher",
                  "stages", "cpu_minutes_from_scratch", "lineage", "one_command")
 CI_NOTE = ("95% percentile bootstrap over graphs (all seeds of a graph together), 1000 resamples; "
@@ -65,7 +64,7 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
     keys = input_noise_keys(gts) if noise == "per-graph" else None
     pipe = load_pipeline(model, arch="sd15")
     pipe.set_progress_bar_config(disable=True)
-    guidance = world_guidance(pipe) if guidance is None else float(guidance)
+    guidance = pipe.default_guidance_scale if guidance is None else float(guidance)
     sampling = dict(use_graph=not text_only, steps=steps, guidance_scale=guidance, eta=eta,
                     graph_guidance_scale=graph_guidance, graph_guidance_min_t=graph_guidance_min_t,
                     graph_guidance_negative=graph_guidance_negative, graphs_per_call=graphs_per_call)
@@ -92,13 +91,6 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
             "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap, "predicate_probe": probe,
             "attention_probe": attn,
             "generation_seconds": round(gen_seconds, 1), "total_seconds": round(time.time() - t0, 1)}
-
-
-def world_guidance(pipe: Any) -> float:
-    """The guidance a world bench samples with when not told: the model folder's ``guidance_scale``, else
-    ``WORLD_GUIDANCE`` (a folder without one predates the setting: an epsilon world base)."""
-    g = pipe.config.get("guidance_scale")
-    return WORLD_GUIDANCE if g is None else float(g)
 
 
 def probe_world_base(model: str | Path, *, split: str = "validation", gap_graphs: int = 512,

@@ -74,13 +74,14 @@ ZERO_SNR_V = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
 EPS_WARM = {"rescale_betas_zero_snr": False, "prediction_type": "epsilon", "timestep_spacing": "leading"}
 EPS_WARM_MIN_SNR_GAMMA = 5.0
 
+REPO = Path(__file__).resolve().parents[2]
+WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
+
 
 def _warm_scheduler(config: dict):
     """The epsilon warm phase's scheduler, from the run's own scheduler config."""
     from diffusers import DDIMScheduler  # heavy: as load_pipeline
     return DDIMScheduler.from_config({**config, **EPS_WARM})
-REPO = Path(__file__).resolve().parents[2]
-WORLD_CLIP = REPO / "sgalign" / "world" / "weights" / "world-clip"
 
 
 @dataclass
@@ -178,12 +179,12 @@ class WorldBaseRecipe:
     # sampling: the initial noise's spatial-mean scale (sgalign.diffusion.noise) calibrated on validation graphs so
     # samples have the renders' per-image latent-mean spread; 0 graphs: plain Gaussian noise (scale 1)
     calib_graphs: int = 64
-    calib_guidance: float = 6.0  # the folder's guidance scale when guidance_scale is None (the world protocol's 6)
     calib_steps: int = 20
-    # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline): its guidance scale (None:
-    # calib_guidance; a zero-terminal-SNR v model wants less than an epsilon one) and graph guidance, the
-    # graph's own term guided at graph_guidance_scale on the steps with t >= graph_guidance_min_t (None: plain).
-    guidance_scale: float | None = None
+    # the sampler the folder asks for (model_index.json; sgalign.pipelines.sg_pipeline), which the calibration
+    # samples with too: its guidance scale (6 chosen for the epsilon base; a zero-terminal-SNR v model wants less)
+    # and graph guidance, the graph's own term guided at graph_guidance_scale on the steps with t >=
+    # graph_guidance_min_t (None: plain).
+    guidance_scale: float = 6.0
     graph_guidance_scale: float | None = None
     graph_guidance_min_t: int = 0
     graph_guidance_negative: Literal["text", "swapped"] = "text"
@@ -513,9 +514,7 @@ def _stage_conditioning(r: WorldBaseRecipe, stage: int, pipe, graphs: list, gen:
     on_graph = torch.full((n,), with_graph, dtype=torch.bool)
     if stage == 1 and with_graph and r.graph_drop_prob > 0:
         on_graph = ~(torch.rand(n, generator=gen) < r.graph_drop_prob)
-        cond = _encode_rows(pipe, graphs, on_graph)
-    else:
-        cond = build_conditioning(graphs, pipe.sg_encoder, tok, te, use_graph=with_graph).prompt_embeds
+    cond = _encode_rows(pipe, graphs, on_graph)
     drop = torch.zeros(n, dtype=torch.bool, device=r.device)
     if stage == 1 and r.uncond_prob > 0:
         drop = (torch.rand(n, generator=gen) < r.uncond_prob).to(r.device)
@@ -713,7 +712,7 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
     # plain Gaussian noise, one draw per image, passed as latents (the pipeline uses given latents unchanged)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(10_000 + i))
                          for i in range(len(scenes))]).to(pipe.device)
-    g = folder_guidance(r)
+    g = r.guidance_scale
     lat = torch.cat([pipe([s.graph() for s in scenes[i:i + 16]], latents=noise[i:i + 16],
                           num_inference_steps=r.calib_steps, guidance_scale=g,
                           output_type="latent").images for i in range(0, len(scenes), 16)])
@@ -725,12 +724,6 @@ def calibrate_noise_mean(pipe, r: WorldBaseRecipe) -> dict:
             "samples_latent_mean_spread_at_scale_1": [round(float(v), 4) for v in sampled],
             "sampling": {"steps": r.calib_steps, "guidance_scale": g, "eta": 0.0, **pipe.graph_guidance_record(g)}}
 
-
-def folder_guidance(r: WorldBaseRecipe) -> float:
-    """The folder's classifier-free guidance scale (``model_index.json``), which the calibration samples with too:
-    the recipe's ``guidance_scale``, else ``calib_guidance``. Always written, so that every sampling path of the
-    folder (pipeline, world bench, evaluation protocol) takes one value."""
-    return float(r.calib_guidance if r.guidance_scale is None else r.guidance_scale)
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
@@ -754,8 +747,7 @@ def calibrate_folder(folder: Path, r: WorldBaseRecipe, log: Callable[[str], None
 
 def _guidance_line(record: dict) -> str:
     settings = record.get("settings") or {}
-    g = settings.get("guidance_scale")
-    scale = f"guidance scale {settings.get('calib_guidance', 6.0) if g is None else g:g}"
+    scale = f"guidance scale {settings['guidance_scale']:g}"
     s = settings.get("graph_guidance_scale")
     if s is None:
         return f"plain classifier-free guidance, {scale} (`model_index.json`; sgalign.pipelines.sg_pipeline)"
@@ -768,7 +760,7 @@ def _guidance_line(record: dict) -> str:
 def sampler_defaults(r: WorldBaseRecipe) -> dict:
     """The ``model_index.json`` entries that make the recipe's guidance the folder's default sampler."""
     on = r.graph_guidance_scale is not None
-    return {"guidance_scale": folder_guidance(r),
+    return {"guidance_scale": float(r.guidance_scale),
             "graph_guidance_scale": r.graph_guidance_scale, "graph_guidance_min_t": r.graph_guidance_min_t if on else 0,
             "graph_guidance_negative": r.graph_guidance_negative if on else "text"}
 

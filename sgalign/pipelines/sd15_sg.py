@@ -1,8 +1,6 @@
 """SD1.5-SG: Stable Diffusion 1.5 conditioned on scene graphs through the SG encoder (768-d text width)."""
 from __future__ import annotations
 
-import math
-
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -27,15 +25,8 @@ class StableDiffusionSGPipeline(SGPipelineBase):
                  graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
                  guidance_scale: float | None = None) -> None:
         super().__init__()
-        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
-            raise ValueError(f"guidance_scale (the folder's default) must be a finite number >= 1, got {guidance_scale}")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
-        # sgalign.diffusion.noise: 1 = plain Gaussian noise (every model's default); stored in model_index.json
-        self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale))
-        # sg_pipeline's graph guidance defaults (None: plain guidance, every model's default)
-        self.register_to_config(graph_guidance_scale=None if graph_guidance_scale is None else float(graph_guidance_scale),
-                                graph_guidance_min_t=int(graph_guidance_min_t),
-                                graph_guidance_negative=str(graph_guidance_negative),
-                                guidance_scale=None if guidance_scale is None else float(guidance_scale))
+        self._register_sampling(initial_noise_mean_scale, graph_guidance_scale, graph_guidance_min_t,
+                                graph_guidance_negative, guidance_scale)
         self._post_init()

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Literal, Sequence, get_args
 
@@ -51,6 +52,21 @@ class SGPipelineBase(DiffusionPipeline):
         architecture's usual value."""
         g = self.config.get("guidance_scale")
         return float(self.arch_guidance_scale if g is None else g)
+
+    def _register_sampling(self, initial_noise_mean_scale: float, graph_guidance_scale: float | None,
+                           graph_guidance_min_t: int, graph_guidance_negative: str,
+                           guidance_scale: float | None) -> None:
+        """The folder's sampler settings, stored in ``model_index.json``: the initial-noise mean scale
+        (sgalign.diffusion.noise; 1 = plain Gaussian noise), the graph guidance defaults (None: plain guidance) and
+        the guidance scale (None: the architecture's)."""
+        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"guidance_scale (the folder's default) must be a finite number >= 1, "
+                             f"got {guidance_scale}")
+        gg = None if graph_guidance_scale is None else float(graph_guidance_scale)
+        self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale), graph_guidance_scale=gg,
+                                graph_guidance_min_t=int(graph_guidance_min_t),
+                                graph_guidance_negative=str(graph_guidance_negative),
+                                guidance_scale=None if guidance_scale is None else float(guidance_scale))
 
     def _post_init(self) -> None:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
