@@ -160,8 +160,8 @@ class CandidateBuilder:
         guidance = g.guidance_scale if g.guidance_scale is not None else self.pipe.default_guidance_scale
         out = {**g.model_dump(), "scheduler": type(self.pipe.scheduler).__name__, "seed_rule": SEED_RULE,
                "guidance_scale": guidance}
-        if hasattr(self.pipe, "graph_guidance_record"):  # the folder's graph guidance, as the candidates sample it
-            out.update(self.pipe.graph_guidance_record(float(guidance)))
+        if hasattr(self.pipe, "guidance_record"):  # the folder's graph guidance and rescale, as the candidates sample
+            out.update(self.pipe.guidance_record(float(guidance)))
         return out
 
     def generate(self, records: Sequence[LaionSGRecord], seeds: Sequence[Sequence[int]],

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--graph-guidance-negative", choices=("text", "swapped"), default=None,
                     help="graph guidance's negative branch: text (the graph without the SG residual) or swapped (every "
                          "relation's subject and object exchanged); default: the model folder's, else text")
+    ap.add_argument("--guidance-rescale", type=float, default=None, metavar="PHI",
+                    help="guidance rescale in [0, 1] (Lin et al. 2024; default: the model folder's, else 0 = off)")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic DDIM; 1: DDPM-like)")
     ap.add_argument("--graphs-per-call", type=int, default=16)
     ap.add_argument("--text-only", action="store_true",
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--guidance must be a finite number, got {args.guidance}")
     if args.graph_guidance is not None and not math.isfinite(args.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {args.graph_guidance}")
+    if args.guidance_rescale is not None and not (math.isfinite(args.guidance_rescale)
+                                                  and 0 <= args.guidance_rescale <= 1):
+        ap.error(f"--guidance-rescale must be a number in [0, 1], got {args.guidance_rescale}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             args.model, split=args.split, n_graphs=args.n_graphs, seeds=args.seeds, steps=args.steps,
             guidance=args.guidance, eta=args.eta, noise=args.noise, text_only=args.text_only,
             graph_guidance=args.graph_guidance, graph_guidance_min_t=args.graph_guidance_min_t,
-            graph_guidance_negative=args.graph_guidance_negative,
+            graph_guidance_negative=args.graph_guidance_negative, guidance_rescale=args.guidance_rescale,
             graphs_per_call=args.graphs_per_call, gap_graphs=args.gap_graphs, predicate_probe=args.predicate_probe,
             attention_probe=args.attention_probe,
             clip=args.clip, images_npz=out / "images.npz")

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the folder's default classifier-free guidance scale (model_index.json; the noise-mean "
                          "calibration samples with it; 6 was chosen for the epsilon base, a zero-SNR v base wants "
                          "less)")
+    ap.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, metavar="PHI",
+                    help="the folder's default guidance rescale in [0, 1] (Lin et al. 2024; 0: off)")
     ap.add_argument("--graph-guidance", type=float, default=d.graph_guidance_scale, metavar="S_G",
                     help="the folder's default sampler: the graph's own term guided at S_G (sg_pipeline's graph "
                          "guidance; default: plain guidance)")
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
+    if not (math.isfinite(a.guidance_rescale) and 0 <= a.guidance_rescale <= 1):
+        ap.error(f"--guidance-rescale must be a number in [0, 1], got {a.guidance_rescale}")
     if not (math.isfinite(a.guidance_scale) and a.guidance_scale > 1):
         ap.error(f"--guidance-scale must be a finite number > 1 (1 turns classifier-free guidance off, and the "
                  f"folder's graph guidance with it), got {a.guidance_scale}")
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         relation_contrast_t_min=a.relation_contrast_t_min, min_snr_gamma=a.min_snr_gamma,
                         min_snr_floor=a.min_snr_floor, stage1_eps_steps=a.stage1_eps_steps,
                         stage1_v_restart=a.stage1_v_restart,
-                        guidance_scale=a.guidance_scale,
+                        guidance_scale=a.guidance_scale, guidance_rescale=a.guidance_rescale,
                         graph_guidance_scale=a.graph_guidance, graph_guidance_min_t=a.graph_guidance_min_t,
                         graph_guidance_negative=a.graph_guidance_negative,
                         scheduler={**d.scheduler, **(ZERO_SNR_V if a.zero_snr_v else {})})

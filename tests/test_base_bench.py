@@ -80,6 +80,11 @@ def test_render_base_section_with_graph_guidance_probe_targets_and_lineage():
             "SG-IoU 0.300 <= 0.85 -> met; FID 12.35 <= 5.8 -> NOT met.") in text
     assert ("Model training: not one command: stage 1 in 2 resumed phases (E steps 0-200: epsilon; Z steps 200-300: "
             "--zero-snr-v; `training_record.json` `lineage`): cache 64 graphs") in text
+    r["protocol"]["guidance_rescale"] = 0.7  # and with the guidance rescale it sampled with
+    assert ("CFG 3.0\nwith graph guidance 25 against the 'text' branch on the steps with t >= 600 and guidance rescale "
+            "0.7 (unconditional") in render_base_section(r)
+    r["protocol"].update(graph_guidance_scale=None)
+    assert "CFG 3.0\nwith guidance rescale 0.7 (unconditional" in render_base_section(r)
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):

@@ -339,6 +339,74 @@ def test_a_folders_guidance_scale_is_its_default(pipes, tmp_path):
         StableDiffusionSGPipeline.from_local(tmp_path / "p")
 
 
+def test_rescale_guided_worked_example():
+    """Lin et al.'s rescale: phi 1 gives the guided prediction the conditional one's per-sample std (mean kept up to
+    that scale), phi 0 is the identity, and phi mixes the two linearly."""
+    from sgalign.diffusion import rescale_guided
+
+    g = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]], [[[0.0, 0.0], [0.0, 4.0]]]])  # per-sample std 2.582, 2.0
+    c = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]], [[[2.0, 2.0], [2.0, 6.0]]]])  # per-sample std 0.577, 2.0
+    full = rescale_guided(g, c, 1.0)
+    np.testing.assert_allclose(full.flatten(1).std(1).numpy(), c.flatten(1).std(1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(full[0].flatten().numpy(), (g[0] * (0.5773503 / 2.5819889)).flatten().numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(full[1].numpy(), g[1].numpy())  # same spread: unchanged
+    assert rescale_guided(g, c, 0.0) is g
+    np.testing.assert_allclose(rescale_guided(g, c, 0.7).numpy(), (0.7 * full + 0.3 * g).numpy(), rtol=1e-6)
+
+
+def test_guidance_rescale_in_the_pipeline_and_the_folder(pipes, tmp_path, monkeypatch):
+    """guidance_rescale rescales every guided step (the UNet's conditional branch as the reference), 0 is plain
+    guidance bit for bit, a folder's value is what a call without one samples with (and what the results record),
+    and a value outside [0, 1] is refused."""
+    from sgalign.diffusion import rescale_guided
+    from sgalign.evaluation.protocol import EvalProtocol
+    from sgalign.evaluation.sampling import configure_sampling
+
+    pipe = pipes["sd15-sg"]
+    assert pipe.default_guidance_rescale == 0.0
+    plain = run(pipe, seeds=[0], guidance_scale=5.0)
+    np.testing.assert_array_equal(run(pipe, seeds=[0], guidance_scale=5.0, guidance_rescale=0.0), plain)
+    seen = []
+    import sgalign.pipelines.sg_pipeline as sgp
+
+    def spy(guided, cond, phi):
+        seen.append((guided.shape, cond.shape, phi))
+        return rescale_guided(guided, cond, phi)
+
+    monkeypatch.setattr(sgp, "rescale_guided", spy)
+    resc = run(pipe, seeds=[0], guidance_scale=5.0, guidance_rescale=0.7)
+    monkeypatch.undo()
+    assert [phi for *_, phi in seen] == [0.7] * STEPS and all(a == b for a, b, _ in seen)
+    assert not np.allclose(resc, plain, atol=1e-5)
+    # with graph guidance too (three branches on the guided steps)
+    gg = run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0, guidance_rescale=0.7)
+    assert not np.allclose(gg, run(pipe, seeds=[0], guidance_scale=5.0, graph_guidance_scale=9.0), atol=1e-5)
+    # without classifier-free guidance there is nothing to rescale
+    np.testing.assert_array_equal(run(pipe, seeds=[0], guidance_scale=1.0, guidance_rescale=1.0),
+                                  run(pipe, seeds=[0], guidance_scale=1.0))
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["guidance_rescale"] == 0.0
+    index["guidance_rescale"] = 0.7
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    local = StableDiffusionSGPipeline.from_local(tmp_path / "p")
+    local.set_progress_bar_config(disable=True)
+    assert local.default_guidance_rescale == 0.7
+    np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0), resc, atol=1e-6)
+    np.testing.assert_allclose(run(local, seeds=[0], guidance_scale=5.0, guidance_rescale=0.0), plain, atol=1e-6)
+    assert local.guidance_record(5.0)["guidance_rescale"] == 0.7
+    assert local.guidance_record(5.0, rescale=0.0)["guidance_rescale"] == 0.0
+    protocol = EvalProtocol(sampling={"guidance_scale": 5.0, "scheduler": "ddim"})
+    assert configure_sampling(local, protocol)["guidance_rescale"] == 0.7
+    with pytest.raises(ValueError, match="guidance_rescale must be a number in \\[0, 1\\]"):
+        run(pipe, seeds=[0], guidance_scale=5.0, guidance_rescale=1.5)
+    index["guidance_rescale"] = -0.1
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="the folder's default must be a number in"):
+        StableDiffusionSGPipeline.from_local(tmp_path / "p")
+
+
 def test_swapped_graph_guidance_contrasts_the_relations_directions(pipes, monkeypatch):
     """negative "swapped": uncond + s (cond - uncond) + (s_g - s) (cond - swapped), swapped = every relation's subject and
     object exchanged; a graph without relations has cond == swapped, so it samples as plain guidance."""

@@ -221,7 +221,8 @@ def test_relation_contrast_is_log2_when_the_predicates_change_nothing_and_falls_
                                  ["--graph-guidance", "inf"], ["--stage1-share", "1.5"],
                                  ["--min-snr-floor", "-0.1"], ["--min-snr-floor", "0.1", "--min-snr-gamma", "0"],
                                  ["--stage1-eps-steps", "100"], ["--stage1-eps-steps", "9999", "--zero-snr-v"],
-                                 ["--stage1-v-restart", "--zero-snr-v"], ["--guidance-scale", "1"]])
+                                 ["--stage1-v-restart", "--zero-snr-v"], ["--guidance-scale", "1"],
+                                 ["--guidance-rescale", "1.2"], ["--guidance-rescale", "nan"]])
 def test_recipe_refuses_settings_that_would_train_the_wrong_thing(tmp_path, bad):
     import importlib.util
     from pathlib import Path
@@ -275,6 +276,9 @@ def test_every_recipe_folder_says_its_guidance_scale():
 
     assert wb.sampler_defaults(WorldBaseRecipe())["guidance_scale"] == 6.0
     assert wb.sampler_defaults(WorldBaseRecipe(guidance_scale=3.0))["guidance_scale"] == 3.0
+    # and its guidance rescale (0: off)
+    assert wb.sampler_defaults(WorldBaseRecipe())["guidance_rescale"] == 0.0
+    assert wb.sampler_defaults(WorldBaseRecipe(guidance_rescale=0.7))["guidance_rescale"] == 0.7
 
 
 def test_v_restart_gives_the_v_phase_its_own_warmup_and_cosine(built):

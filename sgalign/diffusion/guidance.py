@@ -60,3 +60,15 @@ def guided(eps_fn: EpsFn, scale: float, uncond: Any | Callable[[Any], Any] = zer
 
     fn.guidance_scale = scale  # type: ignore[attr-defined]
     return fn
+
+
+def rescale_guided(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", eq. 15-16):
+    the guided prediction scaled per sample to the conditional prediction's standard deviation (over every non-batch
+    dimension), mixed back with the unscaled one by ``phi``. Large guidance inflates the prediction's spread, which on
+    a zero-terminal-SNR v model over-exposes the image; ``phi`` 0 returns ``guided`` itself."""
+    if phi == 0.0:
+        return guided
+    dims = tuple(range(1, guided.dim()))
+    scaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * scaled + (1.0 - phi) * guided

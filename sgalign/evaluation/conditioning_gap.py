@@ -81,11 +81,12 @@ def conditioning_gap(pipe, scenes: Sequence, *, seed: int = 0, batch: int = 64) 
 def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_keys: Sequence[str] | None,
                         use_graph: bool = True, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
                         graph_guidance_scale: float | None = None, graph_guidance_min_t: int | None = None,
-                        graph_guidance_negative: str | None = None, graphs_per_call: int = 16, on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
+                        graph_guidance_negative: str | None = None, guidance_rescale: float | None = None,
+                        graphs_per_call: int = 16, on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """uint8 [G*K, H, W, 3] samples of an SG pipeline, image g*K + k = graph g with ``seeds[k]``, ``graphs_per_call``
     graphs per pipeline call. ``noise_keys``: the graphs' keys (the per-graph noise rule), None: the shared rule (seed
     k for every graph). ``use_graph=False``: the SG model's text path alone (the SG residual left out).
-    ``graph_guidance_*``: the pipeline's graph guidance (None: the model folder's default).
+    ``graph_guidance_*``, ``guidance_rescale``: the pipeline's (None: the model folder's default).
     ``on_chunk(n)`` is called after each call with the number of graphs sampled so far."""
     if graph_guidance_scale is not None and not use_graph:
         raise ValueError("graph guidance guides the SG residual; the text path alone has none")
@@ -99,7 +100,8 @@ def sample_graph_images(pipe, graphs: Sequence, seeds: Sequence[int], *, noise_k
                            noise_keys=None if noise_keys is None else noise_keys[start:start + len(chunk)],
                            num_inference_steps=steps, guidance_scale=guidance_scale,
                            graph_guidance_scale=graph_guidance_scale, graph_guidance_min_t=graph_guidance_min_t,
-                           graph_guidance_negative=graph_guidance_negative, eta=eta, output_type="np").images)
+                           graph_guidance_negative=graph_guidance_negative, guidance_rescale=guidance_rescale,
+                           eta=eta, output_type="np").images)
         if on_chunk is not None:
             on_chunk(start + len(chunk))
     return (np.concatenate(images) * 255).round().astype(np.uint8)
@@ -109,7 +111,8 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
                     noise_keys: Sequence[str] | None, steps: int = 20, guidance_scale: float = 6.0, eta: float = 0.0,
                     graphs_per_call: int = 16, n_resamples: int = 1000, seed: int = 0,
                     use_graph: bool = True, graph_guidance_scale: float | None = None,
-                    graph_guidance_min_t: int | None = None, graph_guidance_negative: str | None = None) -> dict:
+                    graph_guidance_min_t: int | None = None, graph_guidance_negative: str | None = None,
+                    guidance_rescale: float | None = None) -> dict:
     """Does the model draw what the predicates say, or what its noise says?
 
     ``images`` (uint8, image g*K + k = graph g with ``seeds[k]``) are the model's samples of ``graphs``; the probe
@@ -132,7 +135,8 @@ def predicate_probe(pipe, graphs: Sequence, images: np.ndarray, seeds: Sequence[
                                    use_graph=use_graph, steps=steps, guidance_scale=guidance_scale, eta=eta,
                                    graph_guidance_scale=graph_guidance_scale,
                                    graph_guidance_min_t=graph_guidance_min_t,
-                                   graph_guidance_negative=graph_guidance_negative, graphs_per_call=graphs_per_call)
+                                   graph_guidance_negative=graph_guidance_negative, guidance_rescale=guidance_rescale,
+                                   graphs_per_call=graphs_per_call)
     per_gt = [gr for gr in true for _ in range(k)]
     groups = [g for g in range(len(true)) for _ in range(k)]
     ex = GraphParserExtractor(WorldOracle(), granularity="phrase")

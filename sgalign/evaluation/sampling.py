@@ -111,8 +111,8 @@ def configure_sampling(pipe: Any, protocol: EvalProtocol) -> dict[str, Any]:
                                                                         5.0 if "XL" in type(pipe).__name__ else 7.5)
     out = {"scheduler_class": type(pipe.scheduler).__name__, "guidance_scale": float(g),
            "prediction_type": pipe.scheduler.config.get("prediction_type")}
-    if hasattr(pipe, "graph_guidance"):  # an SG pipeline: the graph guidance it samples with (its folder's default)
-        out.update(pipe.graph_guidance_record(float(g)))
+    if hasattr(pipe, "guidance_record"):  # an SG pipeline: the graph guidance and rescale it samples with (its folder's)
+        out.update(pipe.guidance_record(float(g)))
     return out
 
 

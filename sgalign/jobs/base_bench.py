@@ -49,7 +49,7 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
                      eta: float = 0.0, noise: str = "per-graph", text_only: bool = False,
                      graph_guidance: float | None = None,
                      graph_guidance_min_t: int | None = None, graph_guidance_negative: str | None = None,
-                     graphs_per_call: int = 16,
+                     guidance_rescale: float | None = None, graphs_per_call: int = 16,
                      gap_graphs: int = 512, predicate_probe: int = 0, attention_probe: int = 0,
                      clip: str | Path | None = None,
                      images_npz: str | Path | None = None,
@@ -67,7 +67,8 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
     guidance = pipe.default_guidance_scale if guidance is None else float(guidance)
     sampling = dict(use_graph=not text_only, steps=steps, guidance_scale=guidance, eta=eta,
                     graph_guidance_scale=graph_guidance, graph_guidance_min_t=graph_guidance_min_t,
-                    graph_guidance_negative=graph_guidance_negative, graphs_per_call=graphs_per_call)
+                    graph_guidance_negative=graph_guidance_negative, guidance_rescale=guidance_rescale,
+                    graphs_per_call=graphs_per_call)
     gen = sample_graph_images(pipe, gts, seeds, noise_keys=keys, **sampling, on_chunk=lambda n: log(
         f"generated {n}/{len(gts)} graphs x {len(seeds)} seeds {time.time() - t0:.0f}s"))
     gen_seconds = time.time() - t0
@@ -86,7 +87,8 @@ def bench_world_base(model: str | Path, *, split: str = "test", n_graphs: int = 
     attn = run_attention_probe(pipe, scenes[:attention_probe], seed=0) if attention_probe else None
     protocol = base_protocol(pipe, split=split, n_graphs=n_graphs, seeds=seeds, noise=noise, text_only=text_only,
                              steps=steps, guidance=guidance, eta=eta, images=gen,
-                             graph_guidance=(graph_guidance, graph_guidance_min_t, graph_guidance_negative))
+                             graph_guidance=(graph_guidance, graph_guidance_min_t, graph_guidance_negative),
+                             guidance_rescale=guidance_rescale)
     return {**model_fields(model), "protocol": protocol, **scores, "fid_world_clip": fid,
             "fid_renders_vs_renders": fid_floor, "conditioning_gap": gap, "predicate_probe": probe,
             "attention_probe": attn,
@@ -144,25 +146,28 @@ def world_clip_fid(scenes: Sequence, images: np.ndarray, k: int, *, split: str,
 
 def base_protocol(pipe: Any, *, split: str, n_graphs: int, seeds: list[int], noise: str, text_only: bool,
                   steps: int, guidance: float, eta: float, images: np.ndarray,
-                  graph_guidance: tuple = (None, None, None)) -> dict[str, Any]:
-    """The protocol block of a result: what was sampled and how it was scored, the graph guidance as sampled (the
-    call's, else the model folder's default; None: plain guidance, LAION-SG's; the pipeline's docstring)."""
+                  graph_guidance: tuple = (None, None, None), guidance_rescale: float | None = None) -> dict[str, Any]:
+    """The protocol block of a result: what was sampled and how it was scored, the graph guidance and guidance
+    rescale as sampled (the call's, else the model folder's default; graph guidance None: plain guidance, LAION-SG's;
+    the pipeline's docstring)."""
     return {"graphs": f"first {n_graphs} {split}-split graphs, sample_split('{split}', n, seed=0)", "split": split,
             "n_graphs": n_graphs, "seeds": seeds, "n_images": int(len(images)),
             "noise_rule": {"rule": noise, "definition": NOISE_RULES[noise]},
             "conditioning": "text path alone (no SG residual)" if text_only else "SG model (text + graph)",
             "scheduler": type(pipe.scheduler).__name__, "steps": steps, "guidance_scale": guidance,
-            **_graph_guidance(pipe, guidance, graph_guidance, text_only), "eta": eta,
+            **_guidance(pipe, guidance, graph_guidance, guidance_rescale, text_only), "eta": eta,
             "resolution": int(images.shape[1]), "initial_noise_mean_scale": pipe.noise_mean_scale,
             "extractor": "world oracle, closed vocabulary (GraphParserExtractor)", "iou_mode": "normalized",
             "ci": CI_NOTE}
 
 
-def _graph_guidance(pipe: Any, guidance: float, asked: tuple, text_only: bool) -> dict[str, Any]:
-    """The graph guidance as sampled: the call's (scale, min_t, negative), else the folder's defaults."""
+def _guidance(pipe: Any, guidance: float, asked: tuple, rescale: float | None, text_only: bool) -> dict[str, Any]:
+    """The graph guidance and rescale as sampled: the call's (scale, min_t, negative) and rescale, else the
+    folder's defaults; the text path alone has no graph guidance."""
+    out = pipe.guidance_record(guidance, *asked, rescale=rescale)
     if text_only:
-        return {"graph_guidance_scale": None, "graph_guidance_min_t": None, "graph_guidance_negative": None}
-    return pipe.graph_guidance_record(guidance, *asked)
+        out.update(graph_guidance_scale=None, graph_guidance_min_t=None, graph_guidance_negative=None)
+    return out
 
 
 def model_fields(model: str | Path) -> dict[str, Any]:

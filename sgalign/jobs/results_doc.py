@@ -74,10 +74,15 @@ threads, shared with other jobs: {m.get('shared_with_other_jobs', 'not recorded'
 
 
 def _graph_guidance_text(p: dict) -> str:
-    if p.get("graph_guidance_scale") is None:
-        return ""
-    return (f"with graph guidance {p['graph_guidance_scale']:g} against the {p.get('graph_guidance_negative')!r} "
-            f"branch on the steps with t >= {p.get('graph_guidance_min_t')} ")
+    """The sampler beyond plain classifier-free guidance: graph guidance and guidance rescale, where used."""
+    parts = []
+    if p.get("graph_guidance_scale") is not None:
+        parts.append(f"graph guidance {p['graph_guidance_scale']:g} against the {p.get('graph_guidance_negative')!r} "
+                     f"branch on the steps with t >= {p.get('graph_guidance_min_t')}")
+    if p.get("guidance_rescale"):
+        parts.append(f"guidance rescale {p['guidance_rescale']:g}")
+    return f"with {' and '.join(parts)} " if parts else ""
+
 
 
 def _target_text(r: dict, ent: float, sg: float) -> str:

@@ -23,10 +23,10 @@ class StableDiffusionSGPipeline(SGPipelineBase):
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers, sg_encoder: SGEncoder,
                  initial_noise_mean_scale: float = 1.0, graph_guidance_scale: float | None = None,
                  graph_guidance_min_t: int = 0, graph_guidance_negative: str = "text",
-                 guidance_scale: float | None = None) -> None:
+                 guidance_scale: float | None = None, guidance_rescale: float = 0.0) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, sg_encoder=sg_encoder)
         self._register_sampling(initial_noise_mean_scale, graph_guidance_scale, graph_guidance_min_t,
-                                graph_guidance_negative, guidance_scale)
+                                graph_guidance_negative, guidance_scale, guidance_rescale)
         self._post_init()

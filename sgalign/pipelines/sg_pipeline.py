@@ -16,6 +16,9 @@
   is decided; plain guidance after, as guidance-interval sampling does), the third branch computed on those steps
   alone. A model folder may set all three as its defaults (``model_index.json``), and its guidance scale too
   (``guidance_scale``); a call's own values win, and ``graph_guidance_scale=guidance_scale`` asks for plain guidance.
+* Guidance rescale (``guidance_rescale``, Lin et al. 2024, as diffusers' SD pipelines; 0 = off, the default): on
+  every guided step the guided prediction is scaled to the conditional branch's spread and mixed back by the factor.
+  A folder may set it (``model_index.json``); a call's own value wins.
 * Deterministic given the generator(s) / seeds.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..diffusion.guidance import rescale_guided
 from ..diffusion.noise import image_generators, shrink_spatial_mean
 from ..models.conditioning import SGConditioning, build_conditioning, unconditional_conditioning
 from ..models.graph_inputs import as_scene_graphs
@@ -37,6 +41,12 @@ from ..models.sg_encoder import SGEncoder
 
 
 GraphNegative = Literal["text", "swapped"]  # graph guidance's negative branch (module docstring)
+
+
+def check_guidance_rescale(value: float, what: str) -> None:
+    """A guidance rescale is a mixing factor in [0, 1]."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{what} must be a number in [0, 1] (the guidance rescale's mixing factor), got {value}")
 
 
 class SGPipelineBase(DiffusionPipeline):
@@ -53,20 +63,27 @@ class SGPipelineBase(DiffusionPipeline):
         g = self.config.get("guidance_scale")
         return float(self.arch_guidance_scale if g is None else g)
 
+    @property
+    def default_guidance_rescale(self) -> float:
+        """The guidance rescale a call without ``guidance_rescale`` samples with: the folder's, else 0 (off)."""
+        return float(self.config.get("guidance_rescale") or 0.0)
+
     def _register_sampling(self, initial_noise_mean_scale: float, graph_guidance_scale: float | None,
                            graph_guidance_min_t: int, graph_guidance_negative: str,
-                           guidance_scale: float | None) -> None:
+                           guidance_scale: float | None, guidance_rescale: float) -> None:
         """The folder's sampler settings, stored in ``model_index.json``: the initial-noise mean scale
-        (sgalign.diffusion.noise; 1 = plain Gaussian noise), the graph guidance defaults (None: plain guidance) and
-        the guidance scale (None: the architecture's)."""
+        (sgalign.diffusion.noise; 1 = plain Gaussian noise), the graph guidance defaults (None: plain guidance), the
+        guidance scale (None: the architecture's) and the guidance rescale (0: off)."""
         if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
             raise ValueError(f"guidance_scale (the folder's default) must be a finite number >= 1, "
                              f"got {guidance_scale}")
+        check_guidance_rescale(guidance_rescale, "the folder's default")
         gg = None if graph_guidance_scale is None else float(graph_guidance_scale)
         self.register_to_config(initial_noise_mean_scale=float(initial_noise_mean_scale), graph_guidance_scale=gg,
                                 graph_guidance_min_t=int(graph_guidance_min_t),
                                 graph_guidance_negative=str(graph_guidance_negative),
-                                guidance_scale=None if guidance_scale is None else float(guidance_scale))
+                                guidance_scale=None if guidance_scale is None else float(guidance_scale),
+                                guidance_rescale=float(guidance_rescale))
 
     def _post_init(self) -> None:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -89,13 +106,15 @@ class SGPipelineBase(DiffusionPipeline):
             return None, 0, negative
         return float(scale), min_t, negative
 
-    def graph_guidance_record(self, guidance_scale: float, scale: float | None = None, min_t: int | None = None,
-                              negative: GraphNegative | None = None) -> dict[str, Any]:
-        """``graph_guidance``'s result as a results record: the graph guidance a call samples with (None: plain)."""
+    def guidance_record(self, guidance_scale: float, scale: float | None = None, min_t: int | None = None,
+                        negative: GraphNegative | None = None, rescale: float | None = None) -> dict[str, Any]:
+        """What a call samples with beyond its guidance scale, as a results record: ``graph_guidance``'s result
+        (None: plain) and the guidance rescale (the call's, else the folder's)."""
         s, t, neg = self.graph_guidance(guidance_scale, scale, min_t, negative)
         on = s is not None
         return {"graph_guidance_scale": s, "graph_guidance_min_t": t if on else None,
-                "graph_guidance_negative": neg if on else None}
+                "graph_guidance_negative": neg if on else None,
+                "guidance_rescale": self.default_guidance_rescale if rescale is None else float(rescale)}
 
     def graph_negatives(self, graphs: Sequence, negative: GraphNegative, height: int | None = None,
                         width: int | None = None) -> SGConditioning:
@@ -142,6 +161,7 @@ class SGPipelineBase(DiffusionPipeline):
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float | None = None, graph_guidance_scale: float | None = None,
                  graph_guidance_min_t: int | None = None, graph_guidance_negative: GraphNegative | None = None,
+                 guidance_rescale: float | None = None,
                  negative_conditioning: SGConditioning | None = None, eta: float = 0.0,
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  return_dict: bool = True) -> ImagePipelineOutput | tuple:
@@ -154,6 +174,8 @@ class SGPipelineBase(DiffusionPipeline):
         graph_guidance_scale, graph_guidance_min_t, negative = self.graph_guidance(
             guidance_scale, graph_guidance_scale, graph_guidance_min_t, graph_guidance_negative)
         dual = graph_guidance_scale is not None
+        rescale = self.default_guidance_rescale if guidance_rescale is None else float(guidance_rescale)
+        check_guidance_rescale(rescale, "guidance_rescale")
         if dual and guidance_scale <= 1.0:
             raise ValueError("graph_guidance_scale needs classifier-free guidance (guidance_scale > 1)")
         device = self._execution_device
@@ -220,6 +242,8 @@ class SGPipelineBase(DiffusionPipeline):
             elif do_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            if do_cfg:
+                eps = rescale_guided(eps, eps_cond, rescale)
             latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
 
         if output_type == "latent":
