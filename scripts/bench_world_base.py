@@ -21,6 +21,7 @@ from sgalign.jobs import base_bench
 from sgalign.jobs.results_doc import render_base_section, write_section
 from sgalign.machine import machine_info
 from sgalign.world.paths import WEIGHTS_DIR
+from sgalign.pipelines.sg_pipeline import check_guidance_rescale
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--guidance must be a finite number, got {args.guidance}")
     if args.graph_guidance is not None and not math.isfinite(args.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {args.graph_guidance}")
-    if args.guidance_rescale is not None and not (math.isfinite(args.guidance_rescale)
-                                                  and 0 <= args.guidance_rescale <= 1):
-        ap.error(f"--guidance-rescale must be a number in [0, 1], got {args.guidance_rescale}")
+    if args.guidance_rescale is not None:
+        try:
+            check_guidance_rescale(args.guidance_rescale, "--guidance-rescale")
+        except ValueError as e:
+            ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sgalign.errors import run_main  # noqa: E402
 from sgalign.jobs.world_base import (STAGES, ZERO_SNR_V, StageBudget, WorldBaseRecipe, recipe_of,  # noqa: E402
                                      run_world_base, snapshot_stage)
+from sgalign.pipelines.sg_pipeline import check_guidance_rescale  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.graph_guidance is not None and not math.isfinite(a.graph_guidance):
         ap.error(f"--graph-guidance must be a finite number, got {a.graph_guidance}")
-    if not (math.isfinite(a.guidance_rescale) and 0 <= a.guidance_rescale <= 1):
-        ap.error(f"--guidance-rescale must be a number in [0, 1], got {a.guidance_rescale}")
+    try:
+        check_guidance_rescale(a.guidance_rescale, "--guidance-rescale")
+    except ValueError as e:
+        ap.error(str(e))
     if not (math.isfinite(a.guidance_scale) and a.guidance_scale > 1):
         ap.error(f"--guidance-scale must be a finite number > 1 (1 turns classifier-free guidance off, and the "
                  f"folder's graph guidance with it), got {a.guidance_scale}")

@@ -68,6 +68,12 @@ class SGPipelineBase(DiffusionPipeline):
         """The guidance rescale a call without ``guidance_rescale`` samples with: the folder's, else 0 (off)."""
         return float(self.config.get("guidance_rescale") or 0.0)
 
+    def guidance_rescale(self, value: float | None = None) -> float:
+        """The guidance rescale a call samples with: its own ``value``, else the folder's; refused outside [0, 1]."""
+        rescale = self.default_guidance_rescale if value is None else float(value)
+        check_guidance_rescale(rescale, "guidance_rescale")
+        return rescale
+
     def _register_sampling(self, initial_noise_mean_scale: float, graph_guidance_scale: float | None,
                            graph_guidance_min_t: int, graph_guidance_negative: str,
                            guidance_scale: float | None, guidance_rescale: float) -> None:
@@ -114,7 +120,7 @@ class SGPipelineBase(DiffusionPipeline):
         on = s is not None
         return {"graph_guidance_scale": s, "graph_guidance_min_t": t if on else None,
                 "graph_guidance_negative": neg if on else None,
-                "guidance_rescale": self.default_guidance_rescale if rescale is None else float(rescale)}
+                "guidance_rescale": self.guidance_rescale(rescale)}
 
     def graph_negatives(self, graphs: Sequence, negative: GraphNegative, height: int | None = None,
                         width: int | None = None) -> SGConditioning:
@@ -174,8 +180,7 @@ class SGPipelineBase(DiffusionPipeline):
         graph_guidance_scale, graph_guidance_min_t, negative = self.graph_guidance(
             guidance_scale, graph_guidance_scale, graph_guidance_min_t, graph_guidance_negative)
         dual = graph_guidance_scale is not None
-        rescale = self.default_guidance_rescale if guidance_rescale is None else float(guidance_rescale)
-        check_guidance_rescale(rescale, "guidance_rescale")
+        rescale = self.guidance_rescale(guidance_rescale)
         if dual and guidance_scale <= 1.0:
             raise ValueError("graph_guidance_scale needs classifier-free guidance (guidance_scale > 1)")
         device = self._execution_device
